@@ -1,12 +1,20 @@
 //! fnlb: a load balancer for clusters of Fn servers.
 //!
 //! Start reading at [`app`]: it wires the pieces together. A request enters in [`server`], is
-//! answered by [`mgmt`] or forwarded by [`proxy`], which asks [`route`] for a node from the current
-//! [`node::Snapshot`]. Nodes come from [`discovery`] (a store or Kubernetes) and their health from
-//! [`health`]; one task, [`node::manager`], owns that state and publishes snapshots.
+//! answered by [`mgmt`] or forwarded by [`proxy`], which asks a [`route::Policy`] for a node of
+//! the current [`node::Snapshot`]. Nodes come from [`discovery`] (a store, or Kubernetes) and
+//! their health from [`health`]; one task, [`node::manager`], owns that state and publishes
+//! snapshots.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod app;
 pub mod config;
+pub mod discovery;
+pub mod health;
+pub mod mgmt;
 pub mod node;
+pub mod proxy;
 pub mod route;
+pub mod server;
+pub mod telemetry;

@@ -1,3 +1,143 @@
-//! Nodes: validated addresses, and the immutable snapshot of the node set that routing reads.
+//! Nodes: validated addresses, the per-node live counters the proxy updates, and the immutable
+//! [`Snapshot`] of the node set that routing reads. Only [`manager`] builds snapshots.
 pub mod addr;
+pub mod manager;
+
 pub use addr::{AddrError, NodeAddr};
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proxy::pool::Pool;
+use crate::route::table::Table;
+
+/// One Fn node as the data path sees it. Shared (`Arc`) between successive snapshots so its
+/// counters and pooled connections survive membership and health changes.
+pub struct Node {
+    pub addr: NodeAddr,
+    /// Calls this balancer has sent to the node and not yet finished.
+    in_flight: AtomicU32,
+    /// Set by the proxy when the node could not be reached; cleared by the next passing check.
+    suspect: AtomicBool,
+    /// Time-decayed mean of the node's reported `XXX-FXLB-WAIT`, in microseconds.
+    wait_us: AtomicU64,
+    /// Kept-alive upstream connections to this node.
+    pub pool: Pool,
+}
+
+impl Node {
+    pub fn new(addr: NodeAddr) -> Arc<Node> {
+        Arc::new(Node {
+            pool: Pool::new(addr.clone()),
+            addr,
+            in_flight: AtomicU32::new(0),
+            suspect: AtomicBool::new(false),
+            wait_us: AtomicU64::new(0),
+        })
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call as started; the guard counts it as finished when dropped.
+    pub fn start_call(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn is_suspect(&self) -> bool {
+        self.suspect.load(Ordering::Relaxed)
+    }
+
+    /// Returns true when this call changed the flag (so the caller reports it only once).
+    pub fn set_suspect(&self, suspect: bool) -> bool {
+        self.suspect.swap(suspect, Ordering::Relaxed) != suspect
+    }
+
+    /// The node's recent queue wait as it reports it (decayed mean, starts at zero).
+    pub fn wait(&self) -> Duration {
+        Duration::from_micros(self.wait_us.load(Ordering::Relaxed))
+    }
+
+    /// Folds one reported wait into the decayed mean. A lost update under a race is harmless:
+    /// the mean is a hint, not an account.
+    pub fn observe_wait(&self, wait: Duration) {
+        let sample = wait.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.wait_us.load(Ordering::Relaxed);
+        // Weight 1/8: one cold start moves the mean by an eighth of its wait, not all of it.
+        let new = old - old / 8 + sample / 8;
+        self.wait_us.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Marks one call in flight on a node until dropped.
+pub struct InFlight(Arc<Node>);
+
+impl InFlight {
+    pub fn node(&self) -> &Arc<Node> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The node set at one moment: every stored node (sorted by address, which is what makes every
+/// balancer agree on the hash) and which of them are healthy. Never mutated once published.
+pub struct Snapshot {
+    nodes: Arc<[Arc<Node>]>,
+    /// The consistent-hash table over `nodes`; shared between snapshots that differ in health only.
+    table: Arc<Table>,
+    healthy: Box<[bool]>,
+    healthy_count: usize,
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot::new(Arc::from(Vec::new()), Arc::new(Table::build(&[])), Box::new([]))
+    }
+
+    pub fn new(nodes: Arc<[Arc<Node>]>, table: Arc<Table>, healthy: Box<[bool]>) -> Snapshot {
+        debug_assert_eq!(nodes.len(), healthy.len());
+        let healthy_count = healthy.iter().filter(|h| **h).count();
+        Snapshot { nodes, table, healthy, healthy_count }
+    }
+
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    pub fn nodes_arc(&self) -> &Arc<[Arc<Node>]> {
+        &self.nodes
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.healthy[i]
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.healthy_count
+    }
+
+    /// A node may take traffic: healthy by its checks and not just seen failing by the proxy.
+    pub fn is_eligible(&self, i: usize) -> bool {
+        self.healthy[i] && !self.nodes[i].is_suspect()
+    }
+}

@@ -1,0 +1,134 @@
+//! Wiring: builds the runtime, opens the node store, starts the node manager, the store poller
+//! and the listeners, and shuts down gracefully on SIGTERM, SIGINT or SIGQUIT. Start reading here.
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, DbUrl};
+use crate::discovery::{self, sql::SqlStore, Store};
+use crate::health::{probe::Prober, Thresholds};
+use crate::mgmt::Mgmt;
+use crate::node::manager::{self, HealthConfig};
+use crate::proxy::Proxy;
+use crate::route;
+use crate::server::{accept_loop, Role, Services};
+
+/// How long a connection attempt to a node may take before the call moves to the next node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the balancer until a shutdown signal; returns the process exit code.
+pub fn main(cfg: Config) -> i32 {
+    crate::telemetry::init_logging();
+    let rt = if cfg.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.threads).enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fnlb: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => 0,
+        Err(msg) => {
+            error!("{msg}");
+            eprintln!("fnlb: {msg}");
+            1
+        }
+    }
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    let store: Arc<dyn Store> = match &cfg.db {
+        DbUrl::K8s => return Err("-db=k8s: Kubernetes mode is not available in this build yet".into()),
+        db => Arc::new(SqlStore::connect(db).await?),
+    };
+    for node in &cfg.nodes {
+        store.add(node).await.map_err(|e| format!("cannot add node {node} from -nodes: {e}"))?;
+    }
+
+    let nodes = manager::spawn(HealthConfig {
+        interval: cfg.hc_interval,
+        thresholds: Thresholds { unhealthy: cfg.hc_unhealthy, healthy: cfg.hc_healthy },
+        prober: Prober::new(cfg.hc_path.clone(), cfg.hc_timeout, cfg.min_api_version.clone()),
+    });
+    // The first read is synchronous so the balancer starts with its nodes known.
+    let seq = nodes.mutation_seq();
+    let initial = store.list().await.map_err(|e| format!("cannot read nodes from {}: {e}", cfg.db.redacted()))?;
+    nodes.set_desired(initial, seq);
+    tokio::spawn(discovery::poll_store(store.clone(), nodes.clone(), cfg.hc_interval));
+
+    let policy =
+        route::policy_by_name(&cfg.policy).ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
+    info!(policy = policy.name(), db = %cfg.db.redacted(), "routing policy");
+    let services = Arc::new(Services {
+        proxy: Proxy::new(nodes.clone(), policy, CONNECT_TIMEOUT),
+        mgmt: Mgmt::new(store.clone(), nodes.clone()),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut loops = Vec::new();
+    let bind = |addr, flag: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|e| format!("{flag}: cannot listen on {addr}: {e}"))
+    };
+    if cfg.shares_listener() {
+        let l = bind(cfg.listen, "-listen").await?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        info!(traffic = %addr, mgmt = %addr, "fnlb ready");
+        loops.push(tokio::spawn(accept_loop(l, Role::Both, services.clone(), graceful.clone(), stop_rx.clone())));
+    } else {
+        let t = bind(cfg.listen, "-listen").await?;
+        let m = bind(cfg.mgmt_listen, "-mgmt-listen").await?;
+        let (ta, ma) = (t.local_addr().map_err(|e| e.to_string())?, m.local_addr().map_err(|e| e.to_string())?);
+        info!(traffic = %ta, mgmt = %ma, "fnlb ready");
+        loops.push(tokio::spawn(accept_loop(t, Role::Traffic, services.clone(), graceful.clone(), stop_rx.clone())));
+        loops.push(tokio::spawn(accept_loop(m, Role::Mgmt, services.clone(), graceful.clone(), stop_rx.clone())));
+    }
+
+    let signal = shutdown_signal().await;
+    info!(signal, "shutting down: no new connections; finishing calls in flight");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let graceful = Arc::try_unwrap(graceful).map_err(|_| "listeners still hold the shutdown handle".to_string())?;
+    match cfg.shutdown_timeout {
+        None => graceful.shutdown().await,
+        Some(limit) => {
+            if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+                warn!(?limit, "calls still in flight at the shutdown timeout; closing them");
+            }
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM (Kubernetes), SIGINT (a terminal) or SIGQUIT; the original ignored SIGTERM.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut quit = signal(SignalKind::quit()).ok();
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        _ = recv(&mut term) => "SIGTERM",
+        _ = recv(&mut int) => "SIGINT",
+        _ = recv(&mut quit) => "SIGQUIT",
+    }
+}

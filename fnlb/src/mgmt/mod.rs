@@ -1,0 +1,175 @@
+//! The management API (`/1/lb/*`): list, add and remove nodes, stats and the dashboard. It
+//! writes through the [`Store`] and tells the node manager; it never touches routing state.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+use tracing::info;
+
+use crate::discovery::{Store, StoreError};
+use crate::node::manager::NodesHandle;
+use crate::node::NodeAddr;
+use crate::proxy::body::RespBody;
+use crate::proxy::{json_msg, json_response};
+
+/// A node request is `{"node":"host:port"}`: 64 KiB is far more than any honest one.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub struct Mgmt {
+    store: Arc<dyn Store>,
+    nodes: NodesHandle,
+}
+
+/// Paths the management API answers. Exact matches: `/1/lb/nodes/` is a function path.
+pub fn is_mgmt_path(path: &str) -> bool {
+    matches!(path, "/1/lb/nodes" | "/1/lb/stats" | "/1/lb/dash")
+}
+
+impl Mgmt {
+    pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
+        Mgmt { store, nodes }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<RespBody> {
+        match req.uri().path() {
+            "/1/lb/nodes" => match *req.method() {
+                Method::GET => self.list(),
+                Method::PUT => self.change(req, true).await,
+                Method::DELETE => self.change(req, false).await,
+                _ => not_allowed("GET, PUT, DELETE"),
+            },
+            "/1/lb/stats" => match *req.method() {
+                Method::GET => json_response(StatusCode::OK, r#"{"stats":[]}"#.to_string()),
+                _ => not_allowed("GET"),
+            },
+            "/1/lb/dash" => match *req.method() {
+                Method::GET => dashboard(),
+                _ => not_allowed("GET"),
+            },
+            _ => json_msg(StatusCode::NOT_FOUND, "unknown command"),
+        }
+    }
+
+    /// Every node this balancer knows, online when its health checks pass now.
+    fn list(&self) -> Response<RespBody> {
+        let snap = self.nodes.load();
+        let mut nodes = serde_json::Map::with_capacity(snap.len());
+        for (i, n) in snap.nodes().iter().enumerate() {
+            let state = if snap.is_healthy(i) { "online" } else { "offline" };
+            nodes.insert(n.addr.to_string(), state.into());
+        }
+        json_response(StatusCode::OK, serde_json::json!({ "nodes": nodes }).to_string())
+    }
+
+    async fn change(&self, req: Request<Incoming>, add: bool) -> Response<RespBody> {
+        let node = match read_node(req).await {
+            Ok(n) => n,
+            Err(resp) => return resp,
+        };
+        let result = if add { self.store.add(&node).await } else { self.store.remove(&node).await };
+        match result {
+            Ok(()) => {
+                if add {
+                    self.nodes.add(node.clone()).await;
+                    info!(node = %node, "node added through the API");
+                    json_msg(StatusCode::OK, "node added")
+                } else {
+                    self.nodes.remove(node.clone()).await;
+                    info!(node = %node, "node deleted through the API");
+                    json_msg(StatusCode::OK, "node deleted")
+                }
+            }
+            Err(e @ StoreError::ReadOnly) => json_msg(StatusCode::CONFLICT, &e.to_string()),
+            Err(e @ StoreError::Unavailable(_)) => json_msg(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Response<RespBody> {
+    let mut r = json_msg(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn bad(msg: &str) -> Response<RespBody> {
+    json_msg(StatusCode::BAD_REQUEST, msg)
+}
+
+/// Reads and validates `{"node":"host:port"}`, answering the client's mistake precisely.
+async fn read_node(req: Request<Incoming>) -> Result<NodeAddr, Response<RespBody>> {
+    let too_large = || json_msg(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {MAX_BODY} bytes"));
+    // A declared length over the limit is refused before reading a byte of it.
+    if req.body().size_hint().lower() > MAX_BODY as u64 {
+        return Err(too_large());
+    }
+    let body: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(bad(&format!("cannot read body: {e}"))),
+    };
+    parse_node(&body).map_err(|m| bad(&m))
+}
+
+/// The body's node address, or what is wrong with the body.
+pub fn parse_node(body: &[u8]) -> Result<NodeAddr, String> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(r#"empty body; send {"node":"host:port"}"#.into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = v.as_object().ok_or(r#"body must be a JSON object like {"node":"host:port"}"#)?;
+    let node = obj.get("node").ok_or(r#"missing "node"; send {"node":"host:port"}"#)?;
+    let s = node.as_str().ok_or(r#""node" must be a string like "host:port""#)?;
+    if s.is_empty() {
+        return Err(r#""node" must not be empty"#.into());
+    }
+    NodeAddr::parse(s).map_err(|e| e.to_string())
+}
+
+fn dashboard() -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(Bytes::from_static(include_bytes!("dash.html"))));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_rejects_malformed_bodies() {
+        for (body, want) in [
+            ("", "empty body"),
+            ("{", "invalid JSON"),
+            ("[]", "JSON object"),
+            ("{}", "missing \"node\""),
+            (r#"{"node":1}"#, "must be a string"),
+            (r#"{"node":""}"#, "must not be empty"),
+            (r#"{"node":null}"#, "must be a string"),
+        ] {
+            let err = parse_node(body.as_bytes()).unwrap_err();
+            assert!(err.contains(want), "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn put_rejects_bad_addresses() {
+        for body in [r#"{"node":"not a host"}"#, r#"{"node":"http://a:1"}"#, r#"{"node":"a:0"}"#, r#"{"node":"a"}"#] {
+            assert!(parse_node(body.as_bytes()).is_err(), "{body} accepted");
+        }
+    }
+
+    #[test]
+    fn put_accepts_host_port() {
+        assert_eq!(parse_node(br#"{"node":"127.0.0.1:9001"}"#).unwrap().as_str(), "127.0.0.1:9001");
+        assert_eq!(parse_node(br#"{"node":"[::1]:9001"}"#).unwrap().as_str(), "[::1]:9001");
+    }
+
+    #[test]
+    fn only_exact_paths_are_management() {
+        assert!(is_mgmt_path("/1/lb/nodes"));
+        assert!(!is_mgmt_path("/1/lb/nodes/"));
+        assert!(!is_mgmt_path("/r/app/fn"));
+    }
+}

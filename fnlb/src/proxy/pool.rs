@@ -1,0 +1,90 @@
+//! Kept-alive HTTP/1.1 connections to one node. A connection is checked out for one call and
+//! comes back when the call's response body has been read to its end; a connection whose
+//! response was abandoned is dropped (it is mid-message and cannot be reused).
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::body::ReqBody;
+use crate::node::NodeAddr;
+
+pub type Sender = http1::SendRequest<ReqBody>;
+
+/// Idle connections kept per node; more than the busiest moment's concurrency is waste.
+const MAX_IDLE: usize = 512;
+
+pub struct Pool {
+    addr: NodeAddr,
+    // A plain mutex held for a push or a pop, never across an await.
+    idle: Mutex<Vec<Sender>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out after {1:?}")]
+    Timeout(NodeAddr, Duration),
+    #[error("connect to {0}: {1}")]
+    Io(NodeAddr, std::io::Error),
+    #[error("handshake with {0}: {1}")]
+    Handshake(NodeAddr, hyper::Error),
+}
+
+impl Pool {
+    pub fn new(addr: NodeAddr) -> Pool {
+        Pool { addr, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The most recently used idle connection that is still open. It may still be finishing its
+    /// last response: the caller waits for `ready()`.
+    pub fn take_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Opens a new connection; its driver runs as its own task until either side closes it.
+    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let addr = &self.addr;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
+            Err(_) => return Err(ConnectError::Timeout(addr.clone(), timeout)),
+            Ok(Err(e)) => return Err(ConnectError::Io(addr.clone(), e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;
+        let node = addr.clone();
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(%node, %error, "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection whose last response was read to its end.
+    pub fn put_back(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    /// Drops every idle connection (the node was removed or failed).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
