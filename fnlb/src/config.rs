@@ -1,0 +1,1315 @@
+//! The command line: flags (in Go's `-flag` spelling too), their `FNLB_*` environment variables,
+//! defaults and validation, turned into one immutable [`Config`].
+//!
+//! Nothing here starts anything: parsing is pure apart from resolving listen host names and reading
+//! the environment. A bad value is a one-line error naming the flag as Go spells it, exit code 2.
+//!
+//! Adding a flag: a field in `Flags` (with `env = "FNLB_<NAME>"` and a default), a field in
+//! [`Config`], and one line in `Config::from_flags` with a parser from the bottom of this file.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+use crate::node::NodeAddr;
+use crate::route::goduration::parse_go_duration;
+
+/// Routing policies `-policy` accepts.
+pub const POLICIES: &[&str] = &["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"];
+
+/// More worker threads than this is a typo, not a configuration.
+pub const MAX_THREADS: usize = 1024;
+
+/// Everything fnlb was asked to do, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub mgmt_listen: SocketAddr,
+    pub nodes: Vec<NodeAddr>,
+    pub db: DbUrl,
+    pub hc_interval: Duration,
+    pub hc_path: String,
+    pub hc_unhealthy: u32,
+    pub hc_healthy: u32,
+    pub hc_timeout: Duration,
+    pub min_api_version: semver::Version,
+    /// `None`: wait for every in-flight request (the flag's `0`).
+    pub shutdown_timeout: Option<Duration>,
+    pub zipkin: Option<String>,
+    /// `None`: the balancer's own namespace (the flag left empty).
+    pub namespace: Option<String>,
+    pub label_selector: String,
+    pub target_port: u16,
+    /// Worker threads, resolved: never 0.
+    pub threads: usize,
+    /// One of [`POLICIES`].
+    pub policy: String,
+}
+
+impl Config {
+    /// True when traffic and management share one listener (mgmt paths answered first).
+    pub fn shares_listener(&self) -> bool {
+        self.listen == self.mgmt_listen
+    }
+}
+
+/// How the process should end instead of running: help, version, or a usage error.
+///
+/// `message` has no trailing newline; print it with `println!` when `stdout`, else `eprintln!`,
+/// then exit with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliExit {
+    pub code: i32,
+    pub message: String,
+    pub stdout: bool,
+}
+
+impl CliExit {
+    fn usage(message: String) -> CliExit {
+        CliExit { code: 2, message: format!("fnlb: {message}"), stdout: false }
+    }
+}
+
+impl fmt::Display for CliExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliExit {}
+
+/// The flags as clap sees them: raw strings, so that every value is validated below with an error
+/// that names the flag in Go's spelling (clap's own messages are multi-line and say `--flag`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "fnlb",
+    version,
+    about = "A load balancer for Fn servers: routes each function to the node where it is hot.",
+    after_help = "Flags may also be written Go's way (-nodes a:1,b:2 or -nodes=a:1,b:2).\n\
+                  Each flag can be set by the environment variable shown; the flag wins.",
+    args_override_self = true,
+    color = clap::ColorChoice::Never
+)]
+struct Flags {
+    /// Traffic address: :PORT (all interfaces), HOST:PORT or [IPv6]:PORT
+    #[arg(long, env = "FNLB_LISTEN", default_value = ":8081", value_name = "ADDR")]
+    listen: String,
+
+    /// Management address; equal to -listen means one listener serves both
+    #[arg(long, env = "FNLB_MGMT_LISTEN", default_value = ":8081", value_name = "ADDR")]
+    mgmt_listen: String,
+
+    /// Comma-separated host:port nodes added to the node store at start
+    #[arg(long, env = "FNLB_NODES", default_value = "", value_name = "LIST")]
+    nodes: String,
+
+    /// Node store: sqlite3://:memory:, sqlite3:///abs/path.db, postgres://..., mysql://... or k8s
+    #[arg(long, env = "FNLB_DB", default_value = "sqlite3://:memory:", value_name = "URL")]
+    db: String,
+
+    /// Seconds between health-check rounds and store reads (3, 0.5 or a Go duration: 500ms)
+    #[arg(long, env = "FNLB_HC_INTERVAL", default_value = "3", value_name = "SECONDS")]
+    hc_interval: String,
+
+    /// Health-check path
+    #[arg(long, env = "FNLB_HC_PATH", default_value = "/version", value_name = "PATH")]
+    hc_path: String,
+
+    /// Consecutive failed checks that take a healthy node out
+    #[arg(long, env = "FNLB_HC_UNHEALTHY", default_value = "2", value_name = "N")]
+    hc_unhealthy: String,
+
+    /// Consecutive successful checks that bring an unhealthy node back
+    #[arg(long, env = "FNLB_HC_HEALTHY", default_value = "1", value_name = "N")]
+    hc_healthy: String,
+
+    /// Seconds before a health check counts as failed
+    #[arg(long, env = "FNLB_HC_TIMEOUT", default_value = "5", value_name = "SECONDS")]
+    hc_timeout: String,
+
+    /// Nodes whose /version is lower are unhealthy (semver)
+    #[arg(long, env = "FNLB_MIN_API_VERSION", default_value = "0.0.235", value_name = "VERSION")]
+    min_api_version: String,
+
+    /// Seconds to drain in-flight requests on SIGTERM/SIGINT/SIGQUIT; 0 waits for all
+    #[arg(long, env = "FNLB_SHUTDOWN_TIMEOUT", default_value = "0", value_name = "SECONDS")]
+    shutdown_timeout: String,
+
+    /// Zipkin collector URL for traces (empty: no tracing)
+    #[arg(long, env = "FNLB_ZIPKIN", default_value = "", value_name = "URL")]
+    zipkin: String,
+
+    /// Kubernetes namespace to watch with -db=k8s (empty: the balancer's own)
+    #[arg(long, env = "FNLB_NAMESPACE", default_value = "", value_name = "NAME")]
+    namespace: String,
+
+    /// Kubernetes label selector for Fn pods
+    #[arg(long, env = "FNLB_LABEL_SELECTOR", default_value = "", value_name = "SELECTOR")]
+    label_selector: String,
+
+    /// Port on each selected pod
+    #[arg(long, env = "FNLB_TARGET_PORT", default_value = "8080", value_name = "PORT")]
+    target_port: String,
+
+    /// Worker threads (0: one per CPU)
+    #[arg(long, env = "FNLB_THREADS", default_value = "0", value_name = "N")]
+    threads: String,
+
+    /// Routing policy: bounded, ch, fnlb-classic, round-robin or least-conn
+    #[arg(long, env = "FNLB_POLICY", default_value = "bounded", value_name = "NAME")]
+    policy: String,
+}
+
+/// The clap command, with what applies to every flag set in one place.
+fn command() -> clap::Command {
+    Flags::command().mut_args(|arg| {
+        if !arg.get_action().takes_values() {
+            return arg;
+        }
+        // `-hc-interval -1` must reach our validation ("must not be negative") rather than be
+        // taken for a flag. `--help` must not print the environment's values: FNLB_DB may hold
+        // a password.
+        arg.allow_hyphen_values(true).hide_env_values(true)
+    })
+}
+
+/// Parses the command line (`args[0]` is the program name) and the `FNLB_*` environment.
+pub fn parse_args(args: Vec<OsString>) -> Result<Config, CliExit> {
+    parse_with(command(), args)
+}
+
+fn parse_with(cmd: clap::Command, args: Vec<OsString>) -> Result<Config, CliExit> {
+    let names = FlagNames::of(&cmd);
+    let (args, unknown) = scan_go_args(args, &names);
+    if let Some(flag) = unknown {
+        return Err(CliExit::usage(format!("flag provided but not defined: {flag} (see -help)")));
+    }
+    let matches = cmd.clone().try_get_matches_from(args).map_err(clap_exit)?;
+    let flags = Flags::from_arg_matches(&matches).map_err(clap_exit)?;
+    Config::from_flags(&flags, &Sources { cmd: &cmd, matches: &matches })
+}
+
+impl Config {
+    fn from_flags(f: &Flags, src: &Sources<'_>) -> Result<Config, CliExit> {
+        let config = Config {
+            listen: src.parse("listen", &f.listen, parse_listen_addr)?,
+            mgmt_listen: src.parse("mgmt-listen", &f.mgmt_listen, parse_listen_addr)?,
+            nodes: src.parse("nodes", &f.nodes, parse_nodes)?,
+            db: src.parse_secret("db", &f.db, DbUrl::parse)?,
+            hc_interval: src.parse("hc-interval", &f.hc_interval, parse_positive_seconds)?,
+            hc_path: src.parse("hc-path", &f.hc_path, parse_hc_path)?,
+            hc_unhealthy: src.parse("hc-unhealthy", &f.hc_unhealthy, parse_count)?,
+            hc_healthy: src.parse("hc-healthy", &f.hc_healthy, parse_count)?,
+            hc_timeout: src.parse("hc-timeout", &f.hc_timeout, parse_positive_seconds)?,
+            min_api_version: src.parse("min-api-version", &f.min_api_version, parse_version)?,
+            shutdown_timeout: src
+                .parse("shutdown-timeout", &f.shutdown_timeout, parse_seconds)
+                .map(|d| (!d.is_zero()).then_some(d))?,
+            zipkin: src.parse_secret("zipkin", &f.zipkin, parse_zipkin)?,
+            namespace: src.parse("namespace", &f.namespace, parse_namespace)?,
+            label_selector: src.value("label-selector", &f.label_selector),
+            target_port: src.parse("target-port", &f.target_port, parse_port)?,
+            threads: src.parse("threads", &f.threads, parse_threads).map(resolve_threads)?,
+            policy: src.parse("policy", &f.policy, parse_policy)?,
+        };
+        check_listeners(&config)?;
+        Ok(config)
+    }
+}
+
+/// `-listen :8081 -mgmt-listen 127.0.0.1:8081` cannot both bind; say so now, naming the flags,
+/// rather than fail later with "address in use".
+fn check_listeners(c: &Config) -> Result<(), CliExit> {
+    let (a, b) = (c.listen, c.mgmt_listen);
+    if a != b && a.port() == b.port() && a.port() != 0 && (a.ip().is_unspecified() || b.ip().is_unspecified()) {
+        return Err(CliExit::usage(format!(
+            "-mgmt-listen {b} overlaps -listen {a}: give both the same address to share one \
+             listener, or use another port"
+        )));
+    }
+    Ok(())
+}
+
+/// Where each value came from, for error messages and for treating an empty variable as unset.
+struct Sources<'a> {
+    cmd: &'a clap::Command,
+    matches: &'a ArgMatches,
+}
+
+impl Sources<'_> {
+    /// The value to parse: the flag's, else the variable's, else the default. An empty
+    /// `FNLB_*` variable counts as unset (orchestrators often define variables empty).
+    fn value(&self, flag: &str, raw: &str) -> String {
+        let id = flag.replace('-', "_");
+        if raw.is_empty() && self.is_from_env(&id) {
+            let arg = self.cmd.get_arguments().find(|a| a.get_id() == id.as_str());
+            if let Some(default) = arg.and_then(|a| a.get_default_values().first()) {
+                return default.to_string_lossy().into_owned();
+            }
+        }
+        raw.to_owned()
+    }
+
+    fn is_from_env(&self, id: &str) -> bool {
+        self.matches.value_source(id) == Some(ValueSource::EnvVariable)
+    }
+
+    fn parse<T>(
+        &self,
+        flag: &'static str,
+        raw: &str,
+        parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
+    ) -> Result<T, CliExit> {
+        self.parse_shown(flag, raw, parse, |v| format!("{v:?}"))
+    }
+
+    /// Like `parse`, for values that may hold a password: errors show them redacted.
+    fn parse_secret<T>(
+        &self,
+        flag: &'static str,
+        raw: &str,
+        parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
+    ) -> Result<T, CliExit> {
+        self.parse_shown(flag, raw, parse, |v| format!("{:?}", redact_url(v)))
+    }
+
+    fn parse_shown<T>(
+        &self,
+        flag: &'static str,
+        raw: &str,
+        parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
+        show: impl FnOnce(&str) -> String,
+    ) -> Result<T, CliExit> {
+        let value = self.value(flag, raw);
+        parse(&value).map_err(|e| {
+            let id = flag.replace('-', "_");
+            let origin =
+                if self.is_from_env(&id) { format!(" (from FNLB_{})", id.to_ascii_uppercase()) } else { String::new() };
+            CliExit::usage(format!("invalid value {} for -{flag}{origin}: {e}", show(&value)))
+        })
+    }
+}
+
+/// Turns clap's outcome into ours: help and version go to stdout with code 0; errors become one
+/// line in Go's words where Go has some.
+fn clap_exit(err: clap::Error) -> CliExit {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            return CliExit { code: 0, message: err.render().to_string().trim_end().to_owned(), stdout: true }
+        }
+        ErrorKind::InvalidValue => {
+            // Our values are free-form strings, so this is clap's "a value is required".
+            if let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) {
+                let name = arg.split_whitespace().next().unwrap_or(arg);
+                let name = name.strip_prefix('-').unwrap_or(name);
+                return CliExit::usage(format!("flag needs an argument: {name}"));
+            }
+        }
+        ErrorKind::UnknownArgument => {
+            if let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) {
+                return CliExit::usage(format!("flag provided but not defined: {arg} (see -help)"));
+            }
+        }
+        _ => {}
+    }
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    CliExit::usage(first.strip_prefix("error: ").unwrap_or(first).to_owned())
+}
+
+/// The long flag names the command knows, split by whether they take a value.
+struct FlagNames {
+    with_value: Vec<String>,
+    switches: Vec<String>,
+}
+
+impl FlagNames {
+    fn of(cmd: &clap::Command) -> FlagNames {
+        let mut names = FlagNames { with_value: Vec::new(), switches: Vec::new() };
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.get_action().takes_values() {
+                names.with_value.push(long.to_owned());
+            } else {
+                names.switches.push(long.to_owned());
+            }
+        }
+        // clap adds these when it builds the command; say them here so `-help` works either way.
+        for builtin in ["help", "version"] {
+            if !names.switches.iter().any(|s| s == builtin) {
+                names.switches.push(builtin.to_owned());
+            }
+        }
+        names
+    }
+
+    fn takes_value(&self, name: &str) -> Option<bool> {
+        if self.with_value.iter().any(|n| n == name) {
+            Some(true)
+        } else if self.switches.iter().any(|n| n == name) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// Rewrites Go's single-dash long flags (`-nodes a:1`, `-nodes=a:1`, `-help`) to clap's
+/// double-dash form. Values are left alone: the argument after a flag that takes a value is that
+/// value, even when it starts with `-` (as in Go), and nothing after `--` is touched. Unknown
+/// single-dash words stay as they are (clap rejects them).
+pub fn rewrite_go_args(args: Vec<OsString>) -> Vec<OsString> {
+    scan_go_args(args, &FlagNames::of(&command())).0
+}
+
+/// [`rewrite_go_args`], also reporting the first flag that is not defined, in the user's spelling.
+fn scan_go_args(args: Vec<OsString>, names: &FlagNames) -> (Vec<OsString>, Option<String>) {
+    let mut out = Vec::with_capacity(args.len());
+    let mut unknown = None;
+    let mut args = args.into_iter();
+    out.extend(args.next()); // the program name
+    let mut value_next = false;
+    for arg in args.by_ref() {
+        if std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            break;
+        }
+        let (dashes, body) = if let Some(body) = text.strip_prefix("--") {
+            ("--", body)
+        } else if let Some(body) = text.strip_prefix('-') {
+            ("-", body)
+        } else {
+            out.push(arg); // not a flag: clap reports it
+            continue;
+        };
+        let (name, has_value) = match body.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (body, false),
+        };
+        match names.takes_value(name) {
+            Some(takes_value) => {
+                value_next = takes_value && !has_value;
+                if dashes == "-" {
+                    let mut long = OsString::from("-");
+                    long.push(text);
+                    out.push(long);
+                } else {
+                    out.push(arg);
+                }
+            }
+            None => {
+                // clap's own short flags, and a lone "-" (a value, for clap to refuse).
+                let builtin_short = dashes == "-" && matches!(body, "h" | "V" | "");
+                if !builtin_short && unknown.is_none() {
+                    unknown = Some(text.to_owned());
+                }
+                out.push(arg);
+            }
+        }
+    }
+    out.extend(args);
+    (out, unknown)
+}
+
+/// Why a flag's value was refused; the caller adds which flag and which value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(String);
+
+impl From<String> for InvalidValue {
+    fn from(s: String) -> Self {
+        InvalidValue(s)
+    }
+}
+
+impl From<&str> for InvalidValue {
+    fn from(s: &str) -> Self {
+        InvalidValue(s.to_owned())
+    }
+}
+
+/// The node store `-db` names.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    SqliteMemory,
+    /// An absolute path.
+    SqliteFile(PathBuf),
+    /// The URL as given (`postgres://` or `postgresql://`), for sqlx.
+    Postgres(String),
+    /// A `mysql://user:pw@host:port/db?params` URL for sqlx; the Go driver's
+    /// `user:pw@tcp(host:port)/db` form is converted to it.
+    Mysql(String),
+    K8s,
+}
+
+impl DbUrl {
+    /// Parses a `-db` value.
+    pub fn parse(s: &str) -> Result<DbUrl, InvalidValue> {
+        if s == "k8s" {
+            return Ok(DbUrl::K8s);
+        }
+        const EXPECTED: &str = "expected sqlite3://, postgres://, mysql:// or k8s";
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(format!("not a URL: {EXPECTED}").into());
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite3" | "sqlite" => parse_sqlite(rest),
+            "postgres" | "postgresql" => parse_postgres(s),
+            "mysql" => parse_mysql(s, rest),
+            _ => Err(format!("unknown scheme {scheme:?}: {EXPECTED}").into()),
+        }
+    }
+
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub fn redacted(&self) -> String {
+        self.to_string()
+    }
+
+    /// The password in the URL's user info, as written there (percent-encoded if it was), so
+    /// that driver errors echoing it can be scrubbed.
+    pub fn password(&self) -> Option<&str> {
+        match self {
+            DbUrl::Postgres(url) | DbUrl::Mysql(url) => url_password(url).map(|r| &url[r]),
+            _ => None,
+        }
+    }
+}
+
+fn parse_sqlite(rest: &str) -> Result<DbUrl, InvalidValue> {
+    if rest == ":memory:" {
+        return Ok(DbUrl::SqliteMemory);
+    }
+    if rest.is_empty() {
+        return Err("missing path: expected sqlite3://:memory: or sqlite3:///abs/path.db".into());
+    }
+    if rest.contains('?') {
+        return Err("query parameters are not supported for sqlite".into());
+    }
+    if !rest.starts_with('/') {
+        return Err("the sqlite path must be absolute: sqlite3:///abs/path.db".into());
+    }
+    Ok(DbUrl::SqliteFile(PathBuf::from(rest)))
+}
+
+fn parse_postgres(s: &str) -> Result<DbUrl, InvalidValue> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a valid URL: {e}"))?;
+    // libpq allows the host in a parameter (`postgres:///db?host=/run/postgresql`).
+    let host_param = url.query_pairs().any(|(k, v)| k == "host" && !v.is_empty());
+    if url.host_str().is_none_or(str::is_empty) && !host_param {
+        return Err("missing host: expected postgres://user:pw@host:5432/db".into());
+    }
+    Ok(DbUrl::Postgres(s.to_owned()))
+}
+
+/// Nets of the Go MySQL driver's DSN, `[user[:pw]@][net[(addr)]]/db[?params]`, as they follow
+/// the `@` (or open the DSN).
+const GO_MYSQL_NETS: &[&str] = &["tcp(", "tcp4(", "tcp6(", "unix(", "tcp/", "/"];
+
+/// Unlike Postgres, MySQL has no default database, and the node table must live in one.
+const MYSQL_NO_DB: &str = "missing database name: expected mysql://user:pw@host:3306/db";
+
+fn parse_mysql(s: &str, rest: &str) -> Result<DbUrl, InvalidValue> {
+    let go_form = rest
+        .rmatch_indices('@')
+        .map(|(at, _)| at + 1)
+        .chain([0])
+        .find(|&start| GO_MYSQL_NETS.iter().any(|n| rest[start..].starts_with(n)));
+    match go_form {
+        Some(start) => go_mysql_to_url(rest, start),
+        None => {
+            let url = url::Url::parse(s).map_err(|e| format!("not a valid URL: {e}"))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err("missing host: expected mysql://user:pw@host:3306/db".into());
+            }
+            if url.path().trim_start_matches('/').is_empty() {
+                return Err(MYSQL_NO_DB.into());
+            }
+            Ok(DbUrl::Mysql(s.to_owned()))
+        }
+    }
+}
+
+/// Converts the Go driver's DSN (after `mysql://`) to a URL; `net_at` is where the net begins.
+fn go_mysql_to_url(dsn: &str, net_at: usize) -> Result<DbUrl, InvalidValue> {
+    let userinfo = dsn[..net_at].strip_suffix('@').unwrap_or("");
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (userinfo, None),
+    };
+    let net_part = &dsn[net_at..];
+    let (net, addr, after) = match net_part.split_once('(') {
+        Some((net, tail)) if !net.contains('/') => {
+            let (addr, after) = tail.split_once(')').ok_or("missing ')' after the address in tcp(host:port)")?;
+            (net, addr, after)
+        }
+        _ => {
+            let slash = net_part.find('/').unwrap_or(net_part.len());
+            (&net_part[..slash], "", &net_part[slash..])
+        }
+    };
+    let after = after.strip_prefix('/').ok_or("missing /dbname after the address")?;
+    let (db, params) = after.split_once('?').unwrap_or((after, ""));
+    if db.is_empty() {
+        return Err(MYSQL_NO_DB.into());
+    }
+
+    let mut url = url::Url::parse("mysql://localhost:3306").expect("constant URL is valid");
+    let mut socket = None;
+    match net {
+        "" | "tcp" | "tcp4" | "tcp6" => {
+            if !addr.is_empty() {
+                let (host, port) = split_host_port(addr, 3306)
+                    .ok_or_else(|| format!("invalid address in {net}(...): expected host:port"))?;
+                url.set_host(Some(host)).map_err(|e| format!("invalid host in {net}(...): {e}"))?;
+                url.set_port(Some(port)).map_err(|()| "invalid port")?;
+            }
+        }
+        "unix" => {
+            if addr.is_empty() {
+                return Err("missing socket path in unix(...)".into());
+            }
+            socket = Some(addr);
+        }
+        other => return Err(format!("unknown network {other:?}: expected tcp or unix").into()),
+    }
+    if !user.is_empty() {
+        url.set_username(user).map_err(|()| "invalid user")?;
+    }
+    if let Some(pw) = password {
+        url.set_password(Some(pw)).map_err(|()| "invalid password")?;
+    }
+    url.set_path(&format!("/{db}"));
+
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(params.as_bytes()).into_owned().collect();
+    {
+        let mut query = url.query_pairs_mut();
+        for (key, value) in &params {
+            // The Go driver's `tls`; sqlx spells it `ssl-mode`.
+            if key == "tls" {
+                let mode = match value.as_str() {
+                    "false" => "DISABLED",
+                    "true" => "VERIFY_IDENTITY",
+                    "skip-verify" => "REQUIRED",
+                    "preferred" => "PREFERRED",
+                    _ => {
+                        return Err(
+                            format!("unsupported tls={value:?} (use false, true, skip-verify or preferred)").into()
+                        )
+                    }
+                };
+                query.append_pair("ssl-mode", mode);
+            } else {
+                query.append_pair(key, value);
+            }
+        }
+        if let Some(path) = socket {
+            query.append_pair("socket", path);
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    Ok(DbUrl::Mysql(url.into()))
+}
+
+/// `host:port`, `host`, `[v6]:port` or `[v6]`, with `default_port` when none is given.
+fn split_host_port(addr: &str, default_port: u16) -> Option<(&str, u16)> {
+    if addr.starts_with('[') {
+        let close = addr.find(']')?;
+        let host = &addr[..=close];
+        return match &addr[close + 1..] {
+            "" => Some((host, default_port)),
+            tail => Some((host, tail.strip_prefix(':')?.parse().ok()?)),
+        };
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some(_) => None,
+        None => Some((addr, default_port)),
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbUrl::SqliteMemory => f.write_str("sqlite3://:memory:"),
+            DbUrl::SqliteFile(path) => write!(f, "sqlite3://{}", path.display()),
+            DbUrl::Postgres(url) | DbUrl::Mysql(url) => f.write_str(&redact_url(url)),
+            DbUrl::K8s => f.write_str("k8s"),
+        }
+    }
+}
+
+/// Redacted, like `Display`: a `{:?}` of a `Config` must not leak the password either.
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({self})")
+    }
+}
+
+/// Where the password of `scheme://user:pw@...` is. Works on the raw text, so it also covers
+/// strings no URL parser accepts and the Go DSN form, whose password may contain `@` and `/`: it
+/// takes the last `@`, erring towards hiding too much.
+fn url_password(s: &str) -> Option<std::ops::Range<usize>> {
+    let start = s.find("://")? + 3;
+    let at = start + s[start..].rfind('@')?;
+    let colon = start + s[start..at].find(':')?;
+    Some(colon + 1..at)
+}
+
+/// The text with the password of a URL and any `password=` parameter replaced by `***`.
+pub fn redact_url(s: &str) -> String {
+    let mut out = match url_password(s) {
+        Some(r) => format!("{}***{}", &s[..r.start], &s[r.end..]),
+        None => s.to_owned(),
+    };
+    if let Some(q) = out.find('?') {
+        let redacted: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], redacted.join("&"));
+    }
+    out
+}
+
+/// `:PORT` (all interfaces, as in Go), `HOST:PORT`, `[IPv6]:PORT`; names are resolved now and the
+/// first address is used. Port 0 asks the system for a free port.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, InvalidValue> {
+    const EXPECTED: &str = "expected :PORT, HOST:PORT or [IPv6]:PORT";
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("missing port: {EXPECTED}").into());
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid port {port:?}: {EXPECTED}").into());
+    }
+    let port: u16 = port.parse().map_err(|_| format!("port {port} is out of range (0 to 65535)"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Err(format!("invalid host {host:?}: an IPv6 host goes in brackets, [::1]:PORT").into());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        return Err(format!("invalid host {host:?}: {EXPECTED}").into());
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address").into())
+}
+
+/// A comma-separated list of node addresses; spaces around items and empty items are ignored,
+/// and repeats are dropped.
+pub fn parse_nodes(s: &str) -> Result<Vec<NodeAddr>, InvalidValue> {
+    let mut nodes: Vec<NodeAddr> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let node = NodeAddr::parse(item).map_err(|e| e.to_string())?;
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    Ok(nodes)
+}
+
+/// Non-negative seconds: an integer or decimal (the Go original took integers: `3`, `0.5`), or a
+/// Go duration (`3s`, `500ms`, `1m30s`).
+pub fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
+    const EXPECTED: &str = "expected seconds (3, 0.5) or a duration (3s, 500ms)";
+    // The sign is handled here so that "-1" says "negative" rather than "invalid".
+    let negative = s.starts_with('-');
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let plain_number = !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let d = if plain_number { parse_go_duration(&format!("{unsigned}s")) } else { parse_go_duration(unsigned) }
+        .ok_or(EXPECTED)?;
+    if negative && !d.is_zero() {
+        return Err("must not be negative".into());
+    }
+    Ok(d)
+}
+
+/// Like [`parse_seconds`], and not zero.
+pub fn parse_positive_seconds(s: &str) -> Result<Duration, InvalidValue> {
+    let d = parse_seconds(s)?;
+    if d.is_zero() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(d)
+}
+
+/// An absolute path (and optional query) that can go in a request line.
+pub fn parse_hc_path(s: &str) -> Result<String, InvalidValue> {
+    if !s.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    s.parse::<http::uri::PathAndQuery>().map_err(|_| "not a valid URL path")?;
+    if s.contains('#') {
+        return Err("must not contain a fragment ('#')".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A count of consecutive checks: at least 1.
+pub fn parse_count(s: &str) -> Result<u32, InvalidValue> {
+    let n = parse_integer(s)?;
+    if n < 1 {
+        return Err("must be at least 1".into());
+    }
+    u32::try_from(n).map_err(|_| "too large".into())
+}
+
+/// A TCP port, 1–65535.
+pub fn parse_port(s: &str) -> Result<u16, InvalidValue> {
+    match parse_integer(s)? {
+        n @ 1..=65535 => Ok(n as u16),
+        _ => Err("must be a port from 1 to 65535".into()),
+    }
+}
+
+/// Worker threads: 0 (one per CPU) up to [`MAX_THREADS`].
+pub fn parse_threads(s: &str) -> Result<usize, InvalidValue> {
+    let n = parse_integer(s)?;
+    if n < 0 {
+        return Err("must not be negative".into());
+    }
+    let n = usize::try_from(n).map_err(|_| "too large")?;
+    if n > MAX_THREADS {
+        return Err(format!("must be at most {MAX_THREADS}").into());
+    }
+    Ok(n)
+}
+
+fn resolve_threads(n: usize) -> usize {
+    if n > 0 {
+        return n;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A decimal integer, sign allowed so that callers can say "must not be negative".
+fn parse_integer(s: &str) -> Result<i64, InvalidValue> {
+    s.parse::<i64>().map_err(|_| InvalidValue::from("expected an integer"))
+}
+
+pub fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
+    semver::Version::parse(s).map_err(|e| e.to_string().into())
+}
+
+pub fn parse_policy(s: &str) -> Result<String, InvalidValue> {
+    if POLICIES.contains(&s) {
+        return Ok(s.to_owned());
+    }
+    Err(format!("unknown policy: expected one of {}", POLICIES.join(", ")).into())
+}
+
+/// Empty: no tracing. Otherwise an http(s) URL with a host.
+pub fn parse_zipkin(s: &str) -> Result<Option<String>, InvalidValue> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    const EXPECTED: &str = "must be an http:// or https:// URL, e.g. http://zipkin:9411/api/v2/spans";
+    let url = url::Url::parse(s).map_err(|_| EXPECTED)?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(EXPECTED.into());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// Empty: the balancer's own namespace. Otherwise a Kubernetes namespace name (an RFC 1123 label).
+pub fn parse_namespace(s: &str) -> Result<Option<String>, InvalidValue> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let valid = s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if !valid {
+        return Err("must be a Kubernetes namespace: at most 63 lower-case letters, digits and '-', \
+             not starting or ending with '-'"
+            .into());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command without `FNLB_*` variables, so the developer's environment cannot leak in.
+    fn hermetic() -> clap::Command {
+        command().mut_args(|a| a.env(None::<&'static str>))
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        std::iter::once("fnlb").chain(list.iter().copied()).map(OsString::from).collect()
+    }
+
+    fn parse(list: &[&str]) -> Result<Config, CliExit> {
+        parse_with(hermetic(), args(list))
+    }
+
+    fn error(list: &[&str]) -> String {
+        let exit = parse(list).expect_err("should fail");
+        assert_eq!(exit.code, 2, "{exit:?}");
+        assert!(!exit.stdout);
+        assert!(!exit.message.contains('\n'), "one line: {:?}", exit.message);
+        exit.message
+    }
+
+    #[test]
+    fn defaults_match_the_go_original() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.mgmt_listen, "0.0.0.0:8081".parse().unwrap());
+        assert!(c.shares_listener());
+        assert!(c.nodes.is_empty());
+        assert_eq!(c.db, DbUrl::SqliteMemory);
+        assert_eq!(c.hc_interval, Duration::from_secs(3));
+        assert_eq!(c.hc_path, "/version");
+        assert_eq!(c.hc_unhealthy, 2);
+        assert_eq!(c.hc_healthy, 1);
+        assert_eq!(c.hc_timeout, Duration::from_secs(5));
+        assert_eq!(c.min_api_version, semver::Version::new(0, 0, 235));
+        assert_eq!(c.shutdown_timeout, None);
+        assert_eq!(c.zipkin, None);
+        assert_eq!(c.namespace, None);
+        assert_eq!(c.label_selector, "");
+        assert_eq!(c.target_port, 8080);
+        assert!(c.threads >= 1);
+        assert_eq!(c.policy, "bounded");
+    }
+
+    #[test]
+    fn accepts_go_and_double_dash_spellings() {
+        for list in [&["-nodes", "a:1,b:2"][..], &["-nodes=a:1,b:2"], &["--nodes", "a:1,b:2"], &["--nodes=a:1,b:2"]] {
+            let c = parse(list).unwrap();
+            assert_eq!(c.nodes, vec!["a:1", "b:2"], "{list:?}");
+        }
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let c = parse(&[
+            "-listen=127.0.0.1:9000",
+            "-mgmt-listen",
+            "[::1]:9001",
+            "--db",
+            "k8s",
+            "-hc-interval",
+            "500ms",
+            "-hc-path=/health?x=1",
+            "-hc-unhealthy=3",
+            "-hc-healthy=4",
+            "-hc-timeout=1.5",
+            "-min-api-version=1.2.3-rc.1",
+            "-shutdown-timeout=30",
+            "-zipkin=http://zipkin:9411/api/v2/spans",
+            "-namespace=fn",
+            "-label-selector=app=fn,role!=lb",
+            "-target-port=9090",
+            "-threads=3",
+            "-policy=least-conn",
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.mgmt_listen, "[::1]:9001".parse().unwrap());
+        assert!(!c.shares_listener());
+        assert_eq!(c.db, DbUrl::K8s);
+        assert_eq!(c.hc_interval, Duration::from_millis(500));
+        assert_eq!(c.hc_path, "/health?x=1");
+        assert_eq!(c.hc_unhealthy, 3);
+        assert_eq!(c.hc_healthy, 4);
+        assert_eq!(c.hc_timeout, Duration::from_millis(1500));
+        assert_eq!(c.min_api_version, semver::Version::parse("1.2.3-rc.1").unwrap());
+        assert_eq!(c.shutdown_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.zipkin.as_deref(), Some("http://zipkin:9411/api/v2/spans"));
+        assert_eq!(c.namespace.as_deref(), Some("fn"));
+        assert_eq!(c.label_selector, "app=fn,role!=lb");
+        assert_eq!(c.target_port, 9090);
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.policy, "least-conn");
+    }
+
+    #[test]
+    fn the_last_repeat_of_a_flag_wins() {
+        let c = parse(&["-hc-path=/a", "--hc-path", "/b"]).unwrap();
+        assert_eq!(c.hc_path, "/b");
+    }
+
+    #[test]
+    fn negative_interval_names_the_flag() {
+        assert_eq!(
+            error(&["-hc-interval", "-1"]),
+            r#"fnlb: invalid value "-1" for -hc-interval: must not be negative"#
+        );
+        assert_eq!(
+            error(&["--hc-interval=-1s"]),
+            r#"fnlb: invalid value "-1s" for -hc-interval: must not be negative"#
+        );
+        assert!(error(&["-hc-interval", "0"]).contains("must be greater than 0"));
+        assert!(error(&["-hc-timeout", "0s"]).contains("-hc-timeout: must be greater than 0"));
+    }
+
+    #[test]
+    fn bad_min_api_version_names_the_flag() {
+        assert_eq!(
+            error(&["-min-api-version", "banana"]),
+            "fnlb: invalid value \"banana\" for -min-api-version: unexpected character 'b' while \
+             parsing major version number"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (list, flag) in [
+            (&["-listen", "nonsense"][..], "-listen"),
+            (&["-mgmt-listen=:99999"], "-mgmt-listen"),
+            (&["-db", "foo://x"], "-db"),
+            (&["-nodes", "http://a:1"], "-nodes"),
+            (&["-hc-path", "version"], "-hc-path"),
+            (&["-hc-unhealthy", "0"], "-hc-unhealthy"),
+            (&["-hc-healthy", "x"], "-hc-healthy"),
+            (&["-shutdown-timeout", "-5"], "-shutdown-timeout"),
+            (&["-zipkin", "zipkin:9411"], "-zipkin"),
+            (&["-namespace", "Not_OK"], "-namespace"),
+            (&["-target-port", "0"], "-target-port"),
+            (&["-target-port", "65536"], "-target-port"),
+            (&["-threads", "-1"], "-threads"),
+            (&["-policy", "random"], "-policy"),
+        ] {
+            let msg = error(list);
+            assert!(msg.starts_with("fnlb: invalid value "), "{msg}");
+            assert!(msg.contains(&format!(" for {flag}: ")), "{list:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn node_error_repeats_the_node_message() {
+        assert_eq!(
+            error(&["-nodes", "a:1,http://b:2"]),
+            r#"fnlb: invalid value "a:1,http://b:2" for -nodes: node address "http://b:2" must be host:port without a scheme"#
+        );
+    }
+
+    #[test]
+    fn db_errors_never_show_the_password() {
+        let msg = error(&["-db", "postgres://u:s3cret@/db"]);
+        assert!(msg.contains("-db"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let msg = error(&["-db", "mysql://u:s3cret@tcp(h:1/db"]);
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let msg = error(&["-db", "foo://u:s3cret@h/db"]);
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let c = parse(&["-db", "postgres://u:s3cret@h/db"]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_flags_are_refused_in_the_users_spelling() {
+        assert_eq!(error(&["-foo"]), "fnlb: flag provided but not defined: -foo (see -help)");
+        assert_eq!(error(&["--foo=1"]), "fnlb: flag provided but not defined: --foo=1 (see -help)");
+        assert!(error(&["stray"]).starts_with("fnlb: "));
+    }
+
+    #[test]
+    fn missing_value_says_which_flag() {
+        assert_eq!(error(&["-listen"]), "fnlb: flag needs an argument: -listen");
+    }
+
+    #[test]
+    fn a_value_may_start_with_a_dash() {
+        // As in Go, the word after a flag that takes a value is its value.
+        let msg = error(&["-listen", "-nodes"]);
+        assert!(msg.starts_with(r#"fnlb: invalid value "-nodes" for -listen"#), "{msg}");
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_its_default() {
+        for spelling in ["-h", "-help", "--help"] {
+            let exit = parse(&[spelling]).unwrap_err();
+            assert_eq!((exit.code, exit.stdout), (0, true), "{spelling}");
+            for arg in hermetic().get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                assert!(exit.message.contains(&format!("--{long}")), "{long}");
+            }
+            for default in ["[default: :8081]", "[default: sqlite3://:memory:]", "[default: 0.0.235]"] {
+                assert!(exit.message.contains(default), "{default}\n{}", exit.message);
+            }
+        }
+    }
+
+    #[test]
+    fn version_prints_name_and_version() {
+        for spelling in ["--version", "-version", "-V"] {
+            let exit = parse(&[spelling]).unwrap_err();
+            assert_eq!(exit.code, 0);
+            assert!(exit.stdout);
+            assert_eq!(exit.message, format!("fnlb {}", env!("CARGO_PKG_VERSION")));
+        }
+    }
+
+    #[test]
+    fn every_flag_has_its_env_variable_and_a_default() {
+        for arg in command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if !arg.get_action().takes_values() {
+                continue;
+            }
+            let want = format!("FNLB_{}", long.replace('-', "_").to_ascii_uppercase());
+            assert_eq!(arg.get_env().map(|e| e.to_string_lossy().into_owned()), Some(want), "{long}");
+            assert_eq!(arg.get_default_values().len(), 1, "{long}");
+            assert!(arg.is_allow_hyphen_values_set(), "{long}");
+        }
+    }
+
+    #[test]
+    fn rewrite_go_args_doubles_the_dash_of_known_long_flags() {
+        let out = rewrite_go_args(args(&["-nodes", "a:1", "-listen=:1", "--db", "k8s", "-help", "-version", "-h"]));
+        assert_eq!(out, args(&["--nodes", "a:1", "--listen=:1", "--db", "k8s", "--help", "--version", "-h"]));
+    }
+
+    #[test]
+    fn rewrite_go_args_leaves_values_and_unknown_words_alone() {
+        let out = rewrite_go_args(args(&["-hc-interval", "-1", "-listen", "-nodes", "-foo", "x", "--", "-nodes"]));
+        assert_eq!(out, args(&["--hc-interval", "-1", "--listen", "-nodes", "-foo", "x", "--", "-nodes"]));
+        // The program name is never touched, whatever it looks like.
+        let out = rewrite_go_args(vec!["-nodes".into(), "-nodes".into(), "a:1".into()]);
+        assert_eq!(out, vec![OsString::from("-nodes"), "--nodes".into(), "a:1".into()]);
+    }
+
+    #[test]
+    fn listen_accepts_go_forms() {
+        let p = |s| parse_listen_addr(s).unwrap();
+        assert_eq!(p(":8081"), "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(p(":0"), "0.0.0.0:0".parse().unwrap());
+        assert_eq!(p("127.0.0.1:1"), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(p("[::1]:2"), "[::1]:2".parse().unwrap());
+        assert!(p("localhost:3").ip().is_loopback());
+        assert_eq!(p("localhost:3").port(), 3);
+    }
+
+    #[test]
+    fn listen_rejects_malformed_addresses() {
+        for s in ["nonsense", "8081", "", ":", ":http", ":65536", ":-1", "::1:80", "a b:80", "h/x:80"] {
+            assert!(parse_listen_addr(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_listeners_are_refused() {
+        let msg = error(&["-listen=:8081", "-mgmt-listen=127.0.0.1:8081"]);
+        assert!(msg.contains("-mgmt-listen") && msg.contains("-listen"), "{msg}");
+        assert!(parse(&["-listen=:8081", "-mgmt-listen=:8082"]).is_ok());
+        assert!(parse(&["-listen=127.0.0.1:8081", "-mgmt-listen=127.0.0.2:8081"]).is_ok());
+    }
+
+    #[test]
+    fn nodes_tolerate_spaces_and_empty_items() {
+        let nodes = parse_nodes(" a:1 , ,b:2,,a:1, ").unwrap();
+        assert_eq!(nodes, vec!["a:1", "b:2"]);
+        assert!(parse_nodes("").unwrap().is_empty());
+        assert!(parse_nodes(" , ").unwrap().is_empty());
+        assert!(parse_nodes("a:1,b").is_err());
+    }
+
+    #[test]
+    fn seconds_accept_integers_decimals_and_go_durations() {
+        let p = |s| parse_seconds(s).unwrap();
+        assert_eq!(p("3"), Duration::from_secs(3));
+        assert_eq!(p("0.5"), Duration::from_millis(500));
+        assert_eq!(p(".25"), Duration::from_millis(250));
+        assert_eq!(p("+2"), Duration::from_secs(2));
+        assert_eq!(p("3s"), Duration::from_secs(3));
+        assert_eq!(p("500ms"), Duration::from_millis(500));
+        assert_eq!(p("1m30s"), Duration::from_secs(90));
+        assert_eq!(p("0"), Duration::ZERO);
+        assert_eq!(p("-0"), Duration::ZERO);
+        for bad in ["", "abc", "1e3", "3 s", ".", "1d", "--1", "9999999999999999999"] {
+            assert_eq!(
+                parse_seconds(bad),
+                Err("expected seconds (3, 0.5) or a duration (3s, 500ms)".into()),
+                "{bad:?}"
+            );
+        }
+        for neg in ["-1", "-0.5", "-3s", "-1h"] {
+            assert_eq!(parse_seconds(neg), Err("must not be negative".into()), "{neg}");
+        }
+    }
+
+    #[test]
+    fn counts_ports_and_threads_are_range_checked() {
+        assert_eq!(parse_count("1"), Ok(1));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("-2").is_err());
+        assert!(parse_count("99999999999").is_err());
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert!(parse_port("http").is_err());
+        assert_eq!(parse_threads("0"), Ok(0));
+        assert_eq!(parse_threads("-1"), Err("must not be negative".into()));
+        assert!(parse_threads("100000").is_err());
+        assert!(resolve_threads(0) >= 1);
+        assert_eq!(resolve_threads(5), 5);
+    }
+
+    #[test]
+    fn hc_path_must_be_an_absolute_request_path() {
+        assert_eq!(parse_hc_path("/version"), Ok("/version".to_owned()));
+        assert!(parse_hc_path("version").is_err());
+        assert!(parse_hc_path("").is_err());
+        assert!(parse_hc_path("/a b").is_err());
+        assert!(parse_hc_path("/a#b").is_err());
+        assert!(parse_hc_path("http://x/version").is_err());
+    }
+
+    #[test]
+    fn policy_names_are_checked() {
+        for name in POLICIES {
+            assert_eq!(parse_policy(name).as_deref(), Ok(*name));
+        }
+        assert!(parse_policy("Bounded").is_err());
+    }
+
+    #[test]
+    fn zipkin_must_be_an_http_url() {
+        assert_eq!(parse_zipkin(""), Ok(None));
+        assert!(parse_zipkin("https://z/api").unwrap().is_some());
+        for bad in ["z:9411", "ftp://z/", "http://", "/api/v2/spans"] {
+            assert!(parse_zipkin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespace_must_be_a_dns_label() {
+        assert_eq!(parse_namespace(""), Ok(None));
+        assert_eq!(parse_namespace("fn-prod").unwrap().as_deref(), Some("fn-prod"));
+        for bad in ["Fn", "-a", "a-", "a_b", &"a".repeat(64)] {
+            assert!(parse_namespace(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn db_accepts_sqlite_forms() {
+        assert_eq!(DbUrl::parse("sqlite3://:memory:"), Ok(DbUrl::SqliteMemory));
+        assert_eq!(DbUrl::parse("sqlite://:memory:"), Ok(DbUrl::SqliteMemory));
+        assert_eq!(DbUrl::parse("sqlite3:///var/lib/fnlb.db"), Ok(DbUrl::SqliteFile("/var/lib/fnlb.db".into())));
+        assert_eq!(DbUrl::parse("k8s"), Ok(DbUrl::K8s));
+    }
+
+    #[test]
+    fn db_rejects_relative_sqlite_paths_and_unknown_schemes() {
+        for bad in [
+            "sqlite3://rel.db",
+            "sqlite3://",
+            "sqlite3:///a.db?mode=ro",
+            "foo://x",
+            "K8S",
+            "postgres",
+            "",
+            "redis://h:6379",
+        ] {
+            assert!(DbUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn db_keeps_postgres_urls_and_requires_a_host() {
+        for ok in [
+            "postgres://user:pw@host:5432/db?sslmode=disable",
+            "postgresql://host/db",
+            "postgres:///db?host=/run/postgresql",
+        ] {
+            assert_eq!(DbUrl::parse(ok), Ok(DbUrl::Postgres(ok.to_owned())));
+        }
+        assert!(DbUrl::parse("postgres:///db").is_err());
+        assert!(DbUrl::parse("postgres://u:pw@/db").is_err());
+    }
+
+    #[test]
+    fn db_converts_the_go_mysql_form_to_a_url() {
+        let m = |s| match DbUrl::parse(s) {
+            Ok(DbUrl::Mysql(url)) => url,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(m("mysql://root:root@tcp(mysql:3306)/funcs"), "mysql://root:root@mysql:3306/funcs");
+        assert_eq!(m("mysql://u:pw@tcp(db)/fn"), "mysql://u:pw@db:3306/fn");
+        assert_eq!(m("mysql://u@tcp(10.0.0.1:3307)/fn"), "mysql://u@10.0.0.1:3307/fn");
+        assert_eq!(m("mysql://u:pw@tcp([::1]:3306)/fn"), "mysql://u:pw@[::1]:3306/fn");
+        assert_eq!(m("mysql://u:pw@/fn"), "mysql://u:pw@localhost:3306/fn");
+        assert_eq!(m("mysql:///fn"), "mysql://localhost:3306/fn");
+        assert_eq!(m("mysql://u:p@ss/w@rd@tcp(h:1)/fn"), "mysql://u:p%40ss%2Fw%40rd@h:1/fn");
+        assert_eq!(
+            m("mysql://u:pw@tcp(h:1)/fn?parseTime=true&tls=false"),
+            "mysql://u:pw@h:1/fn?parseTime=true&ssl-mode=DISABLED"
+        );
+        assert_eq!(
+            m("mysql://u:pw@unix(/run/mysqld/mysqld.sock)/fn"),
+            "mysql://u:pw@localhost:3306/fn?socket=%2Frun%2Fmysqld%2Fmysqld.sock"
+        );
+        // The URL form is kept as given.
+        assert_eq!(m("mysql://u:pw@host:3306/db"), "mysql://u:pw@host:3306/db");
+    }
+
+    #[test]
+    fn db_rejects_broken_mysql_forms() {
+        for bad in [
+            "mysql://u:pw@tcp(h:1/db",
+            "mysql://u:pw@tcp(h:1)db",
+            "mysql://u:pw@udp(h:1)/db",
+            "mysql://u:pw@tcp(h:x)/db",
+            "mysql://u:pw@unix()/db",
+            "mysql://u:pw@tcp(h)/db?tls=maybe",
+            "mysql://u:pw@/",
+            "mysql://u:pw@tcp(h)/?x=1",
+            "mysql://u:pw@host:3306",
+            "mysql://u:pw@host:3306/",
+        ] {
+            assert!(DbUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn db_display_hides_the_password() {
+        let pg = DbUrl::parse("postgres://user:s3cret@host/db?sslmode=disable").unwrap();
+        assert_eq!(pg.to_string(), "postgres://user:***@host/db?sslmode=disable");
+        assert_eq!(pg.redacted(), pg.to_string());
+        assert_eq!(pg.password(), Some("s3cret"));
+        let my = DbUrl::parse("mysql://root:s3cret@tcp(mysql:3306)/funcs").unwrap();
+        assert_eq!(my.redacted(), "mysql://root:***@mysql:3306/funcs");
+        assert!(!format!("{my:?}").contains("s3cret"));
+        assert_eq!(DbUrl::parse("postgres://u@h/db").unwrap().password(), None);
+        assert_eq!(DbUrl::SqliteMemory.to_string(), "sqlite3://:memory:");
+        assert_eq!(DbUrl::SqliteFile("/a.db".into()).to_string(), "sqlite3:///a.db");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_in_any_form() {
+        assert_eq!(redact_url("mysql://u:p@ss@tcp(h)/db"), "mysql://u:***@tcp(h)/db");
+        assert_eq!(redact_url("postgres://h/db?user=u&password=x"), "postgres://h/db?user=u&password=***");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}
