@@ -17,7 +17,7 @@ use tracing::debug;
 
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
-use crate::route::{goduration::parse_go_duration, table::key_hash, Policy};
+use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Policy};
 use body::{ReqBody, RespBody, UpstreamBody};
 
 /// Distinct nodes one call may be tried on before the client gets an error.
@@ -174,7 +174,7 @@ impl Proxy {
         call: crate::node::InFlight,
     ) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
-        let wait = headers::response(&mut parts.headers).and_then(|v| v.to_str().ok().and_then(parse_go_duration));
+        let wait = headers::response(&mut parts.headers).and_then(|v| parse_go_duration_bytes(v.as_bytes()));
         if let Some(w) = wait {
             node.observe_wait(w);
         }
