@@ -178,7 +178,7 @@ impl Proxy {
         if let Some(w) = wait {
             node.observe_wait(w);
         }
-        self.policy.observe(node, hash, wait);
+        self.policy.observe(node, hash, wait, parts.status);
         Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, conn, call)))
     }
 }

@@ -16,8 +16,9 @@ pub trait Policy: Send + Sync + 'static {
     /// same call). `None`: no node can take it.
     fn pick(&self, snap: &Snapshot, key: &[u8], hash: u64, tried: &[usize]) -> Option<usize>;
 
-    /// A node answered a call for the key, reporting this queue wait (if it said one).
-    fn observe(&self, _node: &Node, _hash: u64, _wait: Option<Duration>) {}
+    /// A node answered a call for the key with this status, reporting this queue wait (if it
+    /// said one). A 503 is Fn's "server busy".
+    fn observe(&self, _node: &Node, _hash: u64, _wait: Option<Duration>, _status: http::StatusCode) {}
 }
 
 /// Plain consistent hashing: the first eligible node in the key's order. A node that is down
