@@ -49,6 +49,12 @@ pub struct Config {
     pub threads: usize,
     /// One of [`POLICIES`].
     pub policy: String,
+    /// Concurrent calls a node runs well (`-node-capacity`).
+    pub node_capacity: u32,
+    /// Balancers sharing the nodes (`-balancers`).
+    pub balancers: u32,
+    /// Bounded-load factor (`-load-factor`), > 1.
+    pub load_factor: f64,
 }
 
 impl Config {
@@ -163,6 +169,18 @@ struct Flags {
     /// Routing policy: bounded, ch, fnlb-classic, round-robin or least-conn
     #[arg(long, env = "FNLB_POLICY", default_value = "bounded", value_name = "NAME")]
     policy: String,
+
+    /// Concurrent calls one Fn node runs well (its container slots); Fn nodes do not advertise it
+    #[arg(long, env = "FNLB_NODE_CAPACITY", default_value = "64", value_name = "N")]
+    node_capacity: String,
+
+    /// Balancers sharing the same nodes; each sees only its own calls, so it uses 1/N of a node
+    #[arg(long, env = "FNLB_BALANCERS", default_value = "1", value_name = "N")]
+    balancers: String,
+
+    /// Bounded policy: a node takes at most this multiple of the mean load before a key spills
+    #[arg(long, env = "FNLB_LOAD_FACTOR", default_value = "1.25", value_name = "F")]
+    load_factor: String,
 }
 
 /// The clap command, with what applies to every flag set in one place.
@@ -216,6 +234,9 @@ impl Config {
             target_port: src.parse("target-port", &f.target_port, parse_port)?,
             threads: src.parse("threads", &f.threads, parse_threads).map(resolve_threads)?,
             policy: src.parse("policy", &f.policy, parse_policy)?,
+            node_capacity: src.parse("node-capacity", &f.node_capacity, parse_count)?,
+            balancers: src.parse("balancers", &f.balancers, parse_count)?,
+            load_factor: src.parse("load-factor", &f.load_factor, parse_load_factor)?,
         };
         check_listeners(&config)?;
         Ok(config)
@@ -814,6 +835,15 @@ fn parse_integer(s: &str) -> Result<i64, InvalidValue> {
 
 pub fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
     semver::Version::parse(s).map_err(|e| e.to_string().into())
+}
+
+/// The bounded-load factor: a number above 1 (1.25 is the literature's choice).
+pub fn parse_load_factor(s: &str) -> Result<f64, InvalidValue> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 1.0 && f <= 100.0 => Ok(f),
+        Ok(_) => Err("must be a number above 1 and at most 100".into()),
+        Err(_) => Err("expected a number such as 1.25".into()),
+    }
 }
 
 pub fn parse_policy(s: &str) -> Result<String, InvalidValue> {
