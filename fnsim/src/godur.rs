@@ -148,10 +148,8 @@ pub fn parse_nanos(s: &str) -> Option<i64> {
             return None;
         }
         // Unit: everything up to the next digit or dot.
-        let unit_len = rest
-            .char_indices()
-            .find(|&(_, c)| c == '.' || c.is_ascii_digit())
-            .map_or(rest.len(), |(i, _)| i);
+        let unit_len =
+            rest.char_indices().find(|&(_, c)| c == '.' || c.is_ascii_digit()).map_or(rest.len(), |(i, _)| i);
         let unit = match &rest[..unit_len] {
             "ns" => NANOSECOND,
             "us" | "µs" | "μs" => MICROSECOND,
@@ -162,11 +160,7 @@ pub fn parse_nanos(s: &str) -> Option<i64> {
             _ => return None,
         };
         rest = &rest[unit_len..];
-        let int: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().ok()?
-        };
+        let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().ok()? };
         let mut value = int.checked_mul(unit as u128)?;
         // The fraction is applied like Go's leadingFraction: digits accumulate as an integer
         // (later digits are dropped once it would overflow) and are scaled in floating point,
@@ -211,15 +205,11 @@ pub fn parse_flag(s: &str) -> Result<Duration, String> {
         if secs.is_finite() && secs >= 0.0 {
             return Ok(Duration::from_secs_f64(secs));
         }
-        return Err(format!(
-            "invalid duration {s:?}: must be a non-negative number of seconds"
-        ));
+        return Err(format!("invalid duration {s:?}: must be a non-negative number of seconds"));
     }
     match parse_nanos(s) {
         Some(n) if n >= 0 => Ok(Duration::from_nanos(n as u64)),
-        _ => Err(format!(
-            "invalid duration {s:?}: use seconds or a Go duration such as 30s, 500ms, 1m30s"
-        )),
+        _ => Err(format!("invalid duration {s:?}: use seconds or a Go duration such as 30s, 500ms, 1m30s")),
     }
 }
 
@@ -270,10 +260,7 @@ mod tests {
         assert_eq!(format(Duration::from_millis(1)), "1ms");
         assert_eq!(format(Duration::from_millis(3_723_500)), "1h2m3.5s");
         assert_eq!(format(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(
-            format(Duration::from_secs(u64::MAX)),
-            "2562047h47m16.854775807s"
-        );
+        assert_eq!(format(Duration::from_secs(u64::MAX)), "2562047h47m16.854775807s");
     }
 
     #[test]
@@ -308,18 +295,9 @@ mod tests {
         assert_eq!(parse_nanos("16h"), Some(16 * HOUR));
         assert_eq!(parse_nanos("3h30m"), Some(3 * HOUR + 30 * MINUTE));
         assert_eq!(parse_nanos("10.5s4m"), Some(4 * MINUTE + 10 * S + 500 * MS));
-        assert_eq!(
-            parse_nanos("-2m3.4s"),
-            Some(-(2 * MINUTE + 3 * S + 400 * MS))
-        );
-        assert_eq!(
-            parse_nanos("1h2m3s4ms5us6ns"),
-            Some(HOUR + 2 * MINUTE + 3 * S + 4 * MS + 5 * US + 6)
-        );
-        assert_eq!(
-            parse_nanos("39h9m14.425s"),
-            Some(39 * HOUR + 9 * MINUTE + 14 * S + 425 * MS)
-        );
+        assert_eq!(parse_nanos("-2m3.4s"), Some(-(2 * MINUTE + 3 * S + 400 * MS)));
+        assert_eq!(parse_nanos("1h2m3s4ms5us6ns"), Some(HOUR + 2 * MINUTE + 3 * S + 4 * MS + 5 * US + 6));
+        assert_eq!(parse_nanos("39h9m14.425s"), Some(39 * HOUR + 9 * MINUTE + 14 * S + 425 * MS));
         assert_eq!(parse_nanos("52763797000ns"), Some(52763797000));
         assert_eq!(parse_nanos("0.3333333333333333333h"), Some(20 * MINUTE));
         assert_eq!(parse_nanos("9007199254740993ns"), Some((1 << 53) + 1));

@@ -1,18 +1,18 @@
-//! The `fnsim` command line: `serve` runs simulated Fn nodes.
+//! The `fnsim` command line: `serve` runs simulated Fn nodes, `drive` replays the benchmark
+//! workload against balancers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fnsim::drive::DriveConfig;
 use fnsim::godur;
+use fnsim::trace::{self, Variant, WorkloadConfig};
 use fnsim::{Mode, NodeConfig, QueueMode, ServeConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "fnsim",
-    about = "Simulated Fn servers for testing and benchmarking load balancers"
-)]
+#[command(name = "fnsim", about = "Simulated Fn servers for testing and benchmarking load balancers")]
 struct Cli {
     /// Tokio worker threads (0: one per core).
     #[arg(long, global = true, default_value_t = 0)]
@@ -26,6 +26,69 @@ enum Cmd {
     /// Run simulated Fn nodes. Prints `fnsim node <i> listening on <addr>` per node, then
     /// `fnsim ready`.
     Serve(ServeArgs),
+    /// Replay the seeded FaaS workload (BENCHMARKS.md §2) open loop against --target(s) and
+    /// report cold starts versus the lower bound, latency and per-node load.
+    Drive(DriveArgs),
+}
+
+#[derive(Args)]
+struct DriveArgs {
+    /// Base URL to send calls to (a balancer, or a node); repeat or comma-separate for
+    /// several balancers (each call goes to one at random).
+    #[arg(long = "target", value_delimiter = ',', required_unless_present = "dry_run")]
+    targets: Vec<String>,
+    /// Workload variant.
+    #[arg(long, value_enum, default_value_t = Variant::Steady)]
+    variant: Variant,
+    /// Utilisation ρ = λ·E[exec]/(nodes·slots) [default: 0.3, or 0.7 for overload].
+    #[arg(long, value_parser = non_negative)]
+    rho: Option<f64>,
+    /// Trace seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Node count the utilisation is computed for.
+    #[arg(long, default_value_t = 8)]
+    nodes: usize,
+    /// Slots per node the utilisation is computed for (the nodes' --slots).
+    #[arg(long, default_value_t = 64)]
+    slots: usize,
+    /// Number of functions.
+    #[arg(long, default_value_t = 200)]
+    functions: usize,
+    /// Zipf exponent of function popularity.
+    #[arg(long, default_value_t = 1.1, value_parser = non_negative)]
+    zipf: f64,
+    /// Warm-up before the measured window (calls run, latency not counted).
+    #[arg(long, default_value = "10s", value_parser = godur::parse_flag)]
+    warmup: Duration,
+    /// Measured window.
+    #[arg(long, default_value = "60s", value_parser = godur::parse_flag)]
+    duration: Duration,
+    /// The nodes' idle timeout (for the lower bound).
+    #[arg(long, default_value = "30s", value_parser = godur::parse_flag)]
+    idle_timeout: Duration,
+    /// Base URL of an fnsim node that carries out churn's down/up commands
+    /// (POST /fnsim/down?node=I&for_ms=..., /fnsim/up?node=I).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Index of the node churn takes down.
+    #[arg(long, default_value_t = 0)]
+    churn_node: usize,
+    /// Node base URLs whose /fnsim/stats are reset before and reported after the run.
+    #[arg(long = "nodes-url", value_delimiter = ',')]
+    node_urls: Vec<String>,
+    /// Per-call timeout, from the scheduled time.
+    #[arg(long, default_value = "60s", value_parser = godur::parse_flag)]
+    timeout: Duration,
+    /// HTTP method of the calls.
+    #[arg(long, default_value = "GET")]
+    method: http::Method,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Only generate the trace and its lower bound; send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -125,6 +188,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Serve(args) => rt.block_on(run_serve(args)),
+        Cmd::Drive(args) => rt.block_on(run_drive(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,11 +204,7 @@ fn listen_addrs(a: &ServeArgs) -> Result<Vec<SocketAddr>, String> {
         return Ok(a.addrs.clone());
     }
     if !a.hosts.is_empty() {
-        return Ok(a
-            .hosts
-            .iter()
-            .map(|&h| SocketAddr::new(h, a.port))
-            .collect());
+        return Ok(a.hosts.iter().map(|&h| SocketAddr::new(h, a.port)).collect());
     }
     if a.nodes == 0 {
         return Err("--nodes must be at least 1".into());
@@ -187,6 +247,73 @@ async fn run_serve(a: ServeArgs) -> Result<(), String> {
     println!("fnsim ready");
     wait_for_signal().await;
     handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_drive(a: DriveArgs) -> Result<(), String> {
+    if a.nodes == 0 || a.slots == 0 || a.functions == 0 {
+        return Err("--nodes, --slots and --functions must be at least 1".into());
+    }
+    if a.variant == Variant::Churn && a.admin.is_none() && !a.dry_run {
+        return Err("--variant churn needs --admin URL (an fnsim node that can take node --churn-node down)".into());
+    }
+    for t in a.targets.iter().chain(&a.node_urls).chain(&a.admin) {
+        let uri: http::Uri = t.parse().map_err(|e| format!("bad URL {t:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(format!("bad URL {t:?}: expected http://host:port"));
+        }
+    }
+    let default_rho = if a.variant == Variant::Overload { 0.7 } else { 0.3 };
+    let workload = WorkloadConfig {
+        seed: a.seed,
+        variant: a.variant,
+        rho: a.rho.unwrap_or(default_rho),
+        nodes: a.nodes,
+        slots: a.slots,
+        functions: a.functions,
+        zipf_s: a.zipf,
+        warmup: a.warmup,
+        measured: a.duration,
+    };
+    let trace = trace::generate(&workload);
+    if a.dry_run {
+        let bound = fnsim::drive::bound_cold_starts(&trace, a.idle_timeout);
+        let n = trace.calls.len();
+        let ratio = if n == 0 { 0.0 } else { bound as f64 / n as f64 };
+        if a.json {
+            let v = serde_json::json!({
+                "workload": workload,
+                "calls": n,
+                "rate": trace.rate,
+                "mean_exec_ms": trace.mean_exec_ms,
+                "bound_cold_starts": bound,
+                "bound_cold_ratio": ratio,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{:?} seed {} rho {:.2}: {n} calls, {:.1} calls/s, E[exec] {:.0} ms, bound {bound} cold starts ({:.2}%)",
+                workload.variant, workload.seed, workload.rho, trace.rate, trace.mean_exec_ms,
+                ratio * 100.0
+            );
+        }
+        return Ok(());
+    }
+    let cfg = DriveConfig {
+        targets: a.targets,
+        idle_timeout: a.idle_timeout,
+        admin: a.admin,
+        churn_node: a.churn_node,
+        node_urls: a.node_urls,
+        timeout: a.timeout,
+        method: a.method,
+    };
+    let report = fnsim::drive::drive(&cfg, &trace).await;
+    if a.json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", report.render());
+    }
     Ok(())
 }
 

@@ -166,11 +166,7 @@ impl NodeModel {
             QueueMode::Queue => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
-                self.queue.push_back(Waiting {
-                    ticket,
-                    func,
-                    since: now,
-                });
+                self.queue.push_back(Waiting { ticket, func, since: now });
                 self.stats.queued += 1;
                 Arrival::Queued(ticket)
             }
@@ -187,10 +183,7 @@ impl NodeModel {
             self.idle_by_fn
                 .entry(lease.func.clone())
                 .or_default()
-                .push_back(Idle {
-                    container: lease.container,
-                    since: now,
-                });
+                .push_back(Idle { container: lease.container, since: now });
             self.lru.insert((now, lease.container), lease.func);
         }
         let mut started = Vec::new();
@@ -200,8 +193,7 @@ impl NodeModel {
                 break;
             };
             let head = self.queue.pop_front().expect("queue head exists");
-            self.stats.queue_wait_seconds +=
-                now.saturating_duration_since(head.since).as_secs_f64();
+            self.stats.queue_wait_seconds += now.saturating_duration_since(head.since).as_secs_f64();
             started.push((head.ticket, lease));
         }
         started
@@ -252,12 +244,7 @@ impl NodeModel {
         s.busy = self.busy;
         s.idle = self.lru.len();
         s.queue_len = self.queue.len();
-        s.functions = self
-            .functions
-            .iter()
-            .filter(|(_, c)| c.calls > 0)
-            .map(|(k, c)| (k.to_string(), *c))
-            .collect();
+        s.functions = self.functions.iter().filter(|(_, c)| c.calls > 0).map(|(k, c)| (k.to_string(), *c)).collect();
         s
     }
 
@@ -300,22 +287,8 @@ impl NodeModel {
         Some(self.lease(now, func, container, true, evicted))
     }
 
-    fn lease(
-        &self,
-        now: Instant,
-        func: &FnKey,
-        container: u64,
-        cold: bool,
-        evicted: Option<FnKey>,
-    ) -> Lease {
-        Lease {
-            container,
-            func: func.clone(),
-            cold,
-            evicted,
-            started: now,
-            generation: self.generation,
-        }
+    fn lease(&self, now: Instant, func: &FnKey, container: u64, cold: bool, evicted: Option<FnKey>) -> Lease {
+        Lease { container, func: func.clone(), cold, evicted, started: now, generation: self.generation }
     }
 
     fn remove_idle(&mut self, func: &FnKey, container: u64) {
@@ -375,13 +348,7 @@ mod tests {
         let s = m.stats(t0 + ms(200));
         assert_eq!((s.calls, s.cold_starts, s.warm_starts), (2, 1, 1));
         assert_eq!(s.busy, 1);
-        assert_eq!(
-            s.functions["/r/app/f"],
-            FnCounts {
-                calls: 2,
-                cold_starts: 1
-            }
-        );
+        assert_eq!(s.functions["/r/app/f"], FnCounts { calls: 2, cold_starts: 1 });
     }
 
     #[test]
@@ -456,11 +423,7 @@ mod tests {
         let s = m.stats(t0 + ms(300));
         assert_eq!((s.queued, s.queue_len), (3, 0));
         // Waits: 99 + 198 + 297 ms.
-        assert!(
-            (s.queue_wait_seconds - 0.594).abs() < 1e-9,
-            "{}",
-            s.queue_wait_seconds
-        );
+        assert!((s.queue_wait_seconds - 0.594).abs() < 1e-9, "{}", s.queue_wait_seconds);
     }
 
     #[test]

@@ -186,11 +186,7 @@ impl Node {
             let node = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                if node
-                    .down_epoch
-                    .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
+                if node.down_epoch.compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                     node.down.send_replace(false);
                 }
             });
@@ -231,9 +227,7 @@ impl ServerHandle {
 
     /// Makes `/version` of the node at `pos` answer 200 (true) or 503 (false).
     pub fn set_healthy(&self, pos: usize, healthy: bool) {
-        self.cluster.nodes[pos]
-            .healthy
-            .store(healthy, Ordering::SeqCst);
+        self.cluster.nodes[pos].healthy.store(healthy, Ordering::SeqCst);
     }
 
     /// Takes the node at `pos` down or brings it back up.
@@ -266,8 +260,7 @@ pub async fn serve(cfg: ServeConfig) -> io::Result<ServerHandle> {
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let index = cfg.first_index + pos;
-        let version_body =
-            serde_json::to_vec(&serde_json::json!({ "version": node_cfg.version })).expect("json");
+        let version_body = serde_json::to_vec(&serde_json::json!({ "version": node_cfg.version })).expect("json");
         nodes.push(Arc::new(Node {
             index,
             index_header: HeaderValue::from(index),
@@ -295,21 +288,12 @@ pub async fn serve(cfg: ServeConfig) -> io::Result<ServerHandle> {
         .enumerate()
         .map(|(pos, l)| tokio::spawn(accept_loop(cluster.clone(), pos, l, shutdown_rx.clone())))
         .collect();
-    Ok(ServerHandle {
-        cluster,
-        shutdown,
-        tasks,
-    })
+    Ok(ServerHandle { cluster, shutdown, tasks })
 }
 
 /// Accepts connections for one node; closes the listener while the node is down and re-binds
 /// the same address when it comes back.
-async fn accept_loop(
-    cluster: Arc<Cluster>,
-    pos: usize,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(cluster: Arc<Cluster>, pos: usize, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let node = cluster.nodes[pos].clone();
     let mut down = node.down.subscribe();
     // Connections get their own receiver: `shutdown` is borrowed by the select below.
@@ -393,9 +377,7 @@ async fn serve_conn(
         let cluster = cluster.clone();
         async move { Ok::<_, Infallible>(handle(&cluster, pos, req).await) }
     });
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), svc);
+    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
@@ -440,11 +422,7 @@ async fn fast_call(node: &Node, req: Request<Incoming>) -> Response<SimBody> {
     drain(req.into_body()).await;
     if node.draw_fail() {
         node.fast_failed.fetch_add(1, Ordering::Relaxed);
-        return msg(
-            node,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "injected failure (fnsim)",
-        );
+        return msg(node, StatusCode::INTERNAL_SERVER_ERROR, "injected failure (fnsim)");
     }
     node.fast_calls.fetch_add(1, Ordering::Relaxed);
     let body = match node.cfg.body_size {
@@ -471,11 +449,7 @@ async fn model_call(node: &Node, req: Request<Incoming>) -> Response<SimBody> {
 
     if node.draw_fail() {
         node.lock().model.count_failed();
-        return msg(
-            node,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "injected failure (fnsim)",
-        );
+        return msg(node, StatusCode::INTERNAL_SERVER_ERROR, "injected failure (fnsim)");
     }
 
     let decision = {
@@ -485,11 +459,7 @@ async fn model_call(node: &Node, req: Request<Incoming>) -> Response<SimBody> {
             Arrival::Queued(ticket) => {
                 let (tx, rx) = oneshot::channel();
                 st.waiters.insert(ticket, tx);
-                Err(Some(Waiter {
-                    node,
-                    ticket,
-                    rx: Some(rx),
-                }))
+                Err(Some(Waiter { node, ticket, rx: Some(rx) }))
             }
             Arrival::Rejected => Err(None),
         }
@@ -498,21 +468,12 @@ async fn model_call(node: &Node, req: Request<Incoming>) -> Response<SimBody> {
         Ok(lease) => lease,
         Err(Some(waiter)) => match waiter.wait().await {
             Some(lease) => lease,
-            None => {
-                return msg(
-                    node,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "node restarted (fnsim)",
-                )
-            }
+            None => return msg(node, StatusCode::SERVICE_UNAVAILABLE, "node restarted (fnsim)"),
         },
         Err(None) => return msg(node, StatusCode::SERVICE_UNAVAILABLE, "too busy (fnsim)"),
     };
     let is_cold = lease.cold;
-    let guard = LeaseGuard {
-        node,
-        lease: Some(lease),
-    };
+    let guard = LeaseGuard { node, lease: Some(lease) };
     if is_cold && !cold.is_zero() {
         tokio::time::sleep(cold).await;
     }
@@ -530,14 +491,8 @@ async fn model_call(node: &Node, req: Request<Incoming>) -> Response<SimBody> {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    h.insert(
-        WAIT_HEADER,
-        HeaderValue::from_str(&godur::format(wait)).expect("durations are header-safe"),
-    );
-    h.insert(
-        COLD_RESPONSE_HEADER,
-        HeaderValue::from_static(if is_cold { "true" } else { "false" }),
-    );
+    h.insert(WAIT_HEADER, HeaderValue::from_str(&godur::format(wait)).expect("durations are header-safe"));
+    h.insert(COLD_RESPONSE_HEADER, HeaderValue::from_static(if is_cold { "true" } else { "false" }));
     h.insert(NODE_HEADER, node.index_header.clone());
     resp
 }
@@ -610,12 +565,7 @@ fn release(st: &mut State, lease: Lease) {
 
 /// `/fnsim/<cmd>[?node=I]`: knobs and counters. `node` addresses another node of this process
 /// by its index (so a node that is down can be brought back through another one).
-async fn control(
-    cluster: &Cluster,
-    this: &Arc<Node>,
-    cmd: &str,
-    req: Request<Incoming>,
-) -> Response<SimBody> {
+async fn control(cluster: &Cluster, this: &Arc<Node>, cmd: &str, req: Request<Incoming>) -> Response<SimBody> {
     let query = parse_query(req.uri().query().unwrap_or(""));
     let node = match query.get("node") {
         None => this.clone(),
@@ -626,11 +576,9 @@ async fn control(
     };
     let method = req.method().clone();
     match (cmd, method) {
-        ("health", Method::GET) => json_value(
-            this,
-            StatusCode::OK,
-            serde_json::json!({ "healthy": node.healthy.load(Ordering::SeqCst) }),
-        ),
+        ("health", Method::GET) => {
+            json_value(this, StatusCode::OK, serde_json::json!({ "healthy": node.healthy.load(Ordering::SeqCst) }))
+        }
         ("health", Method::POST) => {
             #[derive(serde::Deserialize)]
             struct Health {
@@ -643,11 +591,7 @@ async fn control(
             match serde_json::from_slice::<Health>(&body) {
                 Ok(h) => {
                     node.healthy.store(h.healthy, Ordering::SeqCst);
-                    json_value(
-                        this,
-                        StatusCode::OK,
-                        serde_json::json!({ "healthy": h.healthy }),
-                    )
+                    json_value(this, StatusCode::OK, serde_json::json!({ "healthy": h.healthy }))
                 }
                 Err(e) => msg(this, StatusCode::BAD_REQUEST, &format!("bad body: {e}")),
             }
@@ -669,11 +613,7 @@ async fn control(
                 down: *node.down.borrow(),
                 stats: node.stats(),
             };
-            json_value(
-                this,
-                StatusCode::OK,
-                serde_json::to_value(out).expect("json"),
-            )
+            json_value(this, StatusCode::OK, serde_json::to_value(out).expect("json"))
         }
         ("stats/reset", Method::POST) => {
             node.reset_stats();
@@ -700,10 +640,7 @@ async fn control(
 }
 
 fn parse_query(q: &str) -> HashMap<&str, &str> {
-    q.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .collect()
+    q.split('&').filter(|kv| !kv.is_empty()).map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect()
 }
 
 /// Reads and discards a request body.
@@ -752,10 +689,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(EXEC_HEADER, HeaderValue::from_static("12.5"));
         h.insert(COLD_HEADER, HeaderValue::from_static("banana"));
-        assert_eq!(
-            header_ms(&h, EXEC_HEADER),
-            Some(Duration::from_micros(12_500))
-        );
+        assert_eq!(header_ms(&h, EXEC_HEADER), Some(Duration::from_micros(12_500)));
         assert_eq!(header_ms(&h, COLD_HEADER), None);
         h.insert(COLD_HEADER, HeaderValue::from_static("-3"));
         assert_eq!(header_ms(&h, COLD_HEADER), Some(Duration::ZERO));
@@ -764,10 +698,7 @@ mod tests {
 
     #[test]
     fn fail_rate_draws_match_the_rate() {
-        let cfg = NodeConfig {
-            fail_rate: 0.25,
-            ..NodeConfig::default()
-        };
+        let cfg = NodeConfig { fail_rate: 0.25, ..NodeConfig::default() };
         let node = Node {
             index: 3,
             index_header: HeaderValue::from(3),

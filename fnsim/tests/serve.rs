@@ -20,10 +20,7 @@ async fn stats(c: &HttpClient, sim: &Sim, node: usize) -> serde_json::Value {
 
 /// Waits until `node` has `busy` containers in use (so later requests arrive in a known order).
 async fn until_busy(c: &HttpClient, sim: &Sim, node: usize, busy: u64) {
-    eventually(LIMIT, "busy containers", || async {
-        stats(c, sim, node).await["busy"] == busy
-    })
-    .await;
+    eventually(LIMIT, "busy containers", || async { stats(c, sim, node).await["busy"] == busy }).await;
 }
 
 #[tokio::test]
@@ -52,23 +49,11 @@ async fn health_knob_makes_version_fail_and_recover() {
     let a = post(&c, &sim.url(0, "/fnsim/health"), r#"{"healthy":false}"#).await;
     assert_eq!(a.status, 200);
     assert_eq!(get(&c, &sim.url(0, "/version")).await.status, 503);
-    assert_eq!(
-        get(&c, &sim.url(1, "/version")).await.status,
-        200,
-        "only node 0"
-    );
+    assert_eq!(get(&c, &sim.url(1, "/version")).await.status, 200, "only node 0");
     // Bad bodies are refused.
-    assert_eq!(
-        post(&c, &sim.url(0, "/fnsim/health"), "{}").await.status,
-        400
-    );
+    assert_eq!(post(&c, &sim.url(0, "/fnsim/health"), "{}").await.status, 400);
     // Node 1 can flip node 0 back.
-    let a = post(
-        &c,
-        &sim.url(1, "/fnsim/health?node=0"),
-        r#"{"healthy":true}"#,
-    )
-    .await;
+    let a = post(&c, &sim.url(1, "/fnsim/health?node=0"), r#"{"healthy":true}"#).await;
     assert_eq!(a.status, 200);
     assert_eq!(get(&c, &sim.url(0, "/version")).await.status, 200);
 }
@@ -82,10 +67,7 @@ async fn version_delay_slows_version_only() {
     assert!(t.elapsed() >= Duration::from_millis(300));
     let t = Instant::now();
     assert_eq!(get(&c, &sim.url(0, "/r/app/fn")).await.status, 200);
-    assert!(
-        t.elapsed() < Duration::from_millis(1000),
-        "calls are not delayed"
-    );
+    assert!(t.elapsed() < Duration::from_millis(1000), "calls are not delayed");
 }
 
 #[tokio::test]
@@ -153,18 +135,10 @@ async fn full_node_queues_fifo_and_evicts() {
     until_busy(&c, &sim, 0, 1).await;
     let second = get(&c, &sim.url(0, "/r/app/b")).await;
     let first = first.await.unwrap();
-    assert!(
-        first.wait() < Duration::from_millis(250),
-        "{:?}",
-        first.wait()
-    );
+    assert!(first.wait() < Duration::from_millis(250), "{:?}", first.wait());
     // The second call waited for the first to finish, then started cold on the evicted slot.
     assert!(second.cold());
-    assert!(
-        second.wait() >= Duration::from_millis(150),
-        "{:?}",
-        second.wait()
-    );
+    assert!(second.wait() >= Duration::from_millis(150), "{:?}", second.wait());
 
     let s = stats(&c, &sim, 0).await;
     assert_eq!(s["queued"], 1);
@@ -176,16 +150,7 @@ async fn full_node_queues_fifo_and_evicts() {
 
 #[tokio::test]
 async fn reject_mode_answers_503_at_once() {
-    let sim = Sim::start(&[
-        "--slots",
-        "1",
-        "--queue-mode",
-        "reject",
-        "--cold-ms",
-        "0",
-        "--exec-ms",
-        "2000",
-    ]);
+    let sim = Sim::start(&["--slots", "1", "--queue-mode", "reject", "--cold-ms", "0", "--exec-ms", "2000"]);
     let c = client();
     let first = tokio::spawn({
         let c = c.clone();
@@ -209,15 +174,9 @@ async fn stats_reset() {
         assert_eq!(get(&c, &sim.url(0, "/r/a/f")).await.status, 200);
     }
     let s = stats(&c, &sim, 0).await;
-    assert_eq!(
-        (s["calls"].as_u64(), s["warm_starts"].as_u64()),
-        (Some(5), Some(4))
-    );
+    assert_eq!((s["calls"].as_u64(), s["warm_starts"].as_u64()), (Some(5), Some(4)));
     assert_eq!(s["idle"], 1);
-    assert_eq!(
-        post(&c, &sim.url(0, "/fnsim/stats/reset"), "").await.status,
-        200
-    );
+    assert_eq!(post(&c, &sim.url(0, "/fnsim/stats/reset"), "").await.status, 200);
     let s = stats(&c, &sim, 0).await;
     assert_eq!(s["calls"], 0);
     assert_eq!(s["idle"], 1, "containers survive a stats reset");
@@ -255,33 +214,19 @@ async fn down_closes_the_listener_and_up_rebinds() {
     assert_eq!(get(&c, &sim.url(0, "/r/a/f")).await.status, 200);
     assert_eq!(post(&c, &sim.url(0, "/fnsim/down"), "").await.status, 200);
     let addr = sim.addrs[0];
-    eventually(LIMIT, "connections refused", || async move {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
-    .await;
+    eventually(LIMIT, "connections refused", || async move { tokio::net::TcpStream::connect(addr).await.is_err() })
+        .await;
     // Bring it back through node 1; it comes back without warm containers.
-    assert_eq!(
-        post(&c, &sim.url(1, "/fnsim/up?node=0"), "").await.status,
-        200
-    );
-    eventually(LIMIT, "node 0 back", || async move {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
+    assert_eq!(post(&c, &sim.url(1, "/fnsim/up?node=0"), "").await.status, 200);
+    eventually(LIMIT, "node 0 back", || async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
     let a = get(&client(), &sim.url(0, "/r/a/f")).await;
     assert!(a.cold(), "a restarted node has no warm containers");
 
     // A timed down comes back by itself.
     let a = post(&c, &sim.url(1, "/fnsim/down?node=0&for_ms=300"), "").await;
     assert_eq!(a.status, 200);
-    eventually(LIMIT, "down", || async move {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
-    .await;
-    eventually(LIMIT, "auto up", || async move {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
+    eventually(LIMIT, "down", || async move { tokio::net::TcpStream::connect(addr).await.is_err() }).await;
+    eventually(LIMIT, "auto up", || async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
     assert_eq!(get(&client(), &sim.url(0, "/version")).await.status, 200);
 }
 
@@ -295,10 +240,7 @@ async fn explicit_addresses_and_first_index() {
     assert_eq!(a.header("fn-node"), "6");
 
     // SIGTERM stops it cleanly.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &sim.child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").args(["-TERM", &sim.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + LIMIT;
     loop {

@@ -30,11 +30,7 @@ impl Sim {
         if !args.contains(&"--addrs") {
             cmd.args(["--port", "0"]);
         }
-        let mut child = cmd
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn fnsim");
+        let mut child = cmd.args(args).stdout(Stdio::piped()).spawn().expect("spawn fnsim");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -47,9 +43,7 @@ impl Sim {
         });
         let mut addrs = Vec::new();
         loop {
-            let line = rx
-                .recv_timeout(STARTUP)
-                .unwrap_or_else(|e| panic!("no ready line from fnsim {args:?}: {e}"));
+            let line = rx.recv_timeout(STARTUP).unwrap_or_else(|e| panic!("no ready line from fnsim {args:?}: {e}"));
             if line == "fnsim ready" {
                 break;
             }
@@ -88,10 +82,7 @@ pub struct Answer {
 impl Answer {
     /// A header as text. Not `to_str`: `XXX-FXLB-WAIT` may hold a raw UTF-8 `µ`, as Go sends it.
     pub fn header(&self, name: &str) -> &str {
-        let v = self
-            .headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header"));
+        let v = self.headers.get(name).unwrap_or_else(|| panic!("no {name} header"));
         std::str::from_utf8(v.as_bytes()).expect("UTF-8 header")
     }
 
@@ -122,11 +113,7 @@ pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    Answer { status, headers, body }
 }
 
 pub async fn get(c: &HttpClient, url: &str) -> Answer {
@@ -134,9 +121,7 @@ pub async fn get(c: &HttpClient, url: &str) -> Answer {
 }
 
 pub async fn post(c: &HttpClient, url: &str, body: &str) -> Answer {
-    let req = Request::post(url)
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .unwrap();
+    let req = Request::post(url).body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap();
     send(c, req).await
 }
 
@@ -148,10 +133,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,501 @@
+//! The workload driver: replays a [`Trace`] open loop against one or more balancers (or nodes)
+//! and reports cold starts against the lower bound, latency, excess latency and per-node load.
+//!
+//! Open loop: each call is sent at its scheduled time whatever is still in flight, and its
+//! latency counts from the scheduled time, so a slow system cannot slow the load down and
+//! driver lag shows up as latency instead of hiding (`send_lag_ms` reports it separately).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::bound;
+use crate::metrics::Summary;
+use crate::server::{COLD_HEADER, COLD_RESPONSE_HEADER, EXEC_HEADER, NODE_HEADER};
+use crate::trace::{Trace, Variant};
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+#[derive(Clone, Debug)]
+pub struct DriveConfig {
+    /// Base URLs (`http://127.0.0.1:8081`); each call goes to one at random.
+    pub targets: Vec<String>,
+    /// Must match the nodes' `--idle-timeout` for the bound to mean anything.
+    pub idle_timeout: Duration,
+    /// Base URL of an fnsim node used for `churn`'s down/up commands.
+    pub admin: Option<String>,
+    /// Index of the node taken down by `churn`.
+    pub churn_node: usize,
+    /// Node base URLs whose `/fnsim/stats` are reset before and read after the run.
+    pub node_urls: Vec<String>,
+    /// Per-call timeout (counted from the scheduled time).
+    pub timeout: Duration,
+    pub method: Method,
+}
+
+/// What happened to one call.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    Answered { status: u16, cold: Option<bool>, node: Option<u32>, latency: Duration },
+    Failed(&'static str),
+}
+
+/// Load seen on one node (from the `Fn-Node` header), measured window only.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeLoad {
+    pub node: u32,
+    pub calls: usize,
+    /// Estimated busy-slot-seconds: execution plus cold start of the calls it served.
+    pub busy_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub variant: Variant,
+    pub seed: u64,
+    pub rho: f64,
+    /// Steady arrival rate of the trace (calls/s).
+    pub rate: f64,
+    pub mean_exec_ms: f64,
+    pub warmup_s: f64,
+    pub measured_s: f64,
+    pub targets: usize,
+    /// Calls in the whole trace, and after the warm-up.
+    pub calls: usize,
+    pub measured_calls: usize,
+    /// Calls answered 2xx.
+    pub ok: usize,
+    /// Calls not answered 2xx (whole trace).
+    pub errors: usize,
+    /// Errors by HTTP status or transport failure (`connect`, `timeout`, `request`, `body`).
+    pub errors_by_kind: BTreeMap<String, usize>,
+    /// Calls answered with `Fn-Call-Cold: true`, over the whole trace.
+    pub cold_starts: usize,
+    pub cold_ratio: f64,
+    pub bound_cold_starts: usize,
+    pub bound_cold_ratio: f64,
+    /// `cold_ratio / bound_cold_ratio`.
+    pub cold_vs_bound: f64,
+    /// Latency from the scheduled time to the end of the body, 2xx calls after the warm-up.
+    pub latency_ms: Summary,
+    /// Latency minus the call's own execution time.
+    pub excess_ms: Summary,
+    /// How late the driver sent calls (its own overload shows here).
+    pub send_lag_ms: Summary,
+    pub nodes: Vec<NodeLoad>,
+    pub busy_max_s: f64,
+    pub busy_mean_s: f64,
+    /// `busy_max_s / busy_mean_s`: 1.0 is perfect balance.
+    pub busy_max_over_mean: f64,
+    /// `/fnsim/stats` of each `--nodes-url`, read after the run.
+    pub node_stats: Vec<serde_json::Value>,
+    /// What the churn variant did, with times relative to the start of the trace.
+    pub churn: Vec<String>,
+}
+
+fn client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    // Open loop means thousands of calls in flight: keep every connection for reuse.
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(usize::MAX)
+        .build(http)
+}
+
+fn trim(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+/// The lower bound alone (no HTTP): for `--dry-run` and the report.
+pub fn bound_cold_starts(trace: &Trace, idle_timeout: Duration) -> usize {
+    bound::cold_starts(&trace.calls, idle_timeout)
+}
+
+/// Replays `trace` and builds the report.
+pub async fn drive(cfg: &DriveConfig, trace: &Trace) -> Report {
+    let client = client();
+    let targets: Vec<String> = cfg.targets.iter().map(|t| trim(t)).collect();
+    let node_urls: Vec<String> = cfg.node_urls.iter().map(|t| trim(t)).collect();
+    for url in &node_urls {
+        if let Err(e) = post(&client, &format!("{url}/fnsim/stats/reset")).await {
+            tracing::warn!("cannot reset stats of {url}: {e}");
+        }
+    }
+
+    // A little lead so the first calls are not late because of setup.
+    let start = Instant::now() + Duration::from_millis(50);
+    let churn = if trace.config.variant == Variant::Churn {
+        cfg.admin.as_ref().map(|admin| {
+            tokio::spawn(churn(
+                client.clone(),
+                trim(admin),
+                cfg.churn_node,
+                start,
+                trace.config.warmup,
+                trace.config.measured,
+            ))
+        })
+    } else {
+        None
+    };
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Outcome, Duration)>();
+    let collector = tokio::spawn({
+        let n = trace.calls.len();
+        async move {
+            let mut outcomes: Vec<Option<(Outcome, Duration)>> = vec![None; n];
+            while let Some((i, o, lag)) = rx.recv().await {
+                outcomes[i] = Some((o, lag));
+            }
+            outcomes
+        }
+    });
+
+    // The target of each call is drawn up front from the seed, so multi-target runs are
+    // reproducible too.
+    let mut rng = ChaCha8Rng::seed_from_u64(trace.config.seed ^ 0x7461_7267_6574);
+    let paths: Arc<Vec<String>> = Arc::new(trace.functions.iter().map(|f| f.path.clone()).collect());
+    for (i, call) in trace.calls.iter().enumerate() {
+        let when = start + call.at;
+        tokio::time::sleep_until(when).await;
+        let target = if targets.len() == 1 { 0 } else { rng.gen_range(0..targets.len()) };
+        let uri = format!("{}{}", targets[target], paths[call.func as usize]);
+        let (client, tx, method, timeout) = (client.clone(), tx.clone(), cfg.method.clone(), cfg.timeout);
+        let (exec, cold) = (call.exec_ms, call.cold_ms);
+        tokio::spawn(async move {
+            let lag = when.elapsed();
+            let outcome = one_call(&client, method, &uri, exec, cold, when, timeout).await;
+            let _ = tx.send((i, outcome, lag));
+        });
+    }
+    drop(tx);
+    let outcomes = collector.await.expect("collector");
+    let churn_events = match churn {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+
+    let mut node_stats = Vec::new();
+    for url in &node_urls {
+        match get_json(&client, &format!("{url}/fnsim/stats")).await {
+            Ok(v) => node_stats.push(v),
+            Err(e) => {
+                node_stats.push(serde_json::json!({ "url": url, "error": e }));
+            }
+        }
+    }
+
+    let mut report = summarize(trace, cfg.idle_timeout, &outcomes);
+    report.targets = targets.len();
+    report.node_stats = node_stats;
+    report.churn = churn_events;
+    report
+}
+
+async fn one_call(
+    client: &HttpClient,
+    method: Method,
+    uri: &str,
+    exec_ms: f64,
+    cold_ms: f64,
+    scheduled: Instant,
+    timeout: Duration,
+) -> Outcome {
+    let req = match Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(EXEC_HEADER, format!("{exec_ms:.3}"))
+        .header(COLD_HEADER, format!("{cold_ms:.3}"))
+        .body(Empty::new())
+    {
+        Ok(r) => r,
+        Err(_) => return Outcome::Failed("request"),
+    };
+    let work = async {
+        let resp = client.request(req).await.map_err(|e| if e.is_connect() { "connect" } else { "request" })?;
+        let status = resp.status().as_u16();
+        let cold = resp.headers().get(COLD_RESPONSE_HEADER).and_then(|v| match v.as_bytes() {
+            b"true" => Some(true),
+            b"false" => Some(false),
+            _ => None,
+        });
+        let node = resp.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|_| "body")?;
+        }
+        Ok::<_, &'static str>((status, cold, node))
+    };
+    match tokio::time::timeout_at(scheduled + timeout, work).await {
+        Ok(Ok((status, cold, node))) => Outcome::Answered { status, cold, node, latency: scheduled.elapsed() },
+        Ok(Err(kind)) => Outcome::Failed(kind),
+        Err(_) => Outcome::Failed("timeout"),
+    }
+}
+
+/// Takes `node` down a third of the way through the measured window and back up at two thirds
+/// (20 s and 40 s of the default 60 s). The down command carries its own duration, so the node
+/// returns even if `admin` is the node that went down.
+async fn churn(
+    client: HttpClient,
+    admin: String,
+    node: usize,
+    start: Instant,
+    warmup: Duration,
+    measured: Duration,
+) -> Vec<String> {
+    let down_at = warmup + measured / 3;
+    let up_at = warmup + measured * 2 / 3;
+    let mut events = Vec::new();
+    tokio::time::sleep_until(start + down_at).await;
+    let for_ms = (up_at - down_at).as_millis();
+    let url = format!("{admin}/fnsim/down?node={node}&for_ms={for_ms}");
+    events.push(match post(&client, &url).await {
+        Ok(()) => format!("{:.1}s: node {node} down", down_at.as_secs_f64()),
+        Err(e) => format!("{:.1}s: node {node} down FAILED: {e}", down_at.as_secs_f64()),
+    });
+    tokio::time::sleep_until(start + up_at).await;
+    let url = format!("{admin}/fnsim/up?node={node}");
+    events.push(match post(&client, &url).await {
+        Ok(()) => format!("{:.1}s: node {node} up", up_at.as_secs_f64()),
+        // Expected when `admin` is the node itself: its timed down brings it back.
+        Err(e) => format!("{:.1}s: node {node} up by timer ({e})", up_at.as_secs_f64()),
+    });
+    events
+}
+
+async fn post(client: &HttpClient, url: &str) -> Result<(), String> {
+    let req = Request::post(url).body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+async fn get_json(client: &HttpClient, url: &str) -> Result<serde_json::Value, String> {
+    let req = Request::get(url).body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+/// Turns per-call outcomes (indexed like `trace.calls`; `None` = never completed) into the
+/// report. Separate from the I/O so it can be tested.
+fn summarize(trace: &Trace, idle_timeout: Duration, outcomes: &[Option<(Outcome, Duration)>]) -> Report {
+    let n = trace.calls.len();
+    let bound = bound::cold_starts(&trace.calls, idle_timeout);
+    let mut errors_by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut ok, mut cold_starts, mut measured_calls) = (0, 0, 0);
+    let (mut latency, mut excess, mut lag) = (Vec::new(), Vec::new(), Vec::new());
+    let mut loads: BTreeMap<u32, NodeLoad> = BTreeMap::new();
+    for (call, outcome) in trace.calls.iter().zip(outcomes) {
+        let measured = trace.measured(call);
+        measured_calls += usize::from(measured);
+        let Some((outcome, send_lag)) = outcome else {
+            *errors_by_kind.entry("lost".into()).or_default() += 1;
+            continue;
+        };
+        lag.push(send_lag.as_secs_f64() * 1000.0);
+        match *outcome {
+            Outcome::Answered { status, cold, node, latency: l } if (200..300).contains(&status) => {
+                ok += 1;
+                let cold = cold == Some(true);
+                cold_starts += usize::from(cold);
+                if measured {
+                    let ms = l.as_secs_f64() * 1000.0;
+                    latency.push(ms);
+                    excess.push(ms - call.exec_ms);
+                    if let Some(node) = node {
+                        let load = loads.entry(node).or_insert(NodeLoad { node, calls: 0, busy_seconds: 0.0 });
+                        load.calls += 1;
+                        let cold_ms = if cold { call.cold_ms } else { 0.0 };
+                        load.busy_seconds += (call.exec_ms + cold_ms) / 1000.0;
+                    }
+                }
+            }
+            Outcome::Answered { status, .. } => {
+                *errors_by_kind.entry(status.to_string()).or_default() += 1;
+            }
+            Outcome::Failed(kind) => *errors_by_kind.entry(kind.into()).or_default() += 1,
+        }
+    }
+    let ratio = |x: usize| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+    let nodes: Vec<NodeLoad> = loads.into_values().collect();
+    let busy_max = nodes.iter().map(|l| l.busy_seconds).fold(0.0, f64::max);
+    // Nodes that served nothing count in the mean too.
+    let node_count = nodes.len().max(trace.config.nodes).max(1);
+    let busy_mean = nodes.iter().map(|l| l.busy_seconds).sum::<f64>() / node_count as f64;
+    Report {
+        variant: trace.config.variant,
+        seed: trace.config.seed,
+        rho: trace.config.rho,
+        rate: trace.rate,
+        mean_exec_ms: trace.mean_exec_ms,
+        warmup_s: trace.config.warmup.as_secs_f64(),
+        measured_s: trace.config.measured.as_secs_f64(),
+        targets: 0,
+        calls: n,
+        measured_calls,
+        ok,
+        errors: n - ok,
+        errors_by_kind,
+        cold_starts,
+        cold_ratio: ratio(cold_starts),
+        bound_cold_starts: bound,
+        bound_cold_ratio: ratio(bound),
+        cold_vs_bound: if bound == 0 { 0.0 } else { cold_starts as f64 / bound as f64 },
+        latency_ms: Summary::of(latency),
+        excess_ms: Summary::of(excess),
+        send_lag_ms: Summary::of(lag),
+        nodes,
+        busy_max_s: busy_max,
+        busy_mean_s: busy_mean,
+        busy_max_over_mean: if busy_mean > 0.0 { busy_max / busy_mean } else { 0.0 },
+        node_stats: Vec::new(),
+        churn: Vec::new(),
+    }
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let pct = |x: f64| format!("{:.2}%", x * 100.0);
+        let dist = |d: &Summary| {
+            format!("p50 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  max {:>9.1}  (ms)", d.p50, d.p99, d.p999, d.max)
+        };
+        let _ = writeln!(
+            s,
+            "workload     {:?} seed {} rho {:.2}: {:.1} calls/s, E[exec] {:.0} ms, {}s warm-up + {}s measured, {} target(s)",
+            self.variant, self.seed, self.rho, self.rate, self.mean_exec_ms, self.warmup_s,
+            self.measured_s, self.targets
+        );
+        let _ = writeln!(s, "calls        {} ({} measured), {} ok", self.calls, self.measured_calls, self.ok);
+        let kinds: Vec<String> = self.errors_by_kind.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(
+            s,
+            "errors       {}{}",
+            self.errors,
+            if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) }
+        );
+        let _ = writeln!(
+            s,
+            "cold starts  {} ({})   bound {} ({})   x{:.2} the bound",
+            self.cold_starts,
+            pct(self.cold_ratio),
+            self.bound_cold_starts,
+            pct(self.bound_cold_ratio),
+            self.cold_vs_bound
+        );
+        let _ = writeln!(s, "latency      {}", dist(&self.latency_ms));
+        let _ = writeln!(s, "excess       {}", dist(&self.excess_ms));
+        let _ = writeln!(s, "send lag     {}", dist(&self.send_lag_ms));
+        let _ = writeln!(
+            s,
+            "node busy    max {:.1} s  mean {:.1} s  max/mean {:.2}",
+            self.busy_max_s, self.busy_mean_s, self.busy_max_over_mean
+        );
+        for l in &self.nodes {
+            let _ = writeln!(s, "  node {:<3}  {:>7} calls  {:>9.1} busy-slot-s", l.node, l.calls, l.busy_seconds);
+        }
+        for v in &self.node_stats {
+            let get = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+            let _ = writeln!(
+                s,
+                "  stats node {} ({}): calls {} cold {} warm {} evictions {} expiries {} queued {} rejected {} busy-slot-s {:.1}",
+                get("node"), get("addr"), get("calls"), get("cold_starts"), get("warm_starts"),
+                get("evictions"), get("expiries"), get("queued"), get("rejected"),
+                get("busy_slot_seconds").as_f64().unwrap_or(0.0)
+            );
+        }
+        for e in &self.churn {
+            let _ = writeln!(s, "churn        {e}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Call, Function, WorkloadConfig};
+
+    fn trace(calls: Vec<Call>) -> Trace {
+        Trace {
+            config: WorkloadConfig {
+                nodes: 2,
+                warmup: Duration::from_secs(1),
+                measured: Duration::from_secs(1),
+                ..WorkloadConfig::default()
+            },
+            functions: vec![Function { path: "/f".into(), exec_ms: 100.0, cold_ms: 500.0, popularity: 1.0 }],
+            calls,
+            rate: 2.0,
+            mean_exec_ms: 100.0,
+        }
+    }
+
+    fn call(at_ms: u64) -> Call {
+        Call { at: Duration::from_millis(at_ms), func: 0, exec_ms: 100.0, cold_ms: 500.0 }
+    }
+
+    fn answered(status: u16, cold: bool, node: u32, ms: u64) -> Option<(Outcome, Duration)> {
+        Some((
+            Outcome::Answered { status, cold: Some(cold), node: Some(node), latency: Duration::from_millis(ms) },
+            Duration::ZERO,
+        ))
+    }
+
+    #[test]
+    fn summary_counts_errors_colds_and_loads() {
+        let t = trace(vec![call(0), call(1200), call(1300), call(1400), call(1500)]);
+        let outcomes = vec![
+            answered(200, true, 0, 600),  // warm-up: counts for colds, not latency
+            answered(200, true, 1, 700),  // measured, cold on node 1
+            answered(200, false, 0, 150), // measured, warm
+            answered(503, false, 0, 1),   // error
+            Some((Outcome::Failed("connect"), Duration::ZERO)),
+        ];
+        let r = summarize(&t, Duration::from_secs(30), &outcomes);
+        assert_eq!((r.calls, r.measured_calls, r.ok, r.errors), (5, 4, 3, 2));
+        assert_eq!(r.errors_by_kind["503"], 1);
+        assert_eq!(r.errors_by_kind["connect"], 1);
+        assert_eq!(r.cold_starts, 2);
+        assert_eq!(r.bound_cold_starts, 1);
+        assert!((r.cold_vs_bound - 2.0).abs() < 1e-9);
+        assert_eq!(r.latency_ms.count, 2);
+        assert_eq!(r.latency_ms.max, 700.0);
+        assert_eq!(r.excess_ms.p50, 50.0);
+        assert_eq!(r.nodes.len(), 2);
+        // Node 1 served one cold call: 0.1 s exec + 0.5 s cold start.
+        assert!((r.nodes[1].busy_seconds - 0.6).abs() < 1e-9);
+        assert!((r.busy_max_s - 0.6).abs() < 1e-9);
+        assert!((r.busy_mean_s - 0.35).abs() < 1e-9);
+        assert!(r.render().contains("cold starts  2 (40.00%)"));
+    }
+}
