@@ -252,3 +252,31 @@ async fn explicit_addresses_and_first_index() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test]
+async fn one_node_per_loopback_host() {
+    let sim = Sim::start(&["--hosts", "127.0.0.2,127.0.0.3"]);
+    assert_eq!(sim.addrs[0].ip().to_string(), "127.0.0.2");
+    assert_eq!(sim.addrs[1].ip().to_string(), "127.0.0.3");
+    let c = client();
+    assert_eq!(get(&c, &sim.url(1, "/version")).await.header("fn-node"), "1");
+}
+
+#[tokio::test]
+async fn library_serve_in_process() {
+    let handle = fnsim::serve(fnsim::ServeConfig {
+        addrs: vec!["127.0.0.1:0".parse().unwrap()],
+        first_index: 0,
+        node: fnsim::NodeConfig { cold: Duration::ZERO, exec: Duration::ZERO, ..Default::default() },
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}/r/a/f", handle.addrs()[0]);
+    let c = client();
+    assert!(get(&c, &url).await.cold());
+    assert!(!get(&c, &url).await.cold());
+    assert_eq!(handle.stats(0).warm_starts, 1);
+    handle.set_healthy(0, false);
+    assert_eq!(get(&c, &format!("http://{}/version", handle.addrs()[0])).await.status, 503);
+    handle.shutdown().await;
+}
