@@ -65,8 +65,15 @@ async fn run(cfg: Config) -> Result<(), String> {
     nodes.set_desired(initial, seq);
     tokio::spawn(discovery::poll_store(store.clone(), nodes.clone(), cfg.hc_interval));
 
-    let policy =
-        route::policy_by_name(&cfg.policy).ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
+    let policy = route::policy_by_name(
+        &cfg.policy,
+        route::PolicyConfig {
+            node_capacity: cfg.node_capacity,
+            balancers: cfg.balancers,
+            load_factor: cfg.load_factor,
+        },
+    )
+    .ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
     info!(policy = policy.name(), db = %cfg.db.redacted(), "routing policy");
     let services = Arc::new(Services {
         proxy: Proxy::new(nodes.clone(), policy, CONNECT_TIMEOUT),

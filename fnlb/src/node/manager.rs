@@ -112,6 +112,8 @@ struct Manager {
     health_changed: bool,
     last_local_seq: u64,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Shared by every node this manager creates (see `Node::total_in_flight`).
+    total_in_flight: Arc<std::sync::atomic::AtomicU32>,
     cfg: HealthConfig,
     results: mpsc::UnboundedSender<(Arc<Node>, Result<semver::Version, ProbeError>)>,
 }
@@ -128,6 +130,7 @@ pub fn spawn(cfg: HealthConfig) -> NodesHandle {
         health_changed: false,
         last_local_seq: 0,
         snapshot: snapshot.clone(),
+        total_in_flight: Arc::default(),
         cfg,
         results,
     };
@@ -203,7 +206,7 @@ impl Manager {
             return;
         }
         info!(node = %addr, "node added");
-        let node = Node::new(addr.clone());
+        let node = Node::new(addr.clone(), self.total_in_flight.clone());
         let mut member = Member { node: node.clone(), health: HealthState::default(), probing: false };
         Self::start_probe(&self.cfg.prober, &self.results, &mut member, node);
         self.members.insert(addr, member);
@@ -291,7 +294,7 @@ impl Manager {
             };
         }
         let healthy: Box<[bool]> = self.members.values().map(|m| m.health.is_healthy()).collect();
-        self.snapshot.store(Arc::new(Snapshot::new(nodes, self.table.clone(), healthy)));
+        self.snapshot.store(Arc::new(Snapshot::new(nodes, self.table.clone(), healthy, self.total_in_flight.clone())));
         self.membership_changed = false;
         self.health_changed = false;
     }

@@ -22,19 +22,37 @@ pub struct Node {
     suspect: AtomicBool,
     /// Time-decayed mean of the node's reported `XXX-FXLB-WAIT`, in microseconds.
     wait_us: AtomicU64,
+    /// Until when (ms on [`clock_ms`]) the node said it is busy (503); 0 when it did not.
+    busy_until_ms: AtomicU64,
+    /// Calls in flight on every node of the set, shared by all of them: policies compare a
+    /// node's load with the mean without summing over the nodes.
+    total_in_flight: Arc<AtomicU32>,
     /// Kept-alive upstream connections to this node.
     pub pool: Pool,
 }
 
 impl Node {
-    pub fn new(addr: NodeAddr) -> Arc<Node> {
+    pub fn new(addr: NodeAddr, total_in_flight: Arc<AtomicU32>) -> Arc<Node> {
         Arc::new(Node {
             pool: Pool::new(addr.clone()),
             addr,
             in_flight: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
             wait_us: AtomicU64::new(0),
+            busy_until_ms: AtomicU64::new(0),
+            total_in_flight,
         })
+    }
+
+    /// Whether the node said "busy" (503) in the last moments.
+    pub fn is_busy(&self) -> bool {
+        let until = self.busy_until_ms.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
+    }
+
+    /// The node answered 503 (Fn's "server busy"): treat it as full for `for_ms`.
+    pub fn mark_busy(&self, for_ms: u64) {
+        self.busy_until_ms.store(clock_ms() + for_ms, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -44,6 +62,7 @@ impl Node {
     /// Counts a call as started; the guard counts it as finished when dropped.
     pub fn start_call(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
@@ -84,7 +103,14 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.total_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Milliseconds on a process-wide monotonic clock (for short "until" marks kept in atomics).
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The node set at one moment: every stored node (sorted by address, which is what makes every
@@ -95,17 +121,29 @@ pub struct Snapshot {
     table: Arc<Table>,
     healthy: Box<[bool]>,
     healthy_count: usize,
+    total_in_flight: Arc<AtomicU32>,
 }
 
 impl Snapshot {
     pub fn empty() -> Snapshot {
-        Snapshot::new(Arc::from(Vec::new()), Arc::new(Table::build(&[])), Box::new([]))
+        Snapshot::new(Arc::from(Vec::new()), Arc::new(Table::build(&[])), Box::new([]), Arc::default())
     }
 
-    pub fn new(nodes: Arc<[Arc<Node>]>, table: Arc<Table>, healthy: Box<[bool]>) -> Snapshot {
+    /// `total_in_flight` must be the counter every node in `nodes` was created with.
+    pub fn new(
+        nodes: Arc<[Arc<Node>]>,
+        table: Arc<Table>,
+        healthy: Box<[bool]>,
+        total_in_flight: Arc<AtomicU32>,
+    ) -> Snapshot {
         debug_assert_eq!(nodes.len(), healthy.len());
         let healthy_count = healthy.iter().filter(|h| **h).count();
-        Snapshot { nodes, table, healthy, healthy_count }
+        Snapshot { nodes, table, healthy, healthy_count, total_in_flight }
+    }
+
+    /// Calls this balancer has in flight on all nodes.
+    pub fn total_in_flight(&self) -> u32 {
+        self.total_in_flight.load(Ordering::Relaxed)
     }
 
     pub fn nodes(&self) -> &[Arc<Node>] {

@@ -1,7 +1,10 @@
 //! Routing: the key of a request, the consistent order of nodes for a key ([`table`]), and the
 //! policies that pick one node of a [`Snapshot`]. Policies are pure over the snapshot plus the
 //! per-node load counters; they never block and never allocate on the common path.
+pub mod bounded;
+pub mod classic;
 pub mod goduration;
+pub mod spread;
 pub mod table;
 
 use std::time::Duration;
@@ -43,10 +46,117 @@ pub fn first_eligible(snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usi
     snap.table().order(hash).find(|i| snap.is_eligible(*i) && !tried.contains(i))
 }
 
-/// Builds the policy named on the command line.
-pub fn policy_by_name(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        "ch" | "bounded" => Some(Box::new(ConsistentHash)),
-        _ => None,
+/// What the policies need from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyConfig {
+    pub node_capacity: u32,
+    pub balancers: u32,
+    pub load_factor: f64,
+}
+
+/// Builds the policy named on the command line (`-policy`).
+pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> {
+    Some(match name {
+        "bounded" => Box::new(bounded::Bounded::new(cfg.load_factor, cfg.node_capacity, cfg.balancers)),
+        "ch" => Box::new(ConsistentHash),
+        "fnlb-classic" => Box::<classic::Classic>::default(),
+        "round-robin" => Box::<spread::RoundRobin>::default(),
+        "least-conn" => Box::<spread::LeastConn>::default(),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use crate::node::{Node, NodeAddr, Snapshot};
+    use crate::route::table::Table;
+
+    /// A snapshot of `n` nodes (127.0.0.1:9001…), healthy as given (all when `healthy` is empty).
+    pub fn snapshot(n: usize, healthy: &[bool]) -> Snapshot {
+        let total = Arc::default();
+        let mut addrs: Vec<NodeAddr> =
+            (0..n).map(|i| NodeAddr::parse(&format!("127.0.0.1:{}", 9001 + i)).unwrap()).collect();
+        addrs.sort();
+        let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), Arc::clone(&total))).collect();
+        let healthy: Box<[bool]> = if healthy.is_empty() { vec![true; n].into() } else { healthy.into() };
+        Snapshot::new(nodes, Arc::new(Table::build(&addrs)), healthy, total)
+    }
+
+    pub fn key(i: usize) -> (Vec<u8>, u64) {
+        let k = format!("/r/app/fn{i}").into_bytes();
+        let h = crate::route::table::key_hash(&k);
+        (k, h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{key, snapshot};
+    use super::*;
+
+    #[test]
+    fn ch_skips_unhealthy_and_tried_nodes_in_key_order() {
+        let snap = snapshot(4, &[]);
+        let (k, h) = key(7);
+        let order: Vec<usize> = snap.table().order(h).collect();
+        assert_eq!(ConsistentHash.pick(&snap, &k, h, &[]), Some(order[0]));
+        assert_eq!(ConsistentHash.pick(&snap, &k, h, &[order[0]]), Some(order[1]));
+        let mut healthy = vec![true; 4];
+        healthy[order[0]] = false;
+        let snap = snapshot(4, &healthy);
+        assert_eq!(ConsistentHash.pick(&snap, &k, h, &[]), Some(order[1]));
+    }
+
+    #[test]
+    fn suspect_node_is_skipped_at_once() {
+        let snap = snapshot(3, &[]);
+        let (k, h) = key(1);
+        let home = ConsistentHash.pick(&snap, &k, h, &[]).unwrap();
+        snap.nodes()[home].set_suspect(true);
+        assert_ne!(ConsistentHash.pick(&snap, &k, h, &[]), Some(home));
+    }
+
+    #[test]
+    fn no_healthy_node_means_no_pick() {
+        let snap = snapshot(3, &[false, false, false]);
+        let (k, h) = key(1);
+        for name in ["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"] {
+            let p = policy_by_name(name, PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
+            assert_eq!(p.pick(&snap, &k, h, &[]), None, "{name}");
+            assert_eq!(p.name(), name);
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_healthy_node() {
+        let snap = snapshot(4, &[true, false, true, true]);
+        let rr = spread::RoundRobin::default();
+        let (k, h) = key(0);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            seen.insert(rr.pick(&snap, &k, h, &[]).unwrap());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_node() {
+        let snap = snapshot(2, &[]);
+        let lc = spread::LeastConn::default();
+        let _busy: Vec<_> = (0..5).map(|_| snap.nodes()[0].start_call()).collect();
+        let (k, h) = key(0);
+        for _ in 0..20 {
+            // Two candidates out of two nodes: whenever both are drawn, node 1 wins; never node 0
+            // unless both draws were node 0.
+            let p = lc.pick(&snap, &k, h, &[]).unwrap();
+            if p == 0 {
+                continue;
+            }
+            assert_eq!(p, 1);
+        }
+        let picks: usize = (0..100).filter(|_| lc.pick(&snap, &k, h, &[]) == Some(1)).count();
+        assert!(picks >= 60, "idle node picked {picks}/100");
     }
 }

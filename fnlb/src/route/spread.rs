@@ -1,0 +1,67 @@
+//! Locality-blind policies, for comparison and for operators who want them: `round-robin` and
+//! `least-conn` (power of two choices over this balancer's calls in flight).
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::Policy;
+use crate::node::Snapshot;
+
+#[derive(Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl Policy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round-robin"
+    }
+
+    fn pick(&self, snap: &Snapshot, _key: &[u8], _hash: u64, tried: &[usize]) -> Option<usize> {
+        let n = snap.len();
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|k| (start + k) % n).find(|i| snap.is_eligible(*i) && !tried.contains(i))
+    }
+}
+
+pub struct LeastConn {
+    rng: AtomicU64,
+}
+
+impl Default for LeastConn {
+    fn default() -> Self {
+        LeastConn { rng: AtomicU64::new(0x2545_f491_4f6c_dd1d) }
+    }
+}
+
+impl LeastConn {
+    fn draw(&self) -> u64 {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        x
+    }
+}
+
+impl Policy for LeastConn {
+    fn name(&self) -> &'static str {
+        "least-conn"
+    }
+
+    fn pick(&self, snap: &Snapshot, _key: &[u8], _hash: u64, tried: &[usize]) -> Option<usize> {
+        let n = snap.len();
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        let ok = |i: usize| snap.is_eligible(i) && !tried.contains(&i);
+        // Two random eligible candidates (found by walking on from a random start).
+        let r = self.draw();
+        let a = (0..n).map(|k| (r as usize + k) % n).find(|i| ok(*i))?;
+        let b = (0..n).map(|k| ((r >> 32) as usize + k) % n).find(|i| ok(*i)).unwrap_or(a);
+        let load = |i: usize| snap.nodes()[i].in_flight();
+        Some(if load(b) < load(a) { b } else { a })
+    }
+}
