@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DbUrl};
-use crate::discovery::{self, sql::SqlStore, Store};
+use crate::discovery::{self, k8s::K8sSource, sql::SqlStore, Store};
 use crate::health::{probe::Prober, Thresholds};
 use crate::mgmt::Mgmt;
 use crate::node::manager::{self, HealthConfig};
@@ -46,11 +46,20 @@ pub fn main(cfg: Config) -> i32 {
 }
 
 async fn run(cfg: Config) -> Result<(), String> {
+    // Kubernetes mode: the pods are the nodes, watched rather than polled; -nodes does not apply.
+    let mut k8s = None;
     let store: Arc<dyn Store> = match &cfg.db {
-        DbUrl::K8s => return Err("-db=k8s: Kubernetes mode is not available in this build yet".into()),
+        DbUrl::K8s => {
+            let source = Arc::new(K8sSource::connect(&cfg).await?);
+            k8s = Some(source.clone());
+            source
+        }
         db => Arc::new(SqlStore::connect(db).await?),
     };
-    for node in &cfg.nodes {
+    if k8s.is_some() && !cfg.nodes.is_empty() {
+        warn!("-nodes is ignored with -db=k8s: the nodes are the selected pods");
+    }
+    for node in cfg.nodes.iter().filter(|_| k8s.is_none()) {
         store.add(node).await.map_err(|e| format!("cannot add node {node} from -nodes: {e}"))?;
     }
 
@@ -63,7 +72,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     let seq = nodes.mutation_seq();
     let initial = store.list().await.map_err(|e| format!("cannot read nodes from {}: {e}", cfg.db.redacted()))?;
     nodes.set_desired(initial, seq);
-    tokio::spawn(discovery::poll_store(store.clone(), nodes.clone(), cfg.hc_interval));
+    match k8s {
+        Some(source) => tokio::spawn(source.watch(nodes.clone())),
+        None => tokio::spawn(discovery::poll_store(store.clone(), nodes.clone(), cfg.hc_interval)),
+    };
 
     let policy = route::policy_by_name(
         &cfg.policy,
