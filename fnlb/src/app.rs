@@ -12,17 +12,19 @@ use crate::config::{Config, DbUrl};
 use crate::discovery::{self, k8s::K8sSource, sql::SqlStore, Store};
 use crate::health::{probe::Prober, Thresholds};
 use crate::mgmt::Mgmt;
-use crate::node::manager::{self, HealthConfig};
+use crate::node::manager::{self, HealthConfig, NodesHandle};
 use crate::proxy::Proxy;
 use crate::route;
 use crate::server::{accept_loop, Role, Services};
+use crate::stats::Stats;
+use crate::telemetry::{zipkin::Tracer, Observers};
 
 /// How long a connection attempt to a node may take before the call moves to the next node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the balancer until a shutdown signal; returns the process exit code.
 pub fn main(cfg: Config) -> i32 {
-    crate::telemetry::init_logging();
+    crate::telemetry::init_logging(cfg.log_format, cfg.access_log);
     let rt = if cfg.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -87,9 +89,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     )
     .ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
     info!(policy = policy.name(), db = %cfg.db.redacted(), "routing policy");
+    let obs = Arc::new(observers(&cfg, &nodes)?);
     let services = Arc::new(Services {
-        proxy: Proxy::new(nodes.clone(), policy, CONNECT_TIMEOUT),
-        mgmt: Mgmt::new(store.clone(), nodes.clone()),
+        proxy: Proxy::new(nodes.clone(), policy, CONNECT_TIMEOUT).observed_by(obs.clone()),
+        mgmt: Mgmt::new(store.clone(), nodes.clone()).observing(obs, cfg.node_capacity),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -129,6 +132,21 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Stats (with their sampling task), the Zipkin exporter when `-zipkin` is set, the access log.
+fn observers(cfg: &Config, nodes: &NodesHandle) -> Result<Observers, String> {
+    let stats = Arc::new(Stats::new());
+    tokio::spawn(stats.clone().run(nodes.clone()));
+    let tracer = match &cfg.zipkin {
+        Some(url) => {
+            let t = Tracer::spawn(url)?;
+            info!(collector = %crate::config::redact_url(url), "tracing to zipkin");
+            Some(t)
+        }
+        None => None,
+    };
+    Ok(Observers { stats, tracer, access_log: cfg.access_log })
 }
 
 /// Waits for SIGTERM (Kubernetes), SIGINT (a terminal) or SIGQUIT; the original ignored SIGTERM.

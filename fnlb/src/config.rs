@@ -18,6 +18,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::node::NodeAddr;
 use crate::route::goduration::parse_go_duration;
+use crate::telemetry::LogFormat;
 
 /// Routing policies `-policy` accepts.
 pub const POLICIES: &[&str] = &["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"];
@@ -55,6 +56,10 @@ pub struct Config {
     pub balancers: u32,
     /// Bounded-load factor (`-load-factor`), > 1.
     pub load_factor: f64,
+    /// `-log-format text|json`.
+    pub log_format: LogFormat,
+    /// `-access-log`: one log line per call.
+    pub access_log: bool,
 }
 
 impl Config {
@@ -181,6 +186,22 @@ struct Flags {
     /// Bounded policy: a node takes at most this multiple of the mean load before a key spills
     #[arg(long, env = "FNLB_LOAD_FACTOR", default_value = "1.25", value_name = "F")]
     load_factor: String,
+
+    /// Log lines as text or json (one object per line)
+    #[arg(long, env = "FNLB_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
+    log_format: String,
+
+    /// Log one line per call (method, path, node, status, duration, wait); Go bool: -access-log or -access-log=false
+    #[arg(
+        long,
+        env = "FNLB_ACCESS_LOG",
+        default_value = "false",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    access_log: String,
 }
 
 /// The clap command, with what applies to every flag set in one place.
@@ -237,6 +258,8 @@ impl Config {
             node_capacity: src.parse("node-capacity", &f.node_capacity, parse_count)?,
             balancers: src.parse("balancers", &f.balancers, parse_count)?,
             load_factor: src.parse("load-factor", &f.load_factor, parse_load_factor)?,
+            log_format: src.parse("log-format", &f.log_format, parse_log_format)?,
+            access_log: src.parse("access-log", &f.access_log, parse_bool)?,
         };
         check_listeners(&config)?;
         Ok(config)
@@ -355,7 +378,8 @@ impl FlagNames {
         let mut names = FlagNames { with_value: Vec::new(), switches: Vec::new() };
         for arg in cmd.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if arg.get_action().takes_values() {
+            // A Go-style bool (`-access-log`, `-access-log=false`) takes its value only after `=`.
+            if arg.get_action().takes_values() && !arg.is_require_equals_set() {
                 names.with_value.push(long.to_owned());
             } else {
                 names.switches.push(long.to_owned());
@@ -853,17 +877,35 @@ pub fn parse_policy(s: &str) -> Result<String, InvalidValue> {
     Err(format!("unknown policy: expected one of {}", POLICIES.join(", ")).into())
 }
 
-/// Empty: no tracing. Otherwise an http(s) URL with a host.
+/// Empty: no tracing. Otherwise an http:// URL with a host (the exporter has no TLS).
 pub fn parse_zipkin(s: &str) -> Result<Option<String>, InvalidValue> {
     if s.is_empty() {
         return Ok(None);
     }
-    const EXPECTED: &str = "must be an http:// or https:// URL, e.g. http://zipkin:9411/api/v2/spans";
+    const EXPECTED: &str = "must be an http:// URL, e.g. http://zipkin:9411/api/v2/spans";
     let url = url::Url::parse(s).map_err(|_| EXPECTED)?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+    if url.scheme() == "https" {
+        // The exporter has no TLS: say so now rather than drop every span later.
+        return Err("https collectors are not supported; use the collector's http:// URL (or a local agent)".into());
+    }
+    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) {
         return Err(EXPECTED.into());
     }
     Ok(Some(s.to_owned()))
+}
+
+/// `-log-format`: `text` or `json`.
+pub fn parse_log_format(s: &str) -> Result<LogFormat, InvalidValue> {
+    LogFormat::parse(s).ok_or_else(|| "expected text or json".into())
+}
+
+/// A Go bool (`strconv.ParseBool`): 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
+pub fn parse_bool(s: &str) -> Result<bool, InvalidValue> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 /// Empty: the balancer's own namespace. Otherwise a Kubernetes namespace name (an RFC 1123 label).
@@ -1084,8 +1126,10 @@ mod tests {
                 let Some(long) = arg.get_long() else { continue };
                 assert!(exit.message.contains(&format!("--{long}")), "{long}");
             }
+            // clap wraps long lines: compare with the line breaks folded away.
+            let folded = exit.message.split_whitespace().collect::<Vec<_>>().join(" ");
             for default in ["[default: :8081]", "[default: sqlite3://:memory:]", "[default: 0.0.235]"] {
-                assert!(exit.message.contains(default), "{default}\n{}", exit.message);
+                assert!(folded.contains(default), "{default}\n{}", exit.message);
             }
         }
     }
@@ -1226,10 +1270,31 @@ mod tests {
     #[test]
     fn zipkin_must_be_an_http_url() {
         assert_eq!(parse_zipkin(""), Ok(None));
-        assert!(parse_zipkin("https://z/api").unwrap().is_some());
+        assert!(parse_zipkin("http://z/api").unwrap().is_some());
+        assert!(parse_zipkin("https://z/api").unwrap_err().to_string().contains("https"));
         for bad in ["z:9411", "ftp://z/", "http://", "/api/v2/spans"] {
             assert!(parse_zipkin(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn log_format_and_access_log() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.log_format, c.access_log), (LogFormat::Text, false));
+        // A Go bool flag takes no separate value: the next word is the next flag.
+        let c = parse(&["-log-format", "json", "-access-log", "-nodes", "a:1"]).unwrap();
+        assert_eq!((c.log_format, c.access_log), (LogFormat::Json, true));
+        assert_eq!(c.nodes, vec!["a:1"]);
+        for (list, want) in [
+            (&["-access-log=false"][..], false),
+            (&["--access-log=true"], true),
+            (&["--access-log"], true),
+            (&["-access-log=1"], true),
+        ] {
+            assert_eq!(parse(list).unwrap().access_log, want, "{list:?}");
+        }
+        assert!(error(&["-log-format", "xml"]).contains("-log-format"));
+        assert!(error(&["-access-log=maybe"]).contains("-access-log"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The management API (`/1/lb/*`): list, add and remove nodes, stats and the dashboard. It
-//! writes through the [`Store`] and tells the node manager; it never touches routing state.
+//! The management API (`/1/lb/*`): list, add and remove nodes, stats, the scale signal, the
+//! dashboard, and `/metrics`. It writes through the [`Store`] and tells the node manager; it never
+//! touches routing state.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,10 +10,13 @@ use hyper::body::{Body, Incoming};
 use tracing::info;
 
 use crate::discovery::{Store, StoreError};
+use crate::metrics;
 use crate::node::manager::NodesHandle;
 use crate::node::NodeAddr;
 use crate::proxy::body::RespBody;
 use crate::proxy::{json_msg, json_response};
+use crate::stats::{self, scale};
+use crate::telemetry::Observers;
 
 /// A node request is `{"node":"host:port"}`: 64 KiB is far more than any honest one.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -20,16 +24,25 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct Mgmt {
     store: Arc<dyn Store>,
     nodes: NodesHandle,
+    obs: Arc<Observers>,
+    node_capacity: u32,
 }
 
 /// Paths the management API answers. Exact matches: `/1/lb/nodes/` is a function path.
 pub fn is_mgmt_path(path: &str) -> bool {
-    matches!(path, "/1/lb/nodes" | "/1/lb/stats" | "/1/lb/dash")
+    matches!(path, "/1/lb/nodes" | "/1/lb/stats" | "/1/lb/dash" | "/1/lb/dash/data" | "/1/lb/cluster" | "/metrics")
 }
 
 impl Mgmt {
     pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
-        Mgmt { store, nodes }
+        Mgmt { store, nodes, obs: Arc::new(Observers::default()), node_capacity: 64 }
+    }
+
+    /// Reads stats from `obs` (shared with the proxy) and judges load against `node_capacity`.
+    pub fn observing(mut self, obs: Arc<Observers>, node_capacity: u32) -> Mgmt {
+        self.obs = obs;
+        self.node_capacity = node_capacity;
+        self
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<RespBody> {
@@ -41,15 +54,59 @@ impl Mgmt {
                 _ => not_allowed("GET, PUT, DELETE"),
             },
             "/1/lb/stats" => match *req.method() {
-                Method::GET => json_response(StatusCode::OK, r#"{"stats":[]}"#.to_string()),
+                Method::GET => json_response(StatusCode::OK, stats::stats_json(&self.obs.stats.drain())),
                 _ => not_allowed("GET"),
             },
             "/1/lb/dash" => match *req.method() {
                 Method::GET => dashboard(),
                 _ => not_allowed("GET"),
             },
+            "/1/lb/dash/data" => match *req.method() {
+                Method::GET => self.dash_data(),
+                _ => not_allowed("GET"),
+            },
+            "/1/lb/cluster" => match *req.method() {
+                Method::GET => {
+                    let c = self.cluster(&scale::nodes_now(&self.nodes.load()));
+                    json_response(StatusCode::OK, serde_json::to_string(&c).unwrap_or_default())
+                }
+                _ => not_allowed("GET"),
+            },
+            "/metrics" => match *req.method() {
+                Method::GET => self.metrics(),
+                _ => not_allowed("GET"),
+            },
             _ => json_msg(StatusCode::NOT_FOUND, "unknown command"),
         }
+    }
+
+    fn cluster(&self, now: &[scale::NodeNow]) -> scale::Cluster {
+        self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.node_capacity))
+    }
+
+    fn dash_data(&self) -> Response<RespBody> {
+        let now = scale::nodes_now(&self.nodes.load());
+        let body = self.obs.stats.with_history(stats::time::now_micros(), |h| {
+            let c = scale::cluster(h, &now, self.node_capacity);
+            stats::dash::data(h, &now, &c).to_string()
+        });
+        let mut r = json_response(StatusCode::OK, body);
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+
+    fn metrics(&self) -> Response<RespBody> {
+        let snap = self.nodes.load_full();
+        let cluster = self.cluster(&scale::nodes_now(&snap));
+        let text = metrics::render(&metrics::Live {
+            snapshot: &snap,
+            cluster: &cluster,
+            stats_dropped: self.obs.stats.dropped(),
+            spans: self.obs.tracer.as_ref().map(|t| t.counts()),
+        });
+        let mut r = Response::new(RespBody::full(Bytes::from(text)));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+        r
     }
 
     /// Every node this balancer knows, online when its health checks pass now.
@@ -130,6 +187,13 @@ pub fn parse_node(body: &[u8]) -> Result<NodeAddr, String> {
 fn dashboard() -> Response<RespBody> {
     let mut r = Response::new(RespBody::full(Bytes::from_static(include_bytes!("dash.html"))));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    // Everything the page uses is in it; it may talk to this balancer only.
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        ),
+    );
     r
 }
 
@@ -169,6 +233,8 @@ mod tests {
     #[test]
     fn only_exact_paths_are_management() {
         assert!(is_mgmt_path("/1/lb/nodes"));
+        assert!(is_mgmt_path("/1/lb/cluster") && is_mgmt_path("/metrics") && is_mgmt_path("/1/lb/dash/data"));
+        assert!(!is_mgmt_path("/metrics/"));
         assert!(!is_mgmt_path("/1/lb/nodes/"));
         assert!(!is_mgmt_path("/r/app/fn"));
     }

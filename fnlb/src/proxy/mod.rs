@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
 use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Policy};
+use crate::telemetry::{call::CallObs, Observers};
 use body::{ReqBody, RespBody, UpstreamBody};
 
 /// Distinct nodes one call may be tried on before the client gets an error.
@@ -27,6 +28,8 @@ pub struct Proxy {
     nodes: NodesHandle,
     policy: Box<dyn Policy>,
     connect_timeout: Duration,
+    /// Metrics, stats, traces and the access log hear about every call.
+    obs: Arc<Observers>,
 }
 
 /// A short JSON answer made by the balancer itself: `{"msg": ...}`.
@@ -61,7 +64,13 @@ struct Replay {
 
 impl Proxy {
     pub fn new(nodes: NodesHandle, policy: Box<dyn Policy>, connect_timeout: Duration) -> Proxy {
-        Proxy { nodes, policy, connect_timeout }
+        Proxy { nodes, policy, connect_timeout, obs: Arc::new(Observers::default()) }
+    }
+
+    /// Reports every call to `obs` (shared with the management API, which reads it back).
+    pub fn observed_by(mut self, obs: Arc<Observers>) -> Proxy {
+        self.obs = obs;
+        self
     }
 
     pub fn policy(&self) -> &dyn Policy {
@@ -69,6 +78,18 @@ impl Proxy {
     }
 
     pub async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+        let mut obs = self.obs.call(&req, client);
+        let resp = self.forward_observed(req, client, &mut obs).await;
+        obs.finish(resp.status());
+        resp
+    }
+
+    async fn forward_observed(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        obs: &mut CallObs<'_>,
+    ) -> Response<RespBody> {
         let (mut parts, body) = req.into_parts();
         headers::request(&mut parts.headers, client.ip());
         // Nodes want origin-form; a client talking to us as a proxy sends absolute-form.
@@ -96,6 +117,7 @@ impl Proxy {
             };
             tried[n_tried] = i;
             n_tried += 1;
+            obs.attempt();
             let node = &snap.nodes()[i];
             let call = node.start_call();
             let mut conn = match self.connection(node).await {
@@ -103,6 +125,7 @@ impl Proxy {
                 Err(error) => {
                     // Nothing was sent: the request is intact and can go to the next node.
                     debug!(node = %node.addr, %error, "cannot connect; trying the next node");
+                    obs.connect_failed(node, &error);
                     last_error = error;
                     self.nodes.report_unreachable(node);
                     continue;
@@ -114,19 +137,23 @@ impl Proxy {
                     r.headers_mut().insert(header::HOST, host);
                 }
             }
+            obs.sending(node, r.headers_mut());
             match conn.try_send_request(r).await {
-                Ok(resp) => return self.respond(resp, node, hash, conn, call),
+                Ok(resp) => return self.respond(resp, node, hash, conn, call, obs),
                 Err(mut e) => {
                     let error = pool_error(e.error());
                     if let Some(back) = e.take_message() {
                         // The connection closed before the request went out: resend it as is.
                         debug!(node = %node.addr, %error, "connection closed before sending; retrying");
+                        obs.stale_connection();
                         req = Some(back);
                         n_tried -= 1;
                         continue;
                     }
                     last_error = format!("node {}: {error}", node.addr);
-                    if e.error().is_parse() || e.error().is_parse_status() {
+                    let invalid = e.error().is_parse() || e.error().is_parse_status();
+                    obs.send_failed(node, invalid, &error);
+                    if invalid {
                         // The node answered, but not HTTP: its answer is the error.
                         return json_msg(StatusCode::BAD_GATEWAY, &format!("invalid response from {last_error}"));
                     }
@@ -172,6 +199,7 @@ impl Proxy {
         hash: u64,
         conn: pool::Sender,
         call: crate::node::InFlight,
+        obs: &mut CallObs<'_>,
     ) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         let wait = headers::response(&mut parts.headers).and_then(|v| parse_go_duration_bytes(v.as_bytes()));
@@ -179,6 +207,7 @@ impl Proxy {
             node.observe_wait(w);
         }
         self.policy.observe(node, hash, wait, parts.status);
+        obs.answered(node, hash, parts.status, wait);
         Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, conn, call)))
     }
 }
