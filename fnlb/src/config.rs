@@ -206,7 +206,9 @@ struct Flags {
 
 /// The clap command, with what applies to every flag set in one place.
 fn command() -> clap::Command {
-    Flags::command().mut_args(|arg| {
+    // No wrapping to the terminal's width: one line per flag, the same everywhere (and the same
+    // whether or not another crate in the build turned on clap's `wrap_help`).
+    Flags::command().term_width(0).mut_args(|arg| {
         if !arg.get_action().takes_values() {
             return arg;
         }
@@ -239,7 +241,7 @@ impl Config {
             listen: src.parse("listen", &f.listen, parse_listen_addr)?,
             mgmt_listen: src.parse("mgmt-listen", &f.mgmt_listen, parse_listen_addr)?,
             nodes: src.parse("nodes", &f.nodes, parse_nodes)?,
-            db: src.parse_secret("db", &f.db, DbUrl::parse)?,
+            db: src.parse_secret("db", &f.db, parse_db)?,
             hc_interval: src.parse("hc-interval", &f.hc_interval, parse_positive_seconds)?,
             hc_path: src.parse("hc-path", &f.hc_path, parse_hc_path)?,
             hc_unhealthy: src.parse("hc-unhealthy", &f.hc_unhealthy, parse_count)?,
@@ -859,6 +861,14 @@ fn parse_integer(s: &str) -> Result<i64, InvalidValue> {
 
 pub fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
     semver::Version::parse(s).map_err(|e| e.to_string().into())
+}
+
+/// A `-db` URL whose driver options are also valid (`sslmode=banana` is a flag error, exit 2,
+/// not a failure to connect).
+fn parse_db(s: &str) -> Result<DbUrl, InvalidValue> {
+    let db = DbUrl::parse(s)?;
+    crate::discovery::sql::check_url(&db).map_err(InvalidValue::from)?;
+    Ok(db)
 }
 
 /// The bounded-load factor: a number above 1 (1.25 is the literature's choice).

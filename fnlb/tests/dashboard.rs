@@ -118,7 +118,7 @@ fn page_requests(netlog: &serde_json::Value, origin: &str) -> Vec<(String, Strin
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_nodes_and_functions_in_a_browser_and_stays_on_the_machine() {
     if !browser_available() {
         return;
@@ -190,7 +190,7 @@ async fn dashboard_renders_nodes_and_functions_in_a_browser_and_stays_on_the_mac
 }
 
 /// The check above must be able to fail: a page that fetches from another host is caught.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_off_machine_check_catches_a_page_that_leaves() {
     if !browser_available() {
         return;

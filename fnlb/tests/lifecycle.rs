@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use support::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_goes_offline_and_back() {
     let (a, b) = (FakeNode::start().await, FakeNode::start().await);
     let lb = Fnlb::start(&["-nodes", &format!("{},{}", a.name(), b.name())]);
@@ -22,7 +22,7 @@ async fn node_goes_offline_and_back() {
     assert_eq!(log.matches("node unhealthy").count(), 1, "state change logged once:\n{log}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_below_min_api_version_is_offline() {
     let old = FakeNode::start_with(NodeOpts { version: "0.0.100", ..Default::default() }).await;
     let new = FakeNode::start().await;
@@ -30,7 +30,7 @@ async fn node_below_min_api_version_is_offline() {
     lb.wait_nodes(&[(&old.name(), "offline"), (&new.name(), "online")]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_is_taken_out_and_returns() {
     let a = FakeNode::start().await;
     let addr = a.addr;
@@ -45,7 +45,7 @@ async fn a_stopped_node_is_taken_out_and_returns() {
     assert_eq!(send("GET", &lb.url("/r/app/x"), "").await.status, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish() {
     let slow = FakeNode::start_with(NodeOpts { delay: Duration::from_millis(1500), ..Default::default() }).await;
     let mut lb = Fnlb::start(&["-nodes", &slow.name()]);
@@ -66,7 +66,7 @@ async fn sigterm_lets_a_slow_request_finish() {
     assert_eq!(code, Some(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_bounds_the_drain() {
     let slow = FakeNode::start_with(NodeOpts { delay: Duration::from_secs(30), ..Default::default() }).await;
     let mut lb = Fnlb::start(&["-nodes", &slow.name(), "-shutdown-timeout", "1"]);

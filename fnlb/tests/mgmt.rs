@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_list_delete_nodes() {
     let (a, b) = (FakeNode::start().await, FakeNode::start().await);
     let lb = Fnlb::start(&[]);
@@ -39,7 +39,7 @@ async fn put_list_delete_nodes() {
     lb.wait_nodes(&[(&b.name(), "online")]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_rejects_malformed_input_with_400_json() {
     let lb = Fnlb::start(&[]);
     for body in [
@@ -68,7 +68,7 @@ async fn put_rejects_malformed_input_with_400_json() {
     assert_eq!(send("GET", &lb.mgmt_url("/1/lb/nodes"), "").await.json(), serde_json::json!({"nodes": {}}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_is_413_without_reading_it() {
     let lb = Fnlb::start(&[]);
     let r = send_with("PUT", &lb.mgmt_url("/1/lb/nodes"), &[], Bytes::from(vec![b' '; 65 * 1024])).await;
@@ -79,7 +79,7 @@ async fn oversized_body_is_413_without_reading_it() {
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_methods_are_405_with_allow() {
     let lb = Fnlb::start(&[]);
     let r = send("POST", &lb.mgmt_url("/1/lb/nodes"), "{}").await;
@@ -88,7 +88,7 @@ async fn other_methods_are_405_with_allow() {
     assert!(r.json()["msg"].is_string());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_mgmt_listener_serves_only_management() {
     let a = FakeNode::start().await;
     let lb = Fnlb::start(&["-mgmt-listen", "127.0.0.2:0", "-nodes", &a.name()]);
@@ -102,7 +102,7 @@ async fn separate_mgmt_listener_serves_only_management() {
     assert_eq!(r.node(), a.name());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_with_trailing_slash_is_proxied() {
     let a = FakeNode::start().await;
     let lb = Fnlb::start(&["-nodes", &a.name()]);
@@ -111,7 +111,7 @@ async fn path_with_trailing_slash_is_proxied() {
     assert_eq!(r.node(), a.name());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_persist_in_a_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite3://{}", dir.path().join("nodes.db").display());
@@ -125,7 +125,7 @@ async fn nodes_persist_in_a_sqlite_file() {
     lb.wait_nodes(&[(&a.name(), "online")]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_balancers_share_a_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite3://{}", dir.path().join("shared.db").display());

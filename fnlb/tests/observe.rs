@@ -42,7 +42,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.parse().unwrap()))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_calls_per_node_and_function_and_drain_on_read() {
     let (a, b) = (FakeNode::start().await, FakeNode::start().await);
     let lb = balancer_with(&[&a, &b], &[]).await;
@@ -79,7 +79,7 @@ async fn stats_count_calls_per_node_and_function_and_drain_on_read() {
     assert_eq!(send("POST", &lb.mgmt_url("/1/lb/stats"), "").await.status, 405);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_errors_retries_and_node_state() {
     let (a, b) = (FakeNode::start().await, FakeNode::start().await);
     // Slow health checks: the dead node stays "healthy", so calls find out by failing to connect.
@@ -130,7 +130,7 @@ async fn metrics_count_calls_errors_retries_and_node_state() {
     assert_eq!(proxied.node(), a.name());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_the_balancer_answered_itself() {
     let lb = Fnlb::start(&[]);
     assert_eq!(send("GET", &lb.url("/r/app/none"), "").await.status, 503);
@@ -140,7 +140,7 @@ async fn metrics_count_calls_the_balancer_answered_itself() {
     assert_eq!(sample(&page, "fnlb_cluster_recommendation{recommendation=\"scale_out\"}"), Some(1.0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_signal_reports_load_per_node_and_a_recommendation() {
     let (a, b) = (FakeNode::start().await, FakeNode::start().await);
     let lb = balancer_with(&[&a, &b], &["-node-capacity", "8"]).await;
@@ -169,7 +169,7 @@ async fn cluster_signal_reports_load_per_node_and_a_recommendation() {
     assert_eq!(c["thresholds"]["scale_out_utilisation"], 0.8);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_feed_has_series_per_node_and_function() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a], &[]).await;
@@ -286,7 +286,7 @@ fn by_name<'a>(spans: &'a [Value], name: &str) -> &'a Value {
 const TRACE: &str = "463ac35c9f6413ad48485a3953bb6124";
 const CALLER_SPAN: &str = "a2fb4a1d1a96d312";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zipkin_spans_continue_the_callers_b3_trace_and_reach_the_node() {
     let (zipkin, mut rx) = collector().await;
     let node = echo_node().await;
@@ -380,7 +380,7 @@ async fn slowest_of(lb: &Fnlb, n: usize) -> Duration {
     worst
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_or_hanging_collector_costs_calls_nothing() {
     let a = FakeNode::start().await;
     // Dead: nothing listens on the collector's port.
@@ -466,7 +466,7 @@ fn start_json(args: &[&str]) -> JsonFnlb {
     JsonFnlb { child, addr, log }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_in_json_has_one_line_per_call() {
     let a = FakeNode::start().await;
     let lb = start_json(&["-nodes", &a.name(), "-access-log"]);
@@ -502,7 +502,7 @@ async fn access_log_in_json_has_one_line_per_call() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_access_log_unless_asked() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a], &[]).await;

@@ -16,7 +16,7 @@ async fn balancer_with(nodes: &[&FakeNode]) -> Fnlb {
     lb
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_each_path_to_one_node_and_spreads_paths() {
     let (a, b, c) = (FakeNode::start().await, FakeNode::start().await, FakeNode::start().await);
     let lb = balancer_with(&[&a, &b, &c]).await;
@@ -34,7 +34,7 @@ async fn routes_each_path_to_one_node_and_spreads_paths() {
     assert_eq!(used.len(), 3, "60 paths should use all 3 nodes");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_string_is_not_part_of_the_key() {
     let (a, b, c) = (FakeNode::start().await, FakeNode::start().await, FakeNode::start().await);
     let lb = balancer_with(&[&a, &b, &c]).await;
@@ -46,7 +46,7 @@ async fn query_string_is_not_part_of_the_key() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_healthy_node_answers_503_json() {
     let lb = Fnlb::start(&[]);
     let r = send("GET", &lb.url("/r/app/fn"), "").await;
@@ -55,7 +55,7 @@ async fn no_healthy_node_answers_503_json() {
     assert_eq!(r.json()["msg"], "no nodes available");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_response_headers_follow_the_proxy_rules() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a]).await;
@@ -82,7 +82,7 @@ async fn request_and_response_headers_follow_the_proxy_rules() {
     assert!(r.headers.get("xxx-fxlb-wait").is_none(), "the wait header reached the client");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a]).await;
@@ -97,7 +97,7 @@ async fn bodies_stream_both_ways() {
     assert!(out.to_ascii_lowercase().contains("x-seen-body-len: 11"), "{out}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http10_clients_are_served() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a]).await;
@@ -106,7 +106,7 @@ async fn http10_clients_are_served() {
     assert!(out.contains("GET /r/app/old"), "{out}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_requests_get_no_body() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a]).await;
@@ -115,7 +115,7 @@ async fn head_requests_get_no_body() {
     assert!(out.ends_with("\r\n\r\n"), "HEAD answer had a body: {out:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_honoured() {
     let a = FakeNode::start().await;
     let lb = balancer_with(&[&a]).await;
@@ -136,7 +136,7 @@ async fn expect_100_continue_is_honoured() {
     assert!(rest.contains("200 ok") && rest.contains("x-seen-body-len: 4"), "{rest}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_status_passes_through() {
     let a = FakeNode::start_with(NodeOpts { status: 500, ..Default::default() }).await;
     let lb = balancer_with(&[&a]).await;
@@ -145,7 +145,7 @@ async fn upstream_status_passes_through() {
     assert_eq!(r.node(), a.name());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_garbage_is_a_502_json() {
     // A node whose /version is fine but whose function calls answer garbage.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,7 +179,7 @@ async fn upstream_garbage_is_a_502_json() {
     assert!(r.json()["msg"].as_str().unwrap().contains("invalid response"), "{}", r.text());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_node_is_not_the_clients_problem() {
     let (a, b, c) = (FakeNode::start().await, FakeNode::start().await, FakeNode::start().await);
     // Slow health checks: the retry, not the checker, must save these calls.
@@ -200,7 +200,7 @@ async fn dead_node_is_not_the_clients_problem() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_other_nodes_do_not_move_when_a_node_fails() {
     let (a, b, c) = (FakeNode::start().await, FakeNode::start().await, FakeNode::start().await);
     let lb = balancer_with(&[&a, &b, &c]).await;

@@ -34,6 +34,8 @@ enum Command {
     },
     /// The proxy could not reach this node: check it now.
     Suspect(NodeAddr),
+    /// Answer once every member has been checked at least once.
+    WhenChecked(oneshot::Sender<()>),
 }
 
 /// The cheap, cloneable side of the manager that the rest of the balancer holds.
@@ -62,6 +64,16 @@ impl NodesHandle {
 
     pub fn set_desired(&self, addrs: Vec<NodeAddr>, seq: u64) {
         let _ = self.tx.send(Command::Desired { addrs, seq });
+    }
+
+    /// Waits until every node known now has had its first health check, so a balancer that
+    /// just started does not answer 503 while its nodes are still being checked. Commands are
+    /// handled in order, so a `set_desired` sent before this is included.
+    pub async fn when_checked(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::WhenChecked(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Adds a node that is now in the store; it is checked at once. Returns once it is a member.
@@ -116,6 +128,8 @@ struct Manager {
     total_in_flight: Arc<std::sync::atomic::AtomicU32>,
     cfg: HealthConfig,
     results: mpsc::UnboundedSender<(Arc<Node>, Result<semver::Version, ProbeError>)>,
+    /// Waiting for every member's first check (see `NodesHandle::when_checked`).
+    when_checked: Vec<oneshot::Sender<()>>,
 }
 
 /// Starts the manager task and returns its handle.
@@ -133,6 +147,7 @@ pub fn spawn(cfg: HealthConfig) -> NodesHandle {
         total_in_flight: Arc::default(),
         cfg,
         results,
+        when_checked: Vec::new(),
     };
     tokio::spawn(manager.run(rx, results_rx));
     NodesHandle { tx, snapshot, mutations: Arc::new(AtomicU64::new(0)) }
@@ -163,6 +178,11 @@ impl Manager {
             for done in waiting.drain(..) {
                 let _ = done.send(());
             }
+            if !self.when_checked.is_empty() && self.members.values().all(|m| m.health.health() != Health::Unknown) {
+                for done in self.when_checked.drain(..) {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 
@@ -192,6 +212,7 @@ impl Manager {
                 self.remove(&addr);
                 waiting.push(done);
             }
+            Command::WhenChecked(done) => self.when_checked.push(done),
             Command::Suspect(addr) => {
                 if let Some(m) = self.members.get_mut(&addr) {
                     let node = m.node.clone();

@@ -168,6 +168,8 @@ pub struct Fnlb {
 
 impl Fnlb {
     /// Starts fnlb on ephemeral ports with fast health checks; `args` come after the defaults.
+    /// fnlb checks its nodes before it says it is ready, so fake nodes must be served by other
+    /// threads than the one blocked here: tests use the multi-threaded runtime.
     pub fn start(args: &[&str]) -> Fnlb {
         let mut all = vec!["-listen", "127.0.0.1:0", "-hc-interval", "0.2", "-hc-timeout", "1"];
         if !args.contains(&"-mgmt-listen") {
