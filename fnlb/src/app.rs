@@ -3,24 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DbUrl};
 use crate::discovery::{self, k8s::K8sSource, sql::SqlStore, Store};
 use crate::health::{probe::Prober, Thresholds};
-use crate::mgmt::Mgmt;
+use crate::mgmt::{Access, Mgmt};
 use crate::node::manager::{self, HealthConfig, NodesHandle};
 use crate::proxy::Proxy;
 use crate::route;
-use crate::server::{accept_loop, Role, Services};
-use crate::stats::Stats;
+use crate::server::{accept_loop, Listeners, Role, Services};
+use crate::stats::{scale::Capacity, Stats};
 use crate::telemetry::{zipkin::Tracer, Observers};
-
-/// How long a connection attempt to a node may take before the call moves to the next node.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the balancer until a shutdown signal; returns the process exit code.
 pub fn main(cfg: Config) -> i32 {
@@ -67,6 +63,7 @@ async fn run(cfg: Config) -> Result<(), String> {
 
     let nodes = manager::spawn(HealthConfig {
         interval: cfg.hc_interval,
+        max_ejected: cfg.limits.max_ejected,
         thresholds: Thresholds { unhealthy: cfg.hc_unhealthy, healthy: cfg.hc_healthy },
         prober: Prober::new(cfg.hc_path.clone(), cfg.hc_timeout, cfg.min_api_version.clone()),
     });
@@ -74,6 +71,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     let seq = nodes.mutation_seq();
     let initial = store.list().await.map_err(|e| format!("cannot read nodes from {}: {e}", cfg.db.redacted()))?;
     nodes.set_desired(initial, seq);
+    // Serve once the stored nodes have had their first check (bounded: a hanging node is
+    // decided by its check's timeout), so the first calls do not meet an empty node set.
+    if tokio::time::timeout(cfg.hc_timeout + Duration::from_millis(500), nodes.when_checked()).await.is_err() {
+        warn!("first health checks still running; serving anyway");
+    }
     match k8s {
         Some(source) => tokio::spawn(source.watch(nodes.clone())),
         None => tokio::spawn(discovery::poll_store(store.clone(), nodes.clone(), cfg.hc_interval)),
@@ -91,13 +93,22 @@ async fn run(cfg: Config) -> Result<(), String> {
     info!(policy = policy.name(), db = %cfg.db.redacted(), "routing policy");
     let obs = Arc::new(observers(&cfg, &nodes)?);
     let services = Arc::new(Services {
-        proxy: Proxy::new(nodes.clone(), policy, CONNECT_TIMEOUT).observed_by(obs.clone()),
-        mgmt: Mgmt::new(store.clone(), nodes.clone()).observing(obs, cfg.node_capacity),
+        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()),
+        mgmt: Mgmt::new(store.clone(), nodes.clone())
+            .guarded(Access { token: cfg.mgmt_token.clone(), max_body: cfg.limits.mgmt_max_body })
+            .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers }),
     });
 
+    if cfg.shares_listener() && cfg.mgmt_token.is_none() && cfg.db != crate::config::DbUrl::K8s {
+        warn!("the management API shares the traffic listener and -mgmt-token is not set: anyone who can send a call can add a node");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let mut loops = Vec::new();
+    let shared = Listeners {
+        services: services.clone(),
+        limits: cfg.limits.clone(),
+        connections: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+        stop: stop_rx,
+    };
     let bind = |addr, flag: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| format!("{flag}: cannot listen on {addr}: {e}"))
     };
@@ -105,27 +116,25 @@ async fn run(cfg: Config) -> Result<(), String> {
         let l = bind(cfg.listen, "-listen").await?;
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         info!(traffic = %addr, mgmt = %addr, "fnlb ready");
-        loops.push(tokio::spawn(accept_loop(l, Role::Both, services.clone(), graceful.clone(), stop_rx.clone())));
+        tokio::spawn(accept_loop(l, Role::Both, shared.clone()));
     } else {
         let t = bind(cfg.listen, "-listen").await?;
         let m = bind(cfg.mgmt_listen, "-mgmt-listen").await?;
         let (ta, ma) = (t.local_addr().map_err(|e| e.to_string())?, m.local_addr().map_err(|e| e.to_string())?);
         info!(traffic = %ta, mgmt = %ma, "fnlb ready");
-        loops.push(tokio::spawn(accept_loop(t, Role::Traffic, services.clone(), graceful.clone(), stop_rx.clone())));
-        loops.push(tokio::spawn(accept_loop(m, Role::Mgmt, services.clone(), graceful.clone(), stop_rx.clone())));
+        tokio::spawn(accept_loop(t, Role::Traffic, shared.clone()));
+        tokio::spawn(accept_loop(m, Role::Mgmt, shared.clone()));
     }
+    drop(shared);
 
     let signal = shutdown_signal().await;
     info!(signal, "shutting down: no new connections; finishing calls in flight");
     let _ = stop_tx.send(true);
-    for l in loops {
-        let _ = l.await;
-    }
-    let graceful = Arc::try_unwrap(graceful).map_err(|_| "listeners still hold the shutdown handle".to_string())?;
+    // Every accept loop and connection holds a receiver: closed() resolves when all are done.
     match cfg.shutdown_timeout {
-        None => graceful.shutdown().await,
+        None => stop_tx.closed().await,
         Some(limit) => {
-            if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(limit, stop_tx.closed()).await.is_err() {
                 warn!(?limit, "calls still in flight at the shutdown timeout; closing them");
             }
         }

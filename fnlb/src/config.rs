@@ -52,6 +52,10 @@ pub struct Config {
     pub policy: String,
     /// Concurrent calls a node runs well (`-node-capacity`).
     pub node_capacity: u32,
+    /// Client and upstream timeouts and limits.
+    pub limits: Limits,
+    /// `-mgmt-token`: required on PUT/DELETE when set.
+    pub mgmt_token: Option<String>,
     /// Balancers sharing the nodes (`-balancers`).
     pub balancers: u32,
     /// Bounded-load factor (`-load-factor`), > 1.
@@ -202,6 +206,42 @@ struct Flags {
         default_missing_value = "true"
     )]
     access_log: String,
+
+    /// Seconds a client has to send a complete request head once its connection is ready for one (slowloris)
+    #[arg(long, env = "FNLB_CLIENT_HEADER_TIMEOUT", default_value = "10", value_name = "SECONDS")]
+    client_header_timeout: String,
+
+    /// Seconds an idle keep-alive client connection is kept open
+    #[arg(long, env = "FNLB_KEEPALIVE_TIMEOUT", default_value = "75", value_name = "SECONDS")]
+    keepalive_timeout: String,
+
+    /// Seconds to connect to a node before the call moves to the next node
+    #[arg(long, env = "FNLB_UPSTREAM_CONNECT_TIMEOUT", default_value = "2", value_name = "SECONDS")]
+    upstream_connect_timeout: String,
+
+    /// Seconds a node has to start answering a call (504 after); 0 waits as long as it takes
+    #[arg(long, env = "FNLB_UPSTREAM_TIMEOUT", default_value = "300", value_name = "SECONDS")]
+    upstream_timeout: String,
+
+    /// Largest request head (request line and headers) accepted from a client, in bytes
+    #[arg(long, env = "FNLB_MAX_HEADER_SIZE", default_value = "65536", value_name = "BYTES")]
+    max_header_size: String,
+
+    /// Client connections served at once; more wait to be accepted
+    #[arg(long, env = "FNLB_MAX_CONNECTIONS", default_value = "10000", value_name = "N")]
+    max_connections: String,
+
+    /// Largest management request body, in bytes (413 above)
+    #[arg(long, env = "FNLB_MGMT_MAX_BODY", default_value = "65536", value_name = "BYTES")]
+    mgmt_max_body: String,
+
+    /// Share of nodes that may be skipped as unreachable at once (passive outlier detection)
+    #[arg(long, env = "FNLB_MAX_EJECTED", default_value = "0.5", value_name = "FRACTION")]
+    max_ejected: String,
+
+    /// Token that PUT and DELETE on /1/lb/nodes must present as `Authorization: Bearer TOKEN`
+    #[arg(long, env = "FNLB_MGMT_TOKEN", default_value = "", value_name = "TOKEN")]
+    mgmt_token: String,
 }
 
 /// The clap command, with what applies to every flag set in one place.
@@ -258,6 +298,27 @@ impl Config {
             threads: src.parse("threads", &f.threads, parse_threads).map(resolve_threads)?,
             policy: src.parse("policy", &f.policy, parse_policy)?,
             node_capacity: src.parse("node-capacity", &f.node_capacity, parse_count)?,
+            limits: Limits {
+                client_header_timeout: src.parse(
+                    "client-header-timeout",
+                    &f.client_header_timeout,
+                    parse_positive_seconds,
+                )?,
+                keepalive_timeout: src.parse("keepalive-timeout", &f.keepalive_timeout, parse_positive_seconds)?,
+                upstream_connect_timeout: src.parse(
+                    "upstream-connect-timeout",
+                    &f.upstream_connect_timeout,
+                    parse_positive_seconds,
+                )?,
+                upstream_timeout: src
+                    .parse("upstream-timeout", &f.upstream_timeout, parse_seconds)
+                    .map(|d| (!d.is_zero()).then_some(d))?,
+                max_header_size: src.parse("max-header-size", &f.max_header_size, parse_header_size)?,
+                max_connections: src.parse("max-connections", &f.max_connections, parse_count)? as usize,
+                mgmt_max_body: src.parse("mgmt-max-body", &f.mgmt_max_body, parse_count)? as usize,
+                max_ejected: src.parse("max-ejected", &f.max_ejected, parse_fraction)?,
+            },
+            mgmt_token: src.parse_secret("mgmt-token", &f.mgmt_token, parse_token)?,
             balancers: src.parse("balancers", &f.balancers, parse_count)?,
             load_factor: src.parse("load-factor", &f.load_factor, parse_load_factor)?,
             log_format: src.parse("log-format", &f.log_format, parse_log_format)?,
@@ -861,6 +922,62 @@ fn parse_integer(s: &str) -> Result<i64, InvalidValue> {
 
 pub fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
     semver::Version::parse(s).map_err(|e| e.to_string().into())
+}
+
+/// Timeouts and limits of the client and upstream sides (issue: never a hang, never unbounded).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub client_header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// None: no limit.
+    pub upstream_timeout: Option<Duration>,
+    pub max_header_size: usize,
+    pub max_connections: usize,
+    pub mgmt_max_body: usize,
+    pub max_ejected: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            client_header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Some(Duration::from_secs(300)),
+            max_header_size: 65536,
+            max_connections: 10000,
+            mgmt_max_body: 65536,
+            max_ejected: 0.5,
+        }
+    }
+}
+
+/// hyper needs at least 8 KiB of read buffer; more than 1 MiB of headers is no request.
+pub fn parse_header_size(s: &str) -> Result<usize, InvalidValue> {
+    match parse_integer(s)? {
+        n @ 8192..=1_048_576 => Ok(n as usize),
+        _ => Err("must be from 8192 to 1048576 bytes".into()),
+    }
+}
+
+/// A share from 0 to 1.
+pub fn parse_fraction(s: &str) -> Result<f64, InvalidValue> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a fraction from 0 to 1, such as 0.5".into()),
+    }
+}
+
+/// Empty: no token. Otherwise printable ASCII without spaces (it travels in a header).
+pub fn parse_token(s: &str) -> Result<Option<String>, InvalidValue> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".into());
+    }
+    Ok(Some(s.to_owned()))
 }
 
 /// A `-db` URL whose driver options are also valid (`sslmode=banana` is a flag error, exit 2,

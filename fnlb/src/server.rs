@@ -1,20 +1,27 @@
-//! Listeners: accepts connections, serves HTTP/1.x on them, and hands each request to the
-//! management API or the proxy according to the listener's role. Owns graceful shutdown: stop
-//! accepting, let in-flight requests finish, close idle connections.
+//! Listeners: accepts connections (at most `-max-connections` at once), serves HTTP/1.x on them,
+//! and hands each request to the management API or the proxy according to the listener's role.
+//! Owns the client-side timeouts and graceful shutdown: stop accepting, let calls in flight
+//! finish, close idle connections.
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
+use crate::config::Limits;
 use crate::mgmt::{is_mgmt_path, Mgmt};
+use crate::node::clock_ms;
 use crate::proxy::{json_msg, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,17 +39,26 @@ pub struct Services {
     pub mgmt: Mgmt,
 }
 
-/// Accepts on `listener` until `stop` turns true; each connection is watched by `graceful`.
-pub async fn accept_loop(
-    listener: TcpListener,
-    role: Role,
-    services: Arc<Services>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true).header_read_timeout(Duration::from_secs(30));
+/// What every listener shares: the services, the limits, the connection budget, and the stop
+/// signal. Every accept loop and connection task holds a receiver of `stop`; the sender's
+/// `closed()` resolves when the last of them is gone, which is how shutdown knows it drained.
+#[derive(Clone)]
+pub struct Listeners {
+    pub services: Arc<Services>,
+    pub limits: Limits,
+    pub connections: Arc<Semaphore>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Accepts on `listener` until stop turns true.
+pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
+    let mut stop = shared.stop.clone();
     loop {
+        // Waiting for a permit first leaves further clients in the kernel's backlog.
+        let permit = tokio::select! {
+            p = shared.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -56,18 +72,71 @@ pub async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let services = services.clone();
-        let svc = service_fn(move |req| {
-            let services = services.clone();
-            async move { Ok::<_, Infallible>(dispatch(&services, role, req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let watched = graceful.watch(conn);
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(error) = watched.await {
-                debug!(%peer, %error, "client connection ended with an error");
-            }
+            serve_connection(stream, peer, role, shared).await;
+            drop(permit);
         });
+    }
+}
+
+/// Serves one client connection until it ends, times out, or shutdown closes it.
+pub async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let services = shared.services.clone();
+    let act = activity.clone();
+    let svc = service_fn(move |req| {
+        let services = services.clone();
+        let call = act.request_started();
+        async move {
+            let resp = dispatch(&services, role, req, peer).await;
+            drop(call);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(shared.limits.max_header_size)
+        // hyper's own header timer also runs while a kept-alive connection is idle, which would
+        // cap the keep-alive timeout; [`Activity`] keeps the two apart.
+        .header_read_timeout(None);
+    let conn = builder.serve_connection(TokioIo::new(Watched { inner: io, activity: activity.clone() }), svc);
+    tokio::pin!(conn);
+    let mut stop = shared.stop.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(error) = r {
+                    debug!(%peer, %error, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if !closing => {
+                // Finishes the call in flight, if any, then closes.
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tick.tick() => match activity.verdict(&shared.limits) {
+                Verdict::Fine => {}
+                Verdict::SlowHead => {
+                    debug!(%peer, "request head not complete in time; closing");
+                    return;
+                }
+                Verdict::Idle if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Verdict::Idle => {}
+            },
+        }
     }
 }
 
@@ -82,5 +151,126 @@ async fn dispatch(
         Role::Both | Role::Traffic => services.proxy.forward(req, peer).await,
         Role::Mgmt if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await,
         Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command"),
+    }
+}
+
+/// What a connection has been doing, for the two client timeouts: a request head must arrive
+/// within `-client-header-timeout` of its first byte (slowloris), and a connection with no
+/// request in flight and no traffic for `-keepalive-timeout` is closed.
+struct Activity {
+    /// Last read or write, on [`clock_ms`].
+    last_ms: AtomicU64,
+    /// When the first byte of a head arrived that has not become a request yet; 0: none.
+    head_since_ms: AtomicU64,
+    /// Requests being served.
+    active: AtomicU32,
+}
+
+enum Verdict {
+    Fine,
+    SlowHead,
+    Idle,
+}
+
+impl Activity {
+    /// A new connection owes its first request head from now on.
+    fn new() -> Activity {
+        let now = clock_ms();
+        Activity { last_ms: AtomicU64::new(now), head_since_ms: AtomicU64::new(now), active: AtomicU32::new(0) }
+    }
+
+    fn on_read(&self) {
+        let now = clock_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.active.load(Ordering::Relaxed) == 0 && self.head_since_ms.load(Ordering::Relaxed) == 0 {
+            self.head_since_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    fn request_started(self: &Arc<Self>) -> ActiveCall {
+        self.head_since_ms.store(0, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveCall(self.clone())
+    }
+
+    fn verdict(&self, limits: &Limits) -> Verdict {
+        let now = clock_ms();
+        let head = self.head_since_ms.load(Ordering::Relaxed);
+        if head != 0 && now.saturating_sub(head) > limits.client_header_timeout.as_millis() as u64 {
+            return Verdict::SlowHead;
+        }
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if self.active.load(Ordering::Relaxed) == 0
+            && head == 0
+            && now.saturating_sub(last) > limits.keepalive_timeout.as_millis() as u64
+        {
+            return Verdict::Idle;
+        }
+        Verdict::Fine
+    }
+}
+
+/// A request being served; when the service answers, the connection may go idle again.
+struct ActiveCall(Arc<Activity>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.last_ms.store(clock_ms(), Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client stream that tells its [`Activity`] about every read and write.
+struct Watched<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_write();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_write();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -21,11 +21,20 @@ use crate::telemetry::Observers;
 /// A node request is `{"node":"host:port"}`: 64 KiB is far more than any honest one.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Who may change the node set: with a token, PUT and DELETE need `Authorization: Bearer TOKEN`.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    /// `-mgmt-max-body`.
+    pub max_body: usize,
+}
+
 pub struct Mgmt {
     store: Arc<dyn Store>,
     nodes: NodesHandle,
+    access: Access,
     obs: Arc<Observers>,
-    node_capacity: u32,
+    capacity: scale::Capacity,
 }
 
 /// Paths the management API answers. Exact matches: `/1/lb/nodes/` is a function path.
@@ -35,13 +44,21 @@ pub fn is_mgmt_path(path: &str) -> bool {
 
 impl Mgmt {
     pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
-        Mgmt { store, nodes, obs: Arc::new(Observers::default()), node_capacity: 64 }
+        let capacity = scale::Capacity { per_node: 64, balancers: 1 };
+        let access = Access { token: None, max_body: MAX_BODY };
+        Mgmt { store, nodes, access, obs: Arc::new(Observers::default()), capacity }
     }
 
-    /// Reads stats from `obs` (shared with the proxy) and judges load against `node_capacity`.
-    pub fn observing(mut self, obs: Arc<Observers>, node_capacity: u32) -> Mgmt {
+    /// Requires the token (if any) on changes, and bounds request bodies.
+    pub fn guarded(mut self, access: Access) -> Mgmt {
+        self.access = access;
+        self
+    }
+
+    /// Reads stats from `obs` (shared with the proxy) and judges load against `capacity`.
+    pub fn observing(mut self, obs: Arc<Observers>, capacity: scale::Capacity) -> Mgmt {
         self.obs = obs;
-        self.node_capacity = node_capacity;
+        self.capacity = capacity;
         self
     }
 
@@ -81,13 +98,13 @@ impl Mgmt {
     }
 
     fn cluster(&self, now: &[scale::NodeNow]) -> scale::Cluster {
-        self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.node_capacity))
+        self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.capacity))
     }
 
     fn dash_data(&self) -> Response<RespBody> {
         let now = scale::nodes_now(&self.nodes.load());
         let body = self.obs.stats.with_history(stats::time::now_micros(), |h| {
-            let c = scale::cluster(h, &now, self.node_capacity);
+            let c = scale::cluster(h, &now, self.capacity);
             stats::dash::data(h, &now, &c).to_string()
         });
         let mut r = json_response(StatusCode::OK, body);
@@ -121,7 +138,14 @@ impl Mgmt {
     }
 
     async fn change(&self, req: Request<Incoming>, add: bool) -> Response<RespBody> {
-        let node = match read_node(req).await {
+        if let Some(token) = &self.access.token {
+            if !authorized(req.headers(), token) {
+                let mut r = json_msg(StatusCode::UNAUTHORIZED, "changing nodes needs Authorization: Bearer <token>");
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        let node = match read_node(req, self.access.max_body).await {
             Ok(n) => n,
             Err(resp) => return resp,
         };
@@ -155,18 +179,37 @@ fn bad(msg: &str) -> Response<RespBody> {
 }
 
 /// Reads and validates `{"node":"host:port"}`, answering the client's mistake precisely.
-async fn read_node(req: Request<Incoming>) -> Result<NodeAddr, Response<RespBody>> {
-    let too_large = || json_msg(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {MAX_BODY} bytes"));
+async fn read_node(req: Request<Incoming>, max_body: usize) -> Result<NodeAddr, Response<RespBody>> {
+    let too_large = || json_msg(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max_body} bytes"));
     // A declared length over the limit is refused before reading a byte of it.
-    if req.body().size_hint().lower() > MAX_BODY as u64 {
+    if req.body().size_hint().lower() > max_body as u64 {
         return Err(too_large());
     }
-    let body: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body: Bytes = match Limited::new(req.into_body(), max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => return Err(bad(&format!("cannot read body: {e}"))),
     };
     parse_node(&body).map_err(|m| bad(&m))
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`. The comparison takes the same
+/// time wherever the first difference is, so the token cannot be guessed byte by byte.
+fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return false };
+    let given = value.as_bytes();
+    let Some(given) = given.strip_prefix(b"Bearer ").or_else(|| given.strip_prefix(b"bearer ")) else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // The length is not secret (it shows in any timing of the request anyway); the bytes are.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The body's node address, or what is wrong with the body.
@@ -228,6 +271,18 @@ mod tests {
     fn put_accepts_host_port() {
         assert_eq!(parse_node(br#"{"node":"127.0.0.1:9001"}"#).unwrap().as_str(), "127.0.0.1:9001");
         assert_eq!(parse_node(br#"{"node":"[::1]:9001"}"#).unwrap().as_str(), "[::1]:9001");
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let mut h = http::HeaderMap::new();
+        assert!(!authorized(&h, "s3cret"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(authorized(&h, "s3cret"));
+        assert!(!authorized(&h, "s3cre"));
+        assert!(!authorized(&h, "s3creT"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic s3cret"));
+        assert!(!authorized(&h, "s3cret"));
     }
 
     #[test]

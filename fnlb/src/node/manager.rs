@@ -44,6 +44,8 @@ pub struct NodesHandle {
     tx: mpsc::UnboundedSender<Command>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     mutations: Arc<AtomicU64>,
+    /// Share of the nodes that may be skipped as unreachable at once (`-max-ejected`).
+    max_ejected: f64,
 }
 
 impl NodesHandle {
@@ -96,16 +98,30 @@ impl NodesHandle {
 
     /// Marks a node the proxy could not reach: routing skips it from now on, and it is checked
     /// at once rather than at the next round.
+    ///
+    /// Passive ejection is bounded: when `-max-ejected` of the nodes are already skipped, the
+    /// node is only checked, not skipped — if that many nodes fail at once, the fault is more
+    /// likely between us and them, and routing around it would pile every call on the rest.
     pub fn report_unreachable(&self, node: &Node) {
-        if node.set_suspect(true) {
-            warn!(node = %node.addr, "node unreachable; skipping it until a check passes");
-            let _ = self.tx.send(Command::Suspect(node.addr.clone()));
+        if node.is_suspect() {
+            return;
         }
+        let snap = self.snapshot.load();
+        let skipped = snap.nodes().iter().filter(|n| n.is_suspect()).count();
+        let allowed = (self.max_ejected * snap.len() as f64).floor() as usize;
+        if skipped < allowed && node.set_suspect(true) {
+            warn!(node = %node.addr, "node unreachable; skipping it until a check passes");
+        } else {
+            debug!(node = %node.addr, skipped, "node unreachable; not skipped: too many nodes skipped already");
+        }
+        let _ = self.tx.send(Command::Suspect(node.addr.clone()));
     }
 }
 
 pub struct HealthConfig {
     pub interval: Duration,
+    /// See `NodesHandle::report_unreachable`.
+    pub max_ejected: f64,
     pub thresholds: Thresholds,
     pub prober: Prober,
 }
@@ -135,6 +151,7 @@ struct Manager {
 /// Starts the manager task and returns its handle.
 pub fn spawn(cfg: HealthConfig) -> NodesHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let max_ejected = cfg.max_ejected;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let (results, results_rx) = mpsc::unbounded_channel();
     let manager = Manager {
@@ -150,7 +167,7 @@ pub fn spawn(cfg: HealthConfig) -> NodesHandle {
         when_checked: Vec::new(),
     };
     tokio::spawn(manager.run(rx, results_rx));
-    NodesHandle { tx, snapshot, mutations: Arc::new(AtomicU64::new(0)) }
+    NodesHandle { tx, snapshot, mutations: Arc::new(AtomicU64::new(0)), max_ejected }
 }
 
 type ProbeResult = (Arc<Node>, Result<semver::Version, ProbeError>);

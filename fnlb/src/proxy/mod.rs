@@ -28,6 +28,8 @@ pub struct Proxy {
     nodes: NodesHandle,
     policy: Box<dyn Policy>,
     connect_timeout: Duration,
+    /// How long a node may take to start answering (None: no limit).
+    upstream_timeout: Option<Duration>,
     /// Metrics, stats, traces and the access log hear about every call.
     obs: Arc<Observers>,
 }
@@ -63,8 +65,14 @@ struct Replay {
 }
 
 impl Proxy {
-    pub fn new(nodes: NodesHandle, policy: Box<dyn Policy>, connect_timeout: Duration) -> Proxy {
-        Proxy { nodes, policy, connect_timeout, obs: Arc::new(Observers::default()) }
+    pub fn new(nodes: NodesHandle, policy: Box<dyn Policy>, limits: &crate::config::Limits) -> Proxy {
+        Proxy {
+            nodes,
+            policy,
+            connect_timeout: limits.upstream_connect_timeout,
+            upstream_timeout: limits.upstream_timeout,
+            obs: Arc::new(Observers::default()),
+        }
     }
 
     /// Reports every call to `obs` (shared with the management API, which reads it back).
@@ -138,7 +146,20 @@ impl Proxy {
                 }
             }
             obs.sending(node, r.headers_mut());
-            match conn.try_send_request(r).await {
+            let sent = match self.upstream_timeout {
+                None => conn.try_send_request(r).await,
+                Some(limit) => match tokio::time::timeout(limit, conn.try_send_request(r)).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        // Slow is not dead: the node is not skipped, and the call is not resent
+                        // (it may be running). Dropping the connection cancels it upstream.
+                        let msg = format!("node {} did not answer within {}s", node.addr, limit.as_secs_f64());
+                        obs.send_failed(node, false, &msg);
+                        return json_msg(StatusCode::GATEWAY_TIMEOUT, &msg);
+                    }
+                },
+            };
+            match sent {
                 Ok(resp) => return self.respond(resp, node, hash, conn, call, obs),
                 Err(mut e) => {
                     let error = pool_error(e.error());

@@ -185,6 +185,9 @@ fn summarise(t: u64, open: Open) -> Second {
         }
         funcs.push(other);
     }
+    // The vector held every function of the second; keep only the room the kept ones need, or
+    // five minutes of seconds would each hold thousands of empty slots.
+    funcs.shrink_to_fit();
     Second { t, nodes, funcs }
 }
 
@@ -269,5 +272,6 @@ mod tests {
         assert_eq!(total, entries.iter().map(|e| e.calls).sum::<u32>());
         assert_eq!(&*s.funcs.last().unwrap().name, OTHER);
         assert_eq!(&*s.funcs[0].name, "/r/f000");
+        assert!(s.funcs.capacity() <= MAX_FUNCS, "{} slots kept", s.funcs.capacity());
     }
 }

@@ -28,6 +28,22 @@ pub const WAIT_MIN_CALLS: u64 = 10;
 /// Scale in only while the mean reported wait stays below this (seconds).
 pub const IN_WAIT_SECS: f64 = 0.1;
 
+/// How many calls a node runs well, and how much of that is this balancer's: with `balancers`
+/// balancers sharing the nodes, each sees only its own calls, so it counts on 1/`balancers` of a
+/// node (the `-balancers` flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub per_node: u32,
+    pub balancers: u32,
+}
+
+impl Capacity {
+    /// Concurrent calls of one node this balancer may count on.
+    pub fn share(self) -> f64 {
+        f64::from(self.per_node.max(1)) / f64::from(self.balancers.max(1))
+    }
+}
+
 /// One node as it is now, as the balancer sees it.
 #[derive(Clone, Debug)]
 pub struct NodeNow {
@@ -79,14 +95,16 @@ pub struct Cluster {
     pub suggested_nodes: usize,
     /// Seconds of history the figures cover (up to [`WINDOW_SECS`]).
     pub window_seconds: usize,
-    /// Concurrent calls one node is taken to handle (`--node-capacity`).
+    /// Concurrent calls one node is taken to handle (`-node-capacity`).
     pub node_capacity: u32,
+    /// Balancers sharing the nodes (`-balancers`); this one counts on `node_capacity / balancers`.
+    pub balancers: u32,
     pub nodes_stored: usize,
     pub nodes_healthy: usize,
     pub calls_per_second: f64,
     /// Mean calls in flight over the window, all nodes.
     pub in_flight: f64,
-    /// Mean over the window of calls in flight ÷ (healthy nodes × capacity).
+    /// Mean over the window of calls in flight ÷ (healthy nodes × capacity share).
     pub utilisation: f64,
     /// 95th percentile of the per-second utilisation over the window.
     pub utilisation_p95: f64,
@@ -114,7 +132,7 @@ pub struct NodeLoad {
     pub suspect: bool,
     pub in_flight: u32,
     pub in_flight_avg: f64,
-    /// Mean calls in flight over the window ÷ capacity.
+    /// Mean calls in flight over the window ÷ capacity share.
     pub utilisation: f64,
     pub calls_per_second: f64,
     pub busy_ratio: f64,
@@ -193,12 +211,11 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 }
 
 /// The signal over the newest [`WINDOW_SECS`] seconds of `history` and the nodes now.
-pub fn cluster(history: &History, now: &[NodeNow], capacity: u32) -> Cluster {
+pub fn cluster(history: &History, now: &[NodeNow], capacity: Capacity) -> Cluster {
     let window: Vec<&Second> = history.last(WINDOW_SECS).collect();
     let secs = window.len();
     let half = secs / 2;
-    let capacity = capacity.max(1);
-    let cap = f64::from(capacity);
+    let cap = capacity.share();
     let healthy = now.iter().filter(|n| n.healthy).count();
 
     let mut calls = 0u64;
@@ -250,7 +267,7 @@ pub fn cluster(history: &History, now: &[NodeNow], capacity: u32) -> Cluster {
     } else if utilisation >= OUT_UTILISATION {
         let why = format!(
             "utilisation {} over the last {secs} s is at or above {} ({:.1} calls in flight for {healthy} \
-             nodes of capacity {capacity})",
+             nodes of {cap:.0})",
             pct(utilisation),
             pct(OUT_UTILISATION),
             in_flight
@@ -298,7 +315,8 @@ pub fn cluster(history: &History, now: &[NodeNow], capacity: u32) -> Cluster {
         reason,
         suggested_nodes: suggested,
         window_seconds: secs,
-        node_capacity: capacity,
+        node_capacity: capacity.per_node,
+        balancers: capacity.balancers,
         nodes_stored: now.len(),
         nodes_healthy: healthy,
         calls_per_second: round(per_sec(calls as f64)),
@@ -388,7 +406,7 @@ mod tests {
 
     fn signal(st: &Stats, now: &[NodeNow], cap: u32) -> Cluster {
         // Read at the last tick's time: later reads would add idle seconds.
-        st.with_history(0, |h| cluster(h, now, cap))
+        st.with_history(0, |h| cluster(h, now, Capacity { per_node: cap, balancers: 1 }))
     }
 
     #[test]
@@ -445,6 +463,17 @@ mod tests {
         let c = signal(&st, &[], 64);
         assert_eq!(c.recommendation, Recommendation::ScaleOut);
         assert_eq!(c.nodes_stored, 0);
+    }
+
+    #[test]
+    fn each_of_several_balancers_counts_on_its_share() {
+        // 16 calls in flight per node from this balancer, one of 4 sharing 64-call nodes: 100 %.
+        let st = history(60, &["a:1", "b:1"], 16, 10, 5, 0);
+        let now = [node("a:1", true), node("b:1", true)];
+        let c = st.with_history(0, |h| cluster(h, &now, Capacity { per_node: 64, balancers: 4 }));
+        assert_eq!(c.utilisation, 1.0);
+        assert_eq!(c.recommendation, Recommendation::ScaleOut);
+        assert_eq!(c.balancers, 4);
     }
 
     #[test]
