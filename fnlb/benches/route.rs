@@ -27,12 +27,11 @@ fn keys(functions: usize) -> Vec<String> {
     (0..4096).map(|i| format!("/r/app{}/fn{:07}", i % 37, (i * 7919) % functions)).collect()
 }
 
-#[divan::bench(args = [8, 100, 1000], consts = [1_000, 1_000_000])]
-fn bounded_pick<const FUNCTIONS: usize>(bencher: divan::Bencher<'_, '_>, nodes: usize) {
+/// Times one routing decision per iteration, cycling through sampled paths.
+fn time_picks(bencher: divan::Bencher<'_, '_>, policy: &str, nodes: usize, functions: usize) {
     let snap = snapshot(nodes);
-    let policy =
-        policy_by_name("bounded", PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
-    let keys = keys(FUNCTIONS);
+    let policy = policy_by_name(policy, PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
+    let keys = keys(functions);
     let mut i = 0;
     bencher.bench_local(|| {
         i = (i + 1) & 4095;
@@ -41,17 +40,14 @@ fn bounded_pick<const FUNCTIONS: usize>(bencher: divan::Bencher<'_, '_>, nodes: 
     });
 }
 
+#[divan::bench(args = [8, 100, 1000], consts = [1_000, 1_000_000])]
+fn bounded_pick<const FUNCTIONS: usize>(bencher: divan::Bencher<'_, '_>, nodes: usize) {
+    time_picks(bencher, "bounded", nodes, FUNCTIONS);
+}
+
 #[divan::bench(args = [8, 1000])]
 fn ch_pick(bencher: divan::Bencher<'_, '_>, nodes: usize) {
-    let snap = snapshot(nodes);
-    let policy = policy_by_name("ch", PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
-    let keys = keys(1_000);
-    let mut i = 0;
-    bencher.bench_local(|| {
-        i = (i + 1) & 4095;
-        let k = keys[i].as_bytes();
-        policy.pick(&snap, k, key_hash(k), &[])
-    });
+    time_picks(bencher, "ch", nodes, 1_000);
 }
 
 #[divan::bench(args = [8, 1000])]

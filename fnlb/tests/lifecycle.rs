@@ -52,13 +52,7 @@ async fn sigterm_lets_a_slow_request_finish() {
     lb.wait_nodes(&[(&slow.name(), "online")]).await;
     let url = lb.url("/r/app/slow");
     let call = tokio::spawn(async move { send("POST", &url, "work").await });
-    // Wait until the node has the call, then signal.
-    for _ in 0..200 {
-        if slow.calls.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_call(&slow).await;
     lb.signal("TERM");
     let r = call.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -73,13 +67,19 @@ async fn shutdown_timeout_bounds_the_drain() {
     lb.wait_nodes(&[(&slow.name(), "online")]).await;
     let url = lb.url("/r/app/forever");
     let _call = tokio::spawn(async move { send("POST", &url, "work").await });
-    for _ in 0..200 {
-        if slow.calls.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_call(&slow).await;
     lb.signal("INT");
     let code = tokio::task::spawn_blocking(move || lb.wait_exit(Duration::from_secs(10))).await.unwrap();
     assert_eq!(code, Some(0), "did not exit within the shutdown timeout");
+}
+
+/// Waits (bounded) until the node has received a call.
+async fn wait_for_call(node: &FakeNode) {
+    for _ in 0..500 {
+        if node.calls.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the node never received the call");
 }

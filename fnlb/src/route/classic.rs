@@ -7,13 +7,12 @@
 //! home node does. (The original walked its broken jump-hash order over the healthy nodes; here
 //! the rule walks the key's consistent order, so the comparison is of the rule alone.)
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use http::StatusCode;
 
-use super::Policy;
+use super::{Policy, Rng};
 use crate::node::{Node, Snapshot};
 
 const LOWER: Duration = Duration::from_millis(500);
@@ -24,12 +23,12 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct Classic {
     /// (node identity, key hash) → average wait in nanoseconds.
     load: Mutex<HashMap<(usize, u64), u64>>,
-    rng: AtomicU64,
+    rng: Rng,
 }
 
 impl Default for Classic {
     fn default() -> Self {
-        Classic { load: Mutex::new(HashMap::new()), rng: AtomicU64::new(0x853c_49e6_748f_ea9b) }
+        Classic { load: Mutex::new(HashMap::new()), rng: Rng::new(0x853c_49e6_748f_ea9b) }
     }
 }
 
@@ -38,14 +37,9 @@ fn node_id(node: &Node) -> usize {
 }
 
 impl Classic {
-    /// A number in 0..100, from a shared xorshift (a lost update only repeats a draw).
+    /// A number in 0..100.
     fn percent(&self) -> u64 {
-        let mut x = self.rng.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.store(x, Ordering::Relaxed);
-        x % 100
+        self.rng.next() % 100
     }
 
     fn accepts(&self, node: &Node, hash: u64) -> bool {

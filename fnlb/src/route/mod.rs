@@ -46,6 +46,26 @@ pub fn first_eligible(snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usi
     snap.table().order(hash).find(|i| snap.is_eligible(*i) && !tried.contains(i))
 }
 
+/// A tiny shared random source for policies (xorshift64). Lock-free; a lost update under a race
+/// only repeats a draw, which is harmless for load spreading.
+pub struct Rng(std::sync::atomic::AtomicU64);
+
+impl Rng {
+    pub const fn new(seed: u64) -> Rng {
+        Rng(std::sync::atomic::AtomicU64::new(seed))
+    }
+
+    pub fn next(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut x = self.0.load(Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.store(x, Relaxed);
+        x
+    }
+}
+
 /// What the policies need from the command line.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyConfig {

@@ -1,8 +1,8 @@
 //! Locality-blind policies, for comparison and for operators who want them: `round-robin` and
 //! `least-conn` (power of two choices over this balancer's calls in flight).
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Policy;
+use super::{Policy, Rng};
 use crate::node::Snapshot;
 
 #[derive(Default)]
@@ -26,23 +26,12 @@ impl Policy for RoundRobin {
 }
 
 pub struct LeastConn {
-    rng: AtomicU64,
+    rng: Rng,
 }
 
 impl Default for LeastConn {
     fn default() -> Self {
-        LeastConn { rng: AtomicU64::new(0x2545_f491_4f6c_dd1d) }
-    }
-}
-
-impl LeastConn {
-    fn draw(&self) -> u64 {
-        let mut x = self.rng.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.store(x, Ordering::Relaxed);
-        x
+        LeastConn { rng: Rng::new(0x2545_f491_4f6c_dd1d) }
     }
 }
 
@@ -58,7 +47,7 @@ impl Policy for LeastConn {
         }
         let ok = |i: usize| snap.is_eligible(i) && !tried.contains(&i);
         // Two random eligible candidates (found by walking on from a random start).
-        let r = self.draw();
+        let r = self.rng.next();
         let a = (0..n).map(|k| (r as usize + k) % n).find(|i| ok(*i))?;
         let b = (0..n).map(|k| ((r >> 32) as usize + k) % n).find(|i| ok(*i)).unwrap_or(a);
         let load = |i: usize| snap.nodes()[i].in_flight();

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind: repeatable on a noisy
+# machine, so it is the number to optimise against.
+#   bench/callgrind.sh [FNLB_BINARY] [REQUESTS]
+# Needs valgrind, nginx (backend) and wrk: installed from Debian's packages if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/release/fnlb}
+seconds=${2:-20}
+for p in valgrind nginx wrk; do
+  command -v $p >/dev/null || [ -x /usr/sbin/$p ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light wrk; }
+done
+work=$(mktemp -d)
+trap 'kill $(cat $work/backend.pid 2>/dev/null) 2>/dev/null; kill $lbpid 2>/dev/null; rm -rf $work' EXIT
+cat > $work/backend.conf <<CONF
+worker_processes 1; daemon on; pid $work/backend.pid; error_log $work/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:19201; add_header XXX-FXLB-WAIT 1ms always;
+    location = /version { default_type application/json; return 200 '{"version":"0.3.753"}'; }
+    location / { return 200 'hello'; } } }
+CONF
+/usr/sbin/nginx -c $work/backend.conf -p $work
+valgrind --tool=callgrind --callgrind-out-file=$work/cg.out "$bin" -threads 1 -listen 127.0.0.1:18299 \
+  -mgmt-listen 127.0.0.1:18299 -nodes 127.0.0.1:19201 -hc-interval 60 > $work/lb.log 2>&1 &
+lbpid=$!
+for _ in $(seq 1 300); do curl -sf http://127.0.0.1:18299/r/app/hello >/dev/null && break; sleep 0.2; done
+out=$(wrk -t1 -c8 -d${seconds}s http://127.0.0.1:18299/r/app/hello)
+reqs=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+kill -INT $lbpid; wait $lbpid || true
+total=$(sed -n 's/^summary: //p' $work/cg.out)
+echo "requests: $reqs  instructions: $total  per request: $((total / reqs))"
+callgrind_annotate $work/cg.out 2>/dev/null | head -40 > /tmp/callgrind-top.txt
+echo "top functions: /tmp/callgrind-top.txt"
