@@ -108,7 +108,11 @@ async fn run(cfg: Config) -> Result<(), String> {
         limits: cfg.limits.clone(),
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         stop: stop_rx,
+        tls: cfg.tls.as_ref().map(crate::tls::ServerTls::acceptor),
     };
+    if let Some(tls) = &cfg.tls {
+        info!(cert = %tls.cert_path.display(), "TLS on every listener (HTTP/2 and HTTP/1.1 by ALPN)");
+    }
     let bind = |addr, flag: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| format!("{flag}: cannot listen on {addr}: {e}"))
     };

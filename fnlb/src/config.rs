@@ -1,8 +1,8 @@
 //! The command line: flags (in Go's `-flag` spelling too), their `FNLB_*` environment variables,
 //! defaults and validation, turned into one immutable [`Config`].
 //!
-//! Nothing here starts anything: parsing is pure apart from resolving listen host names and reading
-//! the environment. A bad value is a one-line error naming the flag as Go spells it, exit code 2.
+//! Nothing here starts anything: parsing is pure apart from resolving listen host names, reading
+//! the environment and reading the `-tls-cert`/`-tls-key` files. A bad value is a one-line error naming the flag as Go spells it, exit code 2.
 //!
 //! Adding a flag: a field in `Flags` (with `env = "FNLB_<NAME>"` and a default), a field in
 //! [`Config`], and one line in `Config::from_flags` with a parser from the bottom of this file.
@@ -64,6 +64,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `-access-log`: one log line per call.
     pub access_log: bool,
+    /// `-tls-cert` and `-tls-key`, read and checked: every listener speaks TLS.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Config {
@@ -242,6 +244,14 @@ struct Flags {
     /// Token that PUT and DELETE on /1/lb/nodes must present as `Authorization: Bearer TOKEN`
     #[arg(long, env = "FNLB_MGMT_TOKEN", default_value = "", value_name = "TOKEN")]
     mgmt_token: String,
+
+    /// PEM certificate chain: with -tls-key, every listener speaks TLS (HTTP/2 and HTTP/1.1 by ALPN)
+    #[arg(long, env = "FNLB_TLS_CERT", default_value = "", value_name = "PATH")]
+    tls_cert: String,
+
+    /// PEM private key of -tls-cert (PKCS#8, RSA or EC)
+    #[arg(long, env = "FNLB_TLS_KEY", default_value = "", value_name = "PATH")]
+    tls_key: String,
 }
 
 /// The clap command, with what applies to every flag set in one place.
@@ -323,6 +333,7 @@ impl Config {
             load_factor: src.parse("load-factor", &f.load_factor, parse_load_factor)?,
             log_format: src.parse("log-format", &f.log_format, parse_log_format)?,
             access_log: src.parse("access-log", &f.access_log, parse_bool)?,
+            tls: tls_files(src, &f.tls_cert, &f.tls_key)?,
         };
         check_listeners(&config)?;
         Ok(config)
@@ -393,12 +404,15 @@ impl Sources<'_> {
         show: impl FnOnce(&str) -> String,
     ) -> Result<T, CliExit> {
         let value = self.value(flag, raw);
-        parse(&value).map_err(|e| {
-            let id = flag.replace('-', "_");
-            let origin =
-                if self.is_from_env(&id) { format!(" (from FNLB_{})", id.to_ascii_uppercase()) } else { String::new() };
-            CliExit::usage(format!("invalid value {} for -{flag}{origin}: {e}", show(&value)))
-        })
+        parse(&value).map_err(|e| self.invalid(flag, &show(&value), e))
+    }
+
+    /// `invalid value SHOWN for -FLAG (from FNLB_FLAG): WHY`.
+    fn invalid(&self, flag: &str, shown: &str, why: impl fmt::Display) -> CliExit {
+        let id = flag.replace('-', "_");
+        let origin =
+            if self.is_from_env(&id) { format!(" (from FNLB_{})", id.to_ascii_uppercase()) } else { String::new() };
+        CliExit::usage(format!("invalid value {shown} for -{flag}{origin}: {why}"))
     }
 }
 
@@ -980,6 +994,42 @@ pub fn parse_token(s: &str) -> Result<Option<String>, InvalidValue> {
     Ok(Some(s.to_owned()))
 }
 
+/// Empty: not given. Otherwise a file path, read later.
+pub fn parse_optional_path(s: &str) -> Result<Option<PathBuf>, InvalidValue> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.contains('\0') {
+        return Err("a path cannot contain a NUL byte".into());
+    }
+    Ok(Some(PathBuf::from(s)))
+}
+
+/// `-tls-cert` and `-tls-key` go together. Both files are read now: a missing, unreadable or
+/// mismatched file is a usage error naming its flag, not a failure at the first client.
+fn tls_files(src: &Sources<'_>, cert: &str, key: &str) -> Result<Option<crate::tls::ServerTls>, CliExit> {
+    use crate::tls::{ServerTls, TlsFile};
+    let cert = src.parse("tls-cert", cert, parse_optional_path)?;
+    let key = src.parse("tls-key", key, parse_optional_path)?;
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(CliExit::usage("-tls-cert needs -tls-key (its private key): give both, or neither".into()))
+        }
+        (None, Some(_)) => {
+            return Err(CliExit::usage("-tls-key needs -tls-cert (its certificate): give both, or neither".into()))
+        }
+    };
+    ServerTls::load(&cert, &key).map(Some).map_err(|(file, why)| {
+        let (flag, path) = match file {
+            TlsFile::Cert => ("tls-cert", &cert),
+            TlsFile::Key => ("tls-key", &key),
+        };
+        src.invalid(flag, &format!("{:?}", path.display().to_string()), why)
+    })
+}
+
 /// A `-db` URL whose driver options are also valid (`sslmode=banana` is a flag error, exit 2,
 /// not a failure to connect).
 fn parse_db(s: &str) -> Result<DbUrl, InvalidValue> {
@@ -1422,6 +1472,42 @@ mod tests {
         }
         assert!(error(&["-log-format", "xml"]).contains("-log-format"));
         assert!(error(&["-access-log=maybe"]).contains("-access-log"));
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together_and_are_read_at_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+        assert_eq!(parse(&[]).unwrap().tls, None);
+        assert_eq!(parse(&["-tls-cert=", "-tls-key="]).unwrap().tls, None);
+        let tls = parse(&["-tls-cert", c, "-tls-key", k]).unwrap().tls.expect("tls");
+        assert_eq!((tls.cert_path.as_path(), tls.key_path.as_path()), (cert.as_path(), key.as_path()));
+
+        assert_eq!(error(&["-tls-cert", c]), "fnlb: -tls-cert needs -tls-key (its private key): give both, or neither");
+        assert_eq!(error(&["--tls-key", k]), "fnlb: -tls-key needs -tls-cert (its certificate): give both, or neither");
+        let missing = dir.path().join("missing.pem");
+        let m = missing.to_str().unwrap();
+        assert_eq!(
+            error(&["-tls-cert", m, "-tls-key", k]),
+            format!("fnlb: invalid value {m:?} for -tls-cert: cannot read the file: No such file or directory")
+        );
+        assert!(error(&["-tls-cert", c, "-tls-key", m]).contains(" for -tls-key: cannot read the file"));
+        let msg = error(&["-tls-cert", c, "-tls-key", c]);
+        assert!(msg.starts_with(&format!("fnlb: invalid value {c:?} for -tls-key: no PRIVATE KEY")), "{msg}");
+        let msg = error(&["-tls-cert", k, "-tls-key", k]);
+        assert!(msg.contains(" for -tls-cert: no CERTIFICATE"), "{msg}");
+    }
+
+    #[test]
+    fn optional_paths() {
+        assert_eq!(parse_optional_path(""), Ok(None));
+        assert_eq!(parse_optional_path("a/b.pem"), Ok(Some(PathBuf::from("a/b.pem"))));
+        assert!(parse_optional_path("a\0b").is_err());
     }
 
     #[test]

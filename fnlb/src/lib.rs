@@ -20,3 +20,4 @@ pub mod route;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;

@@ -1,8 +1,11 @@
-//! Listeners: accepts connections (at most `-max-connections` at once), serves HTTP/1.x on them,
-//! and hands each request to the management API or the proxy according to the listener's role.
+//! Listeners: accepts connections (at most `-max-connections` at once), serves HTTP/1.x on them
+//! (or, with `-tls-cert`, TLS carrying HTTP/2 or HTTP/1.1 as ALPN chose), and hands each request
+//! to the management API or the proxy according to the listener's role.
 //! Owns the client-side timeouts and graceful shutdown: stop accepting, let calls in flight
 //! finish, close idle connections.
 use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,10 +16,12 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tracing::{debug, warn};
 
 use crate::config::Limits;
@@ -48,6 +53,8 @@ pub struct Listeners {
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     pub stop: watch::Receiver<bool>,
+    /// Set by `-tls-cert`/`-tls-key`: every listener speaks TLS.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Accepts on `listener` until stop turns true.
@@ -74,18 +81,110 @@ pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, role, shared).await;
+            match shared.tls.clone() {
+                None => serve_connection(stream, peer, role, shared).await,
+                Some(tls) => serve_tls(&tls, stream, peer, role, shared).await,
+            }
             drop(permit);
         });
     }
 }
 
-/// Serves one client connection until it ends, times out, or shutdown closes it.
+/// Serves one client connection (HTTP/1.x) until it ends, times out, or shutdown closes it.
 pub async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    serve_http(io, peer, role, shared, Http::Plain).await
+}
+
+/// How a client connection speaks HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Http {
+    /// Plain TCP: hyper's HTTP/1.x server.
+    Plain,
+    /// TLS without ALPN `h2`: HTTP/1.1 (hyper-util's auto server, HTTP/1 only).
+    Tls1,
+    /// TLS with ALPN `h2`: HTTP/2 (hyper-util's auto server, HTTP/2 only). HTTP/2 over TLS is
+    /// negotiated by ALPN (RFC 9113 §3.2), so the protocol is known before the first byte.
+    Tls2,
+}
+
+/// TLS: the handshake must complete within `-client-header-timeout` (a client that opens TCP
+/// and never handshakes is cut off like one that never sends a request head; it holds one of
+/// `-max-connections` meanwhile), then HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(tls: &TlsAcceptor, stream: TcpStream, peer: SocketAddr, role: Role, shared: Listeners) {
+    let mut stop = shared.stop.clone();
+    let handshake = tokio::time::timeout(shared.limits.client_header_timeout, handshake(tls, stream, peer));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return,
+            Err(_) => {
+                debug!(%peer, "TLS handshake not complete in time; closing");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    let http = if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) { Http::Tls2 } else { Http::Tls1 };
+    serve_http(stream, peer, role, shared, http).await
+}
+
+/// Accepts the TLS handshake. A plain HTTP client (its first byte a letter where a TLS handshake
+/// record, type 22, belongs) gets a readable 400 instead of a TLS alert, as Go's server does.
+async fn handshake(tls: &TlsAcceptor, stream: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) => {}
+        _ => return None,
+    }
+    if first[0] != 0x16 {
+        debug!(%peer, first = first[0], "not a TLS handshake; closing");
+        if first[0].is_ascii_uppercase() {
+            answer_plain_http(stream).await;
+        }
+        return None;
+    }
+    match tls.accept(stream).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Answers 400 to a plain HTTP request on a TLS listener, then closes. What the client sent is
+/// read (bounded) before closing, so that the kernel does not reset the connection and lose the
+/// answer.
+async fn answer_plain_http(mut stream: TcpStream) {
+    let body = r#"{"msg":"this listener speaks TLS: use https://"}"#;
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+async fn serve_http<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners, http: Http)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(http == Http::Tls2));
     let services = shared.services.clone();
     let act = activity.clone();
     let svc = service_fn(move |req| {
@@ -97,15 +196,49 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    let mut builder = http1::Builder::new();
+    let io = TokioIo::new(Watched { inner: io, activity: activity.clone() });
+    let limits = &shared.limits;
+    if http == Http::Plain {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(limits.max_header_size)
+            // hyper's own header timer also runs while a kept-alive connection is idle, which would
+            // cap the keep-alive timeout; [`Activity`] keeps the two apart.
+            .header_read_timeout(None);
+        let conn = builder.serve_connection(io, svc);
+        return drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await;
+    }
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = if http == Http::Tls2 { builder.http2_only() } else { builder.http1_only() };
+    // The same HTTP/1 settings as on plain TCP.
     builder
+        .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .max_buf_size(shared.limits.max_header_size)
-        // hyper's own header timer also runs while a kept-alive connection is idle, which would
-        // cap the keep-alive timeout; [`Activity`] keeps the two apart.
+        .max_buf_size(limits.max_header_size)
         .header_read_timeout(None);
-    let conn = builder.serve_connection(TokioIo::new(Watched { inner: io, activity: activity.clone() }), svc);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(io, svc);
+    drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await
+}
+
+/// Runs a served connection to its end, closing it gracefully on shutdown or when idle, and at
+/// once when a request head is late.
+async fn drive<C, E>(
+    conn: C,
+    mut graceful_shutdown: impl FnMut(Pin<&mut C>),
+    activity: &Activity,
+    peer: SocketAddr,
+    shared: &Listeners,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: fmt::Display,
+{
     tokio::pin!(conn);
     let mut stop = shared.stop.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -121,7 +254,7 @@ where
             }
             _ = stop.changed(), if !closing => {
                 // Finishes the call in flight, if any, then closes.
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
                 closing = true;
             }
             _ = tick.tick() => match activity.verdict(&shared.limits) {
@@ -131,7 +264,7 @@ where
                     return;
                 }
                 Verdict::Idle if !closing => {
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                     closing = true;
                 }
                 Verdict::Idle => {}
@@ -164,6 +297,10 @@ struct Activity {
     head_since_ms: AtomicU64,
     /// Requests being served.
     active: AtomicU32,
+    /// HTTP/2: frames (PING, WINDOW_UPDATE, SETTINGS) come and go between requests, so traffic
+    /// says nothing: a read does not start a head's deadline (only the first request is owed
+    /// within the timeout), and the connection is idle from the end of its last request.
+    multiplexed: bool,
 }
 
 enum Verdict {
@@ -174,12 +311,20 @@ enum Verdict {
 
 impl Activity {
     /// A new connection owes its first request head from now on.
-    fn new() -> Activity {
+    fn new(multiplexed: bool) -> Activity {
         let now = clock_ms();
-        Activity { last_ms: AtomicU64::new(now), head_since_ms: AtomicU64::new(now), active: AtomicU32::new(0) }
+        Activity {
+            last_ms: AtomicU64::new(now),
+            head_since_ms: AtomicU64::new(now),
+            active: AtomicU32::new(0),
+            multiplexed,
+        }
     }
 
     fn on_read(&self) {
+        if self.multiplexed {
+            return;
+        }
         let now = clock_ms();
         self.last_ms.store(now, Ordering::Relaxed);
         if self.active.load(Ordering::Relaxed) == 0 && self.head_since_ms.load(Ordering::Relaxed) == 0 {
@@ -188,7 +333,9 @@ impl Activity {
     }
 
     fn on_write(&self) {
-        self.last_ms.store(clock_ms(), Ordering::Relaxed);
+        if !self.multiplexed {
+            self.last_ms.store(clock_ms(), Ordering::Relaxed);
+        }
     }
 
     fn request_started(self: &Arc<Self>) -> ActiveCall {

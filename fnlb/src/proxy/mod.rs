@@ -100,6 +100,14 @@ impl Proxy {
     ) -> Response<RespBody> {
         let (mut parts, body) = req.into_parts();
         headers::request(&mut parts.headers, client.ip());
+        // HTTP/2 names the host in `:authority` (now the URI's authority), usually without a
+        // Host header: the HTTP/1.1 node gets it as Host (any userinfo left out).
+        if parts.version == http::Version::HTTP_2 {
+            let authority = parts.uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default());
+            if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
         // Nodes want origin-form; a client talking to us as a proxy sends absolute-form.
         if parts.uri.authority().is_some() {
             let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
