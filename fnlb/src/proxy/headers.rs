@@ -9,12 +9,28 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// Whether a header names one hop rather than the message (RFC 9110 §7.6.1, plus the legacy
+/// `Proxy-Connection`). Standard names compare as enum tags: no hashing.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::EXPECT
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes the headers that describe one hop, not the message: those the `Connection` header
-/// names, and the fixed list of RFC 9110 §7.6.1 plus the legacy `Proxy-Connection`.
+/// names, and the fixed list. Most messages carry none of them, and one pass over the names
+/// finds that out without a hash lookup per listed header.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
-        // Collect first: the names borrow the map we remove from. Rare path (HTTP/1.1 clients
-        // seldom name headers in Connection), so the small allocation is fine.
+        // Collect first: the names borrow the map we remove from.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -35,35 +51,86 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Prepares a client's request headers for a node.
 pub fn request(headers: &mut HeaderMap, client: IpAddr) {
-    // `TE: trailers` is the one TE value a node may see: it says the client accepts trailers.
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false));
-    strip_hop_by_hop(headers);
-    headers.remove(header::TE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    // 100-continue is answered by this balancer when it starts reading the body.
-    headers.remove(header::EXPECT);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if headers.keys().any(is_hop_by_hop) {
+        // `TE: trailers` is the one TE value a node may see: it says the client accepts trailers.
+        let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false)
+        });
+        strip_hop_by_hop(headers);
+        headers.remove(header::TE);
+        headers.remove(header::PROXY_AUTHORIZATION);
+        // 100-continue is answered by this balancer when it starts reading the body.
+        headers.remove(header::EXPECT);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
     append_forwarded_for(headers, client);
 }
 
 /// Appends the client address to `X-Forwarded-For`, joining earlier values into one header.
 fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    use std::fmt::Write;
-    let mut value = String::with_capacity(48);
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = prior.to_str() {
-            value.push_str(s);
-            value.push_str(", ");
+    let mut ip = IpText::default();
+    let ip = ip.format(client);
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if prior.peek().is_none() {
+        HeaderValue::from_bytes(ip.as_bytes())
+    } else {
+        let mut v = Vec::with_capacity(64);
+        for p in prior {
+            v.extend_from_slice(p.as_bytes());
+            v.extend_from_slice(b", ");
         }
-    }
-    let _ = write!(value, "{client}");
-    if let Ok(v) = HeaderValue::from_str(&value) {
+        v.extend_from_slice(ip.as_bytes());
+        HeaderValue::from_bytes(&v)
+    };
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// An IP address written without `fmt` machinery on the common IPv4 path.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText { buf: [0; 48], len: 0 }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, ip: IpAddr) -> &str {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut cur = std::io::Cursor::new(&mut self.buf[..]);
+                let _ = write!(cur, "{v6}");
+                self.len = cur.position() as usize;
+            }
+        }
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
     }
 }
 
@@ -137,6 +204,16 @@ mod tests {
         request(&mut h, "127.0.0.1".parse().unwrap());
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in
+            ["0.0.0.0", "1.2.3.4", "10.99.100.255", "255.255.255.255", "::1", "fe80::1:2", "2001:db8::ff00:42:8329"]
+        {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::default().format(ip), ip.to_string());
+        }
     }
 
     #[test]
