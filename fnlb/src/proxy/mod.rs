@@ -168,7 +168,13 @@ impl Proxy {
                 },
             };
             match sent {
-                Ok(resp) => return self.respond(resp, node, hash, conn, call, obs),
+                Ok(resp) => {
+                    if snap.table().home(hash) != Some(i) {
+                        // Served away from its home: full, down, or a retry moved it.
+                        crate::metrics::spill(node);
+                    }
+                    return self.respond(resp, node, hash, conn, call, obs);
+                }
                 Err(mut e) => {
                     let error = pool_error(e.error());
                     if let Some(back) = e.take_message() {
