@@ -132,7 +132,7 @@ http {{ access_log off; keepalive_requests 1000000;
     srv = "\n".join(f"  server n{i} 127.0.0.1:{p}" for i, p in enumerate(BACKENDS))
     hconf = f"""global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
