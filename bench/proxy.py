@@ -89,8 +89,11 @@ class Procs:
 
 
 def start_backends(procs, work):
+    # nginx's workers run as nobody: the temp dir and the body file must be readable to them.
+    os.chmod(work, 0o755)
     with open(os.path.join(work, "big.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    os.chmod(os.path.join(work, "big.bin"), 0o644)
     servers = "\n".join(f"""
   server {{
     listen 127.0.0.1:{port} backlog=4096;
