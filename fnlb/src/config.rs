@@ -278,7 +278,8 @@ fn parse_with(cmd: clap::Command, args: Vec<OsString>) -> Result<Config, CliExit
     let names = FlagNames::of(&cmd);
     let (args, unknown) = scan_go_args(args, &names);
     if let Some(flag) = unknown {
-        return Err(CliExit::usage(format!("flag provided but not defined: {flag} (see -help)")));
+        // Escaped: an argument may carry newlines or terminal escapes; the error stays one line.
+        return Err(CliExit::usage(format!("flag provided but not defined: {} (see -help)", flag.escape_debug())));
     }
     let matches = cmd.clone().try_get_matches_from(args).map_err(clap_exit)?;
     let flags = Flags::from_arg_matches(&matches).map_err(clap_exit)?;
@@ -434,7 +435,7 @@ fn clap_exit(err: clap::Error) -> CliExit {
         }
         ErrorKind::UnknownArgument => {
             if let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) {
-                return CliExit::usage(format!("flag provided but not defined: {arg} (see -help)"));
+                return CliExit::usage(format!("flag provided but not defined: {} (see -help)", arg.escape_debug()));
             }
         }
         _ => {}
@@ -1279,6 +1280,9 @@ mod tests {
     fn unknown_flags_are_refused_in_the_users_spelling() {
         assert_eq!(error(&["-foo"]), "fnlb: flag provided but not defined: -foo (see -help)");
         assert_eq!(error(&["--foo=1"]), "fnlb: flag provided but not defined: --foo=1 (see -help)");
+        // Found by fuzzing: a control character in an unknown flag split the error over lines.
+        assert_eq!(error(&["-target-port\n"]), "fnlb: flag provided but not defined: -target-port\\n (see -help)");
+        assert_eq!(error(&["-x\u{1b}[31m"]), "fnlb: flag provided but not defined: -x\\u{1b}[31m (see -help)");
         assert!(error(&["stray"]).starts_with("fnlb: "));
     }
 
