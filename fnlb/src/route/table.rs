@@ -14,8 +14,10 @@ use crate::node::NodeAddr;
 /// Number of slots. Each node's share of the slots is binomial: about 1 % relative deviation
 /// for 8 nodes. A power of two so the slot is a mask of the key hash.
 pub const SLOTS: usize = 1 << 16;
-/// Choices per slot kept in the table; deeper choices are computed on demand.
-pub const KEPT: usize = 4;
+/// Choices per slot kept in the table; deeper choices are computed on demand (a sort over every
+/// node, with an allocation). Eight covers the bounded policy's whole probe chain, so a loaded
+/// cluster's spills stay on the table; at 16 bytes a slot the table is 1 MiB.
+pub const KEPT: usize = 8;
 
 /// SipHash-2-4 keys of the original fnlb (k1 spells "LaryBoat").
 const K0: u64 = 0;
@@ -48,8 +50,25 @@ pub struct Table {
     /// so a node weighs the same in every balancer whatever else is in the set.
     seeds: Box<[u64]>,
     /// `SLOTS × kept` node indices, best first.
-    choices: Box<[u32]>,
+    choices: Choices,
     kept: usize,
+}
+
+/// Node indices, as narrow as the node count allows: 16 bits for up to 65,536 nodes halves the
+/// table, and the table's size is what decides whether a lookup hits the CPU cache.
+enum Choices {
+    Narrow(Box<[u16]>),
+    Wide(Box<[u32]>),
+}
+
+impl Choices {
+    #[inline]
+    fn get(&self, i: usize) -> usize {
+        match self {
+            Choices::Narrow(c) => c[i] as usize,
+            Choices::Wide(c) => c[i] as usize,
+        }
+    }
 }
 
 impl Table {
@@ -57,7 +76,7 @@ impl Table {
     pub fn build(addrs: &[NodeAddr]) -> Table {
         let seeds: Box<[u64]> = addrs.iter().map(|a| key_hash(a.as_str().as_bytes())).collect();
         let kept = KEPT.min(seeds.len());
-        let mut choices = vec![0u32; SLOTS * kept].into_boxed_slice();
+        let mut choices = vec![0u32; SLOTS * kept];
         if kept > 0 {
             let mut best: Vec<(u64, u32)> = Vec::with_capacity(kept + 1);
             for slot in 0..SLOTS {
@@ -76,6 +95,11 @@ impl Table {
                 }
             }
         }
+        let choices = if seeds.len() <= 1 << 16 {
+            Choices::Narrow(choices.into_iter().map(|i| i as u16).collect())
+        } else {
+            Choices::Wide(choices.into_boxed_slice())
+        };
         Table { seeds, choices, kept }
     }
 
@@ -96,7 +120,7 @@ impl Table {
         if self.kept == 0 {
             return None;
         }
-        Some(self.choices[Self::slot(hash) * self.kept] as usize)
+        Some(self.choices.get(Self::slot(hash) * self.kept))
     }
 
     /// The key's full order of nodes, home first. The first choices come from the table; the
@@ -124,7 +148,7 @@ impl Iterator for Order<'_> {
             return None;
         }
         let i = if self.pos < t.kept {
-            t.choices[self.slot * t.kept + self.pos]
+            t.choices.get(self.slot * t.kept + self.pos)
         } else {
             let rest = self.rest.get_or_insert_with(|| {
                 let s = slot_seed(self.slot);
@@ -133,10 +157,10 @@ impl Iterator for Order<'_> {
                 all.sort_unstable_by_key(|(w, _)| std::cmp::Reverse(*w));
                 all.into_iter().map(|(_, i)| i).collect()
             });
-            rest[self.pos]
+            rest[self.pos] as usize
         };
         self.pos += 1;
-        Some(i as usize)
+        Some(i)
     }
 }
 
