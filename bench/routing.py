@@ -173,16 +173,16 @@ def run_one(contender, variant, rho, seed, args, work):
 
 
 def fmt_table(rows):
-    head = ["contender", "cold %", "x bound", "excess p50", "p99", "p99.9", "busy max/mean", "errors"]
+    head = ["contender", "cold %", "x bound", "excess p50", "p99", "p99.9", "busy max/mean", "on home %", "errors"]
     lines = [head]
     for name, r in rows:
         if r is None:
-            lines.append([name, "failed", "", "", "", "", "", ""])
+            lines.append([name, "failed"] + [""] * (len(head) - 2))
             continue
         e = r["excess_ms"]
         lines.append([name, f"{100 * r['cold_ratio']:.1f}", f"{r['cold_vs_bound']:.2f}", f"{e['p50']:.0f} ms",
                       f"{e['p99']:.0f} ms", f"{e['p999']:.0f} ms", f"{r['busy_max_over_mean']:.2f}",
-                      str(r["errors"])])
+                      f"{100 * r.get('home_share', 0):.1f}", str(r["errors"])])
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     out = []
     for k, l in enumerate(lines):
@@ -190,6 +190,21 @@ def fmt_table(rows):
         if k == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
+
+
+def fmt_churn(rows):
+    """Churn only: functions remapped while the node was away and after it returned, and the
+    cold-start ratio per 5 s of the measured window (the spike follows each event)."""
+    lines = []
+    for name, r in rows:
+        k = r and r.get("churn_keys")
+        if not k:
+            continue
+        timeline = " ".join(f"{100 * b['cold'] / b['calls']:.0f}" if b["calls"] else "-" for b in r["cold_timeline"])
+        lines.append(f"- {name}: node {k['node']} away: of {k['compared_down']} functions, "
+                     f"{k['moved_off_leaving_node']} moved off it, {k['moved_elsewhere']} others moved; back: "
+                     f"{k['returned_home']} of its {k['compared_return']} returned to it; cold % per 5 s: {timeline}")
+    return "\n".join(lines)
 
 
 def main():
@@ -226,6 +241,9 @@ def main():
                 results.append({"variant": variant, "rho": rho, "seed": seed, "contender": c, "result": r})
             print(f"\n### {variant}, rho {rho}, seed {seed}\n")
             print(fmt_table(rows))
+            if variant == "churn":
+                print()
+                print(fmt_churn(rows))
             sys.stdout.flush()
             if args.json:
                 with open(args.json, "w") as f:

@@ -102,8 +102,51 @@ pub struct Report {
     pub busy_max_over_mean: f64,
     /// `/fnsim/stats` of each `--nodes-url`, read after the run.
     pub node_stats: Vec<serde_json::Value>,
+    /// Share of the measured calls (2xx, node known) served on their function's home node, the
+    /// node that served most of that function's measured calls. Contender-neutral: it needs no
+    /// knowledge of the balancer's hash, and is 1.0 when every function stays on one node.
+    pub home_share: f64,
+    /// Cold starts per [`TIMELINE_BUCKET`] of the measured window, to show spikes (churn).
+    pub cold_timeline: Vec<ColdBucket>,
     /// What the churn variant did, with times relative to the start of the trace.
     pub churn: Vec<String>,
+    /// Churn only: which functions changed node when the node left and when it came back.
+    pub churn_keys: Option<ChurnKeys>,
+}
+
+/// Width of the cold-start timeline's buckets.
+pub const TIMELINE_BUCKET: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ColdBucket {
+    /// Start of the bucket, seconds from the start of the trace.
+    pub from_s: f64,
+    pub calls: usize,
+    pub cold: usize,
+}
+
+/// Remapped functions around a churn event. A function's node in a window is the node that
+/// served most of its calls there; only functions with calls in both windows compared count.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ChurnKeys {
+    /// The node taken down (its `Fn-Node` index).
+    pub node: u32,
+    /// Functions seen both before the node left and while it was away.
+    pub compared_down: usize,
+    /// Of those, functions that were on the leaving node and moved (they had to).
+    pub moved_off_leaving_node: usize,
+    /// Functions that were on another node and moved anyway (collateral remapping).
+    pub moved_elsewhere: usize,
+    /// Functions that were on the leaving node before it left and have calls after it returned.
+    pub compared_return: usize,
+    /// Of those, functions back on it after it returned.
+    pub returned_home: usize,
+}
+
+/// Churn's schedule: the node leaves a third of the way through the measured window and returns
+/// at two thirds. Shared by the driver's actions and the report's windows.
+fn churn_times(warmup: Duration, measured: Duration) -> (Duration, Duration) {
+    (warmup + measured / 3, warmup + measured * 2 / 3)
 }
 
 fn client() -> HttpClient {
@@ -200,7 +243,8 @@ pub async fn drive(cfg: &DriveConfig, trace: &Trace) -> Report {
         }
     }
 
-    let mut report = summarize(trace, cfg.idle_timeout, &outcomes);
+    let churn_node = (trace.config.variant == Variant::Churn).then_some(cfg.churn_node as u32);
+    let mut report = summarize(trace, cfg.idle_timeout, &outcomes, churn_node);
     report.targets = targets.len();
     report.node_stats = node_stats;
     report.churn = churn_events;
@@ -259,8 +303,7 @@ async fn churn(
     warmup: Duration,
     measured: Duration,
 ) -> Vec<String> {
-    let down_at = warmup + measured / 3;
-    let up_at = warmup + measured * 2 / 3;
+    let (down_at, up_at) = churn_times(warmup, measured);
     let mut events = Vec::new();
     tokio::time::sleep_until(start + down_at).await;
     let for_ms = (up_at - down_at).as_millis();
@@ -304,15 +347,94 @@ async fn get_json(client: &HttpClient, url: &str) -> Result<serde_json::Value, S
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
+/// Per function, how many calls each node served in one time window.
+struct Placement(Vec<BTreeMap<u32, usize>>);
+
+impl Placement {
+    fn new(functions: usize) -> Placement {
+        Placement(vec![BTreeMap::new(); functions])
+    }
+
+    fn add(&mut self, func: u32, node: u32) {
+        if let Some(per_node) = self.0.get_mut(func as usize) {
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+
+    /// The node that served most of the function's calls (lowest index on a tie), if any.
+    fn home(&self, func: usize) -> Option<u32> {
+        let per_node = self.0.get(func)?;
+        per_node.iter().max_by_key(|(node, n)| (**n, std::cmp::Reverse(**node))).map(|(node, _)| *node)
+    }
+
+    /// Calls served on their function's home node, and calls placed at all.
+    fn on_home(&self) -> (usize, usize) {
+        let mut home = 0;
+        let mut all = 0;
+        for (f, per_node) in self.0.iter().enumerate() {
+            all += per_node.values().sum::<usize>();
+            home += self.home(f).and_then(|h| per_node.get(&h)).copied().unwrap_or(0);
+        }
+        (home, all)
+    }
+}
+
+fn churn_keys(node: u32, before: &Placement, down: &Placement, after: &Placement) -> ChurnKeys {
+    let mut k = ChurnKeys { node, ..ChurnKeys::default() };
+    for f in 0..before.0.len() {
+        let Some(b) = before.home(f) else { continue };
+        if let Some(d) = down.home(f) {
+            k.compared_down += 1;
+            if d != b {
+                if b == node {
+                    k.moved_off_leaving_node += 1;
+                } else {
+                    k.moved_elsewhere += 1;
+                }
+            }
+        }
+        if b == node {
+            if let Some(a) = after.home(f) {
+                k.compared_return += 1;
+                k.returned_home += usize::from(a == node);
+            }
+        }
+    }
+    k
+}
+
 /// Turns per-call outcomes (indexed like `trace.calls`; `None` = never completed) into the
-/// report. Separate from the I/O so it can be tested.
-fn summarize(trace: &Trace, idle_timeout: Duration, outcomes: &[Option<(Outcome, Duration)>]) -> Report {
+/// report. `churn_node`: the node the churn variant took down. Separate from the I/O so it can
+/// be tested.
+fn summarize(
+    trace: &Trace,
+    idle_timeout: Duration,
+    outcomes: &[Option<(Outcome, Duration)>],
+    churn_node: Option<u32>,
+) -> Report {
     let n = trace.calls.len();
     let bound = bound::cold_starts(&trace.calls, idle_timeout);
     let mut errors_by_kind: BTreeMap<String, usize> = BTreeMap::new();
     let (mut ok, mut cold_starts, mut measured_calls) = (0, 0, 0);
     let (mut latency, mut excess, mut lag) = (Vec::new(), Vec::new(), Vec::new());
     let mut loads: BTreeMap<u32, NodeLoad> = BTreeMap::new();
+    let functions = trace.functions.len();
+    let mut placement = Placement::new(functions);
+    // Churn windows: before the node leaves, while it is away, after it returns.
+    let (down_at, up_at) = churn_times(trace.config.warmup, trace.config.measured);
+    let mut windows = [Placement::new(functions), Placement::new(functions), Placement::new(functions)];
+    let bucket_of = |at: Duration| {
+        ((at.saturating_sub(trace.config.warmup)).as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()) as usize
+    };
+    // The last bucket may be partial.
+    let buckets = (trace.config.measured.as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()).ceil().max(1.0) as usize;
+    let mut timeline: Vec<ColdBucket> = (0..buckets)
+        .map(|b| ColdBucket {
+            from_s: (trace.config.warmup + TIMELINE_BUCKET * b as u32).as_secs_f64(),
+            calls: 0,
+            cold: 0,
+        })
+        .collect();
     for (call, outcome) in trace.calls.iter().zip(outcomes) {
         let measured = trace.measured(call);
         measured_calls += usize::from(measured);
@@ -330,7 +452,20 @@ fn summarize(trace: &Trace, idle_timeout: Duration, outcomes: &[Option<(Outcome,
                     let ms = l.as_secs_f64() * 1000.0;
                     latency.push(ms);
                     excess.push(ms - call.exec_ms);
+                    if let Some(b) = timeline.get_mut(bucket_of(call.at)) {
+                        b.calls += 1;
+                        b.cold += usize::from(cold);
+                    }
                     if let Some(node) = node {
+                        placement.add(call.func, node);
+                        let window = if call.at < down_at {
+                            0
+                        } else if call.at < up_at {
+                            1
+                        } else {
+                            2
+                        };
+                        windows[window].add(call.func, node);
                         let load = loads.entry(node).or_insert(NodeLoad { node, calls: 0, busy_seconds: 0.0 });
                         load.calls += 1;
                         let cold_ms = if cold { call.cold_ms } else { 0.0 };
@@ -350,6 +485,8 @@ fn summarize(trace: &Trace, idle_timeout: Duration, outcomes: &[Option<(Outcome,
     // Nodes that served nothing count in the mean too.
     let node_count = nodes.len().max(trace.config.nodes).max(1);
     let busy_mean = nodes.iter().map(|l| l.busy_seconds).sum::<f64>() / node_count as f64;
+    let (on_home, placed) = placement.on_home();
+    let churn_keys = churn_node.map(|n| churn_keys(n, &windows[0], &windows[1], &windows[2]));
     Report {
         variant: trace.config.variant,
         seed: trace.config.seed,
@@ -377,7 +514,10 @@ fn summarize(trace: &Trace, idle_timeout: Duration, outcomes: &[Option<(Outcome,
         busy_mean_s: busy_mean,
         busy_max_over_mean: if busy_mean > 0.0 { busy_max / busy_mean } else { 0.0 },
         node_stats: Vec::new(),
+        home_share: if placed == 0 { 0.0 } else { on_home as f64 / placed as f64 },
+        cold_timeline: timeline,
         churn: Vec::new(),
+        churn_keys,
     }
 }
 
@@ -415,6 +555,20 @@ impl Report {
         let _ = writeln!(s, "latency      {}", dist(&self.latency_ms));
         let _ = writeln!(s, "excess       {}", dist(&self.excess_ms));
         let _ = writeln!(s, "send lag     {}", dist(&self.send_lag_ms));
+        let _ =
+            writeln!(s, "home node    {} of measured calls on their function's most-used node", pct(self.home_share));
+        let timeline: Vec<String> = self
+            .cold_timeline
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:.0}s {}",
+                    b.from_s,
+                    if b.calls == 0 { "-".into() } else { pct(b.cold as f64 / b.calls as f64) }
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "cold/5s      {}", timeline.join("  "));
         let _ = writeln!(
             s,
             "node busy    max {:.1} s  mean {:.1} s  max/mean {:.2}",
@@ -435,6 +589,13 @@ impl Report {
         }
         for e in &self.churn {
             let _ = writeln!(s, "churn        {e}");
+        }
+        if let Some(k) = &self.churn_keys {
+            let _ = writeln!(
+                s,
+                "churn keys   node {} away: of {} functions, {} moved off it, {} others moved; back: {} of its {} returned to it",
+                k.node, k.compared_down, k.moved_off_leaving_node, k.moved_elsewhere, k.returned_home, k.compared_return
+            );
         }
         s
     }
@@ -481,7 +642,7 @@ mod tests {
             answered(503, false, 0, 1),   // error
             Some((Outcome::Failed("connect"), Duration::ZERO)),
         ];
-        let r = summarize(&t, Duration::from_secs(30), &outcomes);
+        let r = summarize(&t, Duration::from_secs(30), &outcomes, None);
         assert_eq!((r.calls, r.measured_calls, r.ok, r.errors), (5, 4, 3, 2));
         assert_eq!(r.errors_by_kind["503"], 1);
         assert_eq!(r.errors_by_kind["connect"], 1);
@@ -497,5 +658,55 @@ mod tests {
         assert!((r.busy_max_s - 0.6).abs() < 1e-9);
         assert!((r.busy_mean_s - 0.35).abs() < 1e-9);
         assert!(r.render().contains("cold starts  2 (40.00%)"));
+    }
+
+    #[test]
+    fn churn_counts_moved_and_returned_functions_and_home_share() {
+        let mut t = trace(Vec::new());
+        t.config.variant = Variant::Churn;
+        t.config.measured = Duration::from_secs(3); // node leaves at 2 s, returns at 3 s
+        t.functions = (0..3)
+            .map(|i| Function { path: format!("/f{i}"), exec_ms: 100.0, cold_ms: 500.0, popularity: 1.0 })
+            .collect();
+        let at = |ms: u64, func: u32| Call { at: Duration::from_millis(ms), func, exec_ms: 100.0, cold_ms: 500.0 };
+        // (when, function, node): f0 lives on the leaving node 0, moves while it is away and
+        // comes back; f1 moves from node 1 to node 2 although node 1 stayed; f2 stays put.
+        let plan = [(1200, 0, 0), (2200, 0, 1), (3200, 0, 0), (1300, 1, 1), (2300, 1, 2), (1400, 2, 1), (2400, 2, 1)];
+        t.calls = plan.iter().map(|(ms, f, _)| at(*ms, *f)).collect();
+        let outcomes: Vec<_> = plan.iter().map(|(_, _, node)| answered(200, false, *node, 150)).collect();
+        let r = summarize(&t, Duration::from_secs(30), &outcomes, Some(0));
+        let k = r.churn_keys.clone().expect("churn report");
+        assert_eq!(
+            k,
+            ChurnKeys {
+                node: 0,
+                compared_down: 3,
+                moved_off_leaving_node: 1,
+                moved_elsewhere: 1,
+                compared_return: 1,
+                returned_home: 1
+            }
+        );
+        // f0: 2 of 3 on node 0; f1: 1 of 2 (tie, lower index); f2: 2 of 2.
+        assert!((r.home_share - 5.0 / 7.0).abs() < 1e-9, "{}", r.home_share);
+        assert_eq!(r.cold_timeline, vec![ColdBucket { from_s: 1.0, calls: 7, cold: 0 }]);
+        assert!(r.render().contains("of 3 functions, 1 moved off it, 1 others moved; back: 1 of its 1 returned"));
+    }
+
+    #[test]
+    fn cold_timeline_buckets_the_measured_window() {
+        let mut t = trace(Vec::new());
+        t.config.measured = Duration::from_secs(12);
+        t.calls = vec![call(1500), call(2000), call(7000), call(12_500)];
+        let outcomes = vec![
+            answered(200, true, 0, 600),
+            answered(200, false, 0, 150),
+            answered(200, true, 0, 600),
+            answered(200, false, 0, 150),
+        ];
+        let r = summarize(&t, Duration::from_secs(30), &outcomes, None);
+        assert!(r.churn_keys.is_none());
+        let got: Vec<(f64, usize, usize)> = r.cold_timeline.iter().map(|b| (b.from_s, b.calls, b.cold)).collect();
+        assert_eq!(got, vec![(1.0, 2, 1), (6.0, 1, 1), (11.0, 1, 0)]);
     }
 }
