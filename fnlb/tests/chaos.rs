@@ -7,16 +7,10 @@
 //! node dies after the body went out: each such failure must be a JSON 502 saying so, they must be
 //! rare (at most two per POST worker and kill), and nothing may hang. `cargo test -p fnlb --test chaos -- --nocapture`
 //! prints the counts.
-//!
-//! fnsim is another package's binary, so `CARGO_BIN_EXE_fnsim` is not set here. The test runs
-//! `<target>/debug/fnsim` (`cargo test --workspace` builds it before any test runs, because
-//! fnsim's own tests need it) and builds it with `cargo build -p fnsim` if it is missing.
+//! The nodes are fnsim processes (`support::fnsim`).
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use support::fnsim::Fnsim;
 use support::*;
 
 const NODES: usize = 3;
@@ -38,30 +33,9 @@ const DOUBLE_ROUNDS: usize = 3;
 /// A request that takes longer than this counts as hung.
 const HANG: Duration = Duration::from_secs(10);
 
-/// The fnsim binary next to this test's own target directory (`target/debug/deps/chaos-*`).
-fn fnsim_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FNSIM_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    let debug = exe.parent().and_then(|d| d.parent()).expect("target/debug");
-    let bin = debug.join("fnsim");
-    if !bin.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "fnsim", "--bin", "fnsim"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build -p fnsim");
-        assert!(status.success(), "cargo build -p fnsim failed");
-    }
-    assert!(bin.exists(), "no fnsim binary at {}", bin.display());
-    bin
-}
-
 /// One fnsim process serving one node.
 struct SimNode {
-    child: Child,
+    sim: Fnsim,
     addr: SocketAddr,
 }
 
@@ -70,64 +44,20 @@ impl SimNode {
     /// (bounded) while the port is still taken.
     fn start(addr: SocketAddr) -> SimNode {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let at = addr.to_string();
+        let args: Vec<&str> = if addr.port() == 0 { vec!["--nodes", "1", "--port", "0"] } else { vec!["--addrs", &at] };
+        let args = [args.as_slice(), &["--exec-ms", "2", "--cold-ms", "5"]].concat();
         loop {
-            match Self::try_start(addr) {
-                Ok(n) => return n,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+            match Fnsim::try_start(&args) {
+                Ok(sim) => return SimNode { addr: sim.addrs[0], sim },
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                 Err(e) => panic!("fnsim on {addr}: {e}"),
             }
         }
     }
 
-    fn try_start(addr: SocketAddr) -> Result<SimNode, String> {
-        let mut cmd = Command::new(fnsim_bin());
-        cmd.arg("serve");
-        if addr.port() == 0 {
-            cmd.args(["--nodes", "1", "--port", "0"]);
-        } else {
-            cmd.args(["--addrs", &addr.to_string()]);
-        }
-        cmd.args(["--exec-ms", "2", "--cold-ms", "5"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut bound = None;
-        // fnsim prints its lines and then `fnsim ready`, or exits (EOF) if it cannot bind.
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            if let Some(a) = line.split(" listening on ").nth(1) {
-                bound = a.trim().parse().ok();
-            }
-            if line == "fnsim ready" {
-                break;
-            }
-        }
-        // Keep draining stdout so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        match bound {
-            Some(addr) => Ok(SimNode { child, addr }),
-            None => {
-                let _ = child.kill();
-                let out = child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
-                Err(format!("fnsim did not start: {}", out.unwrap_or_default().trim()))
-            }
-        }
-    }
-
     fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for SimNode {
-    fn drop(&mut self) {
-        self.kill();
+        self.sim.kill();
     }
 }
 

@@ -1,5 +1,6 @@
 //! Load-aware routing end to end: a hot function outgrows its home and spills along its own
-//! order; a function whose home is healthy and unloaded never leaves it.
+//! order; a function whose home is healthy and unloaded never leaves it. Once with fake nodes
+//! that sleep, once with fnsim's container model, which shows where calls started cold.
 mod support;
 
 use std::collections::HashMap;
@@ -7,11 +8,16 @@ use std::time::Duration;
 
 use fnlb::node::NodeAddr;
 use fnlb::route::table::{key_hash, Table};
+use support::fnsim::Fnsim;
 use support::*;
 
 /// The key's order of nodes as every balancer computes it (sorted node list, rendezvous table).
 fn order(nodes: &[&FakeNode], key: &str) -> Vec<String> {
-    let mut addrs: Vec<NodeAddr> = nodes.iter().map(|n| NodeAddr::parse(&n.name()).unwrap()).collect();
+    order_of(nodes.iter().map(|n| n.name()), key)
+}
+
+fn order_of(nodes: impl Iterator<Item = String>, key: &str) -> Vec<String> {
+    let mut addrs: Vec<NodeAddr> = nodes.map(|n| NodeAddr::parse(&n).unwrap()).collect();
     addrs.sort();
     let t = Table::build(&addrs);
     t.order(key_hash(key.as_bytes())).map(|i| addrs[i].to_string()).collect()
@@ -69,4 +75,76 @@ async fn hot_function_spills_along_its_order_and_cool_one_stays_home() {
         let r = send("POST", &lb.url(cool), "x").await;
         assert_eq!(&r.node(), cool_home);
     }
+}
+
+/// Sends `n` calls for `path` at once; returns, per call, the address of the fnsim node that ran
+/// it and whether it started cold.
+async fn wave(lb: &Fnlb, sim: &Fnsim, path: &str, n: usize, exec_ms: &str) -> Vec<(String, bool)> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let url = lb.url(path);
+            let exec_ms = exec_ms.to_string();
+            tokio::spawn(async move { send_with("POST", &url, &[("fnsim-exec-ms", &exec_ms)], "x".into()).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let index: usize = r.headers["fn-node"].to_str().unwrap().parse().unwrap();
+        out.push((sim.addrs[index].to_string(), r.headers["fn-call-cold"] == "true"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fnsim_a_hot_function_spills_along_its_order_and_stays_warm_there() {
+    // Four simulated nodes with 4 container slots each; fnlb told so (-node-capacity 4: the
+    // floor is 2 calls a node). Calls run 1.5 s; a cold start adds 200 ms.
+    let sim = Fnsim::start(&["--nodes", "4", "--port", "0", "--slots", "4", "--exec-ms", "1500", "--cold-ms", "200"]);
+    let list = sim.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let lb = Fnlb::start(&["-nodes", &list, "-node-capacity", "4"]);
+    let names: Vec<String> = sim.addrs.iter().map(|a| a.to_string()).collect();
+    let want: Vec<(&str, &str)> = names.iter().map(|a| (a.as_str(), "online")).collect();
+    lb.wait_nodes(&want).await;
+
+    let hot = "/r/app/hot";
+    let hot_order = order_of(names.iter().cloned(), hot);
+    let first = wave(&lb, &sim, hot, 8, "1500").await;
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for (node, _) in &first {
+        *served.entry(node.clone()).or_default() += 1;
+    }
+    // 8 calls at once cannot all stay on a node whose floor is 2: they spill, along the key's
+    // order and nowhere else.
+    assert!(served.len() >= 2, "8 concurrent calls all ran on one node: {served:?}");
+    assert!(served.get(&hot_order[0]).copied().unwrap_or(0) >= 2, "home ran too few: {served:?} order {hot_order:?}");
+    for node in served.keys() {
+        let rank = hot_order.iter().position(|n| n == node).unwrap();
+        assert!(rank < served.len(), "{node} (choice {rank}) ran a spill before an earlier choice: {served:?}");
+    }
+    assert!(first.iter().all(|(_, cold)| *cold), "a first call found a warm container: {first:?}");
+
+    // The same burst again finds the containers the first one left on those nodes: where a
+    // locality-blind policy would start containers on other nodes, at most a call or two (a
+    // placement differing by one between the bursts) starts cold.
+    let second = wave(&lb, &sim, hot, 8, "1500").await;
+    let cold_again = second.iter().filter(|(_, cold)| *cold).count();
+    assert!(cold_again <= 2, "{cold_again} of 8 calls started cold again: {second:?} after {first:?}");
+    for (node, _) in &second {
+        let rank = hot_order.iter().position(|n| n == node).unwrap();
+        assert!(rank < 4, "second burst reached {node} (choice {rank})");
+    }
+
+    // A cool function, one call at a time on an idle cluster: always its home, warm after the
+    // first call.
+    let cool = "/r/app/cool";
+    let cool_home = &order_of(names.iter().cloned(), cool)[0];
+    let mut colds = Vec::new();
+    for _ in 0..5 {
+        let calls = wave(&lb, &sim, cool, 1, "5").await;
+        assert_eq!(&calls[0].0, cool_home, "the cool function left its idle home");
+        colds.push(calls[0].1);
+    }
+    assert_eq!(colds, [true, false, false, false, false]);
 }

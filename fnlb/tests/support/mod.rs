@@ -2,6 +2,8 @@
 //! fnlb binary as a child process, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod fnsim;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
