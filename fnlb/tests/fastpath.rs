@@ -347,3 +347,23 @@ async fn invalid_upstream_framing_and_heads_are_502() {
         assert!(r.json()["msg"].as_str().unwrap().contains("invalid response"), "{}", r.text());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_the_balancer_consume_their_request() {
+    let lb = Fnlb::start(&[]);
+    let mut s = TcpStream::connect(lb.traffic).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(
+        b"GET /r/app/a HTTP/1.1\r\nHost: x\r\n\r\nPOST /r/app/b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let (head, body) = response(&mut s, &mut buf, false).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert_eq!(body, r#"{"msg":"no nodes available"}"#);
+    }
+    let mut more = [0u8; 64];
+    let extra = tokio::time::timeout(Duration::from_millis(300), s.read(&mut more)).await;
+    assert!(extra.is_err(), "more answers than requests: {extra:?}");
+}

@@ -37,24 +37,27 @@ enum Kind {
 
 fn kind(name: &str) -> Kind {
     let is = |s: &str| name.eq_ignore_ascii_case(s);
-    match name.len() {
-        2 if is("te") => Kind::Te,
-        2 if is("b3") => Kind::Trace,
-        4 if is("host") => Kind::Host,
-        6 if is("expect") => Kind::Expect,
-        7 if is("upgrade") => Kind::Upgrade,
-        10 if is("connection") => Kind::Connection,
-        10 if is("keep-alive") => Kind::KeepAlive,
-        10 if is("x-b3-flags") => Kind::Trace,
-        11 if is("x-b3-spanid") || is("traceparent") => Kind::Trace,
-        12 if is("x-b3-traceid") || is("x-b3-sampled") => Kind::Trace,
-        13 if is("xxx-fxlb-wait") => Kind::FxlbWait,
-        14 if is("content-length") => Kind::ContentLength,
-        15 if is("x-forwarded-for") => Kind::ForwardedFor,
-        16 if is("proxy-connection") => Kind::ProxyConnection,
-        17 if is("transfer-encoding") => Kind::TransferEncoding,
-        17 if is("x-b3-parentspanid") => Kind::Trace,
-        19 if is("proxy-authorization") => Kind::ProxyAuthorization,
+    let Some(&first) = name.as_bytes().first() else { return Kind::Other };
+    // Length and first letter rule out most names before any comparison.
+    match (name.len(), first | 0x20) {
+        (2, b't') if is("te") => Kind::Te,
+        (2, b'b') if is("b3") => Kind::Trace,
+        (4, b'h') if is("host") => Kind::Host,
+        (6, b'e') if is("expect") => Kind::Expect,
+        (7, b'u') if is("upgrade") => Kind::Upgrade,
+        (10, b'c') if is("connection") => Kind::Connection,
+        (10, b'k') if is("keep-alive") => Kind::KeepAlive,
+        (10, b'x') if is("x-b3-flags") => Kind::Trace,
+        (11, b'x') if is("x-b3-spanid") => Kind::Trace,
+        (11, b't') if is("traceparent") => Kind::Trace,
+        (12, b'x') if is("x-b3-traceid") || is("x-b3-sampled") => Kind::Trace,
+        (13, b'x') if is("xxx-fxlb-wait") => Kind::FxlbWait,
+        (14, b'c') if is("content-length") => Kind::ContentLength,
+        (15, b'x') if is("x-forwarded-for") => Kind::ForwardedFor,
+        (16, b'p') if is("proxy-connection") => Kind::ProxyConnection,
+        (17, b't') if is("transfer-encoding") => Kind::TransferEncoding,
+        (17, b'x') if is("x-b3-parentspanid") => Kind::Trace,
+        (19, b'p') if is("proxy-authorization") => Kind::ProxyAuthorization,
         _ => Kind::Other,
     }
 }
@@ -86,6 +89,10 @@ pub struct RequestHead<'b> {
     pub close: bool,
     te_trailers: bool,
     headers: &'b [httparse::Header<'b>],
+    /// The [`Kind`] of each header, found once.
+    kinds: [Kind; MAX_HEADERS],
+    /// Length of the target's path (up to `?`).
+    path_len: usize,
 }
 
 /// Standard methods only: the fast path never allocates a method.
@@ -125,8 +132,10 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>])
     let mut te_trailers = false;
     let mut length = None;
     let mut chunked = false;
-    for h in headers.iter() {
-        match kind(h.name) {
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    for (h, k) in headers.iter().zip(kinds.iter_mut()) {
+        *k = kind(h.name);
+        match *k {
             Kind::Upgrade | Kind::Expect => return Request::Fallback,
             Kind::Connection => {
                 for t in tokens(h.value) {
@@ -158,13 +167,14 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>])
         (Some(n), false) => Framing::Length(n),
         (None, true) => Framing::Chunked,
     };
-    Request::Ready(RequestHead { len, method, target, body, close, te_trailers, headers })
+    let path_len = target.bytes().position(|b| b == b'?').unwrap_or(target.len());
+    Request::Ready(RequestHead { len, method, target, body, close, te_trailers, headers, kinds, path_len })
 }
 
 impl<'b> RequestHead<'b> {
     /// The routing key: the target's path, without the query.
     pub fn path(&self) -> &'b str {
-        self.target.split_once('?').map_or(self.target, |(p, _)| p)
+        &self.target[..self.path_len]
     }
 
     /// The value of a header, for reading trace context.
@@ -185,8 +195,8 @@ impl<'b> RequestHead<'b> {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut has_host = false;
         let mut forwarded = false;
-        for h in self.headers {
-            match kind(h.name) {
+        for (h, k) in self.headers.iter().zip(self.kinds) {
+            match k {
                 Kind::Host => has_host = true,
                 Kind::Other | Kind::ContentLength | Kind::FxlbWait => {}
                 Kind::Trace if !traced => {}
@@ -203,7 +213,7 @@ impl<'b> RequestHead<'b> {
         }
         out.extend_from_slice(b"x-forwarded-for: ");
         if forwarded {
-            for h in self.headers.iter().filter(|h| kind(h.name) == Kind::ForwardedFor) {
+            for (h, _) in self.headers.iter().zip(self.kinds).filter(|(_, k)| *k == Kind::ForwardedFor) {
                 out.extend_from_slice(h.value);
                 out.extend_from_slice(b", ");
             }
@@ -288,8 +298,10 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
     let mut te_chunked = None;
     let mut wait = None;
     let mut wait_seen = false;
-    for h in headers {
-        match kind(h.name) {
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    for (h, k) in headers.iter().zip(kinds.iter_mut()) {
+        *k = kind(h.name);
+        match *k {
             Kind::Connection => {
                 if n_connection == MAX_CONNECTION {
                     return Response::Invalid("too many Connection headers");
@@ -316,6 +328,10 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
     let connection = &connection[..n_connection];
     let named = |t: &[u8]| connection.iter().any(|v| tokens(v).any(|c| c.eq_ignore_ascii_case(t)));
     let close = if version == 1 { named(b"close") } else { !named(b"keep-alive") };
+    // Whether Connection names headers (anything but its two options); usually not.
+    let names_headers = connection
+        .iter()
+        .any(|v| tokens(v).any(|c| !c.eq_ignore_ascii_case(b"close") && !c.eq_ignore_ascii_case(b"keep-alive")));
     let body = if head_request || status == 204 || status == 304 {
         Framing::None
     } else {
@@ -337,8 +353,8 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
         ),
     }
     out.extend_from_slice(b"\r\n");
-    for h in headers {
-        let keep = match kind(h.name) {
+    for (h, k) in headers.iter().zip(kinds) {
+        let keep = match k {
             Kind::Connection
             | Kind::KeepAlive
             | Kind::ProxyConnection
@@ -347,7 +363,7 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
             | Kind::FxlbWait => false,
             // With chunked framing, a Content-Length is not the body's length (§6.3 item 3).
             Kind::ContentLength => te_chunked.is_none(),
-            _ => !named(h.name.as_bytes()),
+            _ => !names_headers || !named(h.name.as_bytes()),
         };
         if keep {
             header_line(out, h.name.as_bytes(), h.value);
@@ -358,7 +374,7 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
             // The node's codings stay (a body delimited by the close becomes chunked).
             out.extend_from_slice(b"transfer-encoding: ");
             let mut first = true;
-            for h in headers.iter().filter(|h| kind(h.name) == Kind::TransferEncoding) {
+            for (h, _) in headers.iter().zip(kinds).filter(|(_, k)| *k == Kind::TransferEncoding) {
                 for t in tokens(h.value).filter(|t| body == Framing::Close || !t.eq_ignore_ascii_case(b"chunked")) {
                     if !first {
                         out.extend_from_slice(b", ");

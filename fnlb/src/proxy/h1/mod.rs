@@ -254,6 +254,10 @@ impl Conn<'_> {
                 }
             },
         };
+        if body_done {
+            // Consumed; its bytes stay where they are until the next head is read, for resending.
+            self.start = body_at + in_buf;
+        }
         // A request whose bytes are all here can be sent again; one bodiless and idempotent
         // may be sent again even after a node failed while answering it.
         let replayable = body_done;
@@ -306,9 +310,7 @@ impl Conn<'_> {
                 last_error = error;
                 continue;
             }
-            if body_done {
-                self.start = body_at + in_buf;
-            } else {
+            if !body_done {
                 let left = match req.body {
                     Framing::Length(n) => n - in_buf as u64,
                     _ => 0,
