@@ -1,6 +1,7 @@
 //! Listeners: accepts connections (at most `-max-connections` at once), serves HTTP/1.x on them
 //! (or, with `-tls-cert`, TLS carrying HTTP/2 or HTTP/1.1 as ALPN chose), and hands each request
-//! to the management API or the proxy according to the listener's role.
+//! to the management API or the proxy according to the listener's role. Plain-TCP traffic
+//! connections start on the proxy's fast path ([`crate::proxy::h1`]); hyper serves the rest.
 //! Owns the client-side timeouts and graceful shutdown: stop accepting, let calls in flight
 //! finish, close idle connections.
 use std::convert::Infallible;
