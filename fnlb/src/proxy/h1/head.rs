@@ -2,13 +2,11 @@
 //! the node's copy with the rules of [`crate::proxy::headers`]; parse a node's response head and
 //! write the client's copy. Anything unusual in a request is not handled here: the caller hands
 //! the connection to the general (hyper) server, which then decides, exactly as before.
-use std::net::IpAddr;
 use std::time::Duration;
 
 use http::Method;
 
 use super::framing::{content_length, Framing};
-use crate::proxy::headers::IpText;
 use crate::route::goduration::parse_go_duration_bytes;
 
 /// Header fields a head may have (hyper's limit too).
@@ -182,12 +180,12 @@ impl<'b> RequestHead<'b> {
         self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     }
 
-    /// Writes the node's copy of the head, up to (not including) the node-dependent part: Host
+    /// Writes the node's copy of the head (`client`: the client's address as text), up to (not including) the node-dependent part: Host
     /// when the client sent none, the trace context and the final CRLF ([`finish_upstream`]).
     /// Returns whether the client sent a Host. The rules are those of
     /// [`crate::proxy::headers::request`]: hop-by-hop headers stop here (`TE: trailers`
     /// excepted), `X-Forwarded-For` gets the client appended, and the framing header is ours.
-    pub fn write_upstream(&self, out: &mut Vec<u8>, client: IpAddr, traced: bool) -> bool {
+    pub fn write_upstream(&self, out: &mut Vec<u8>, client: &[u8], traced: bool) -> bool {
         out.clear();
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
@@ -218,8 +216,7 @@ impl<'b> RequestHead<'b> {
                 out.extend_from_slice(b", ");
             }
         }
-        let mut ip = IpText::default();
-        out.extend_from_slice(ip.format(client).as_bytes());
+        out.extend_from_slice(client);
         out.extend_from_slice(b"\r\n");
         if self.body == Framing::Chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -421,7 +418,7 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Request::Ready(h) = parse_request(raw, &mut headers) else { panic!("not ready") };
         let mut out = Vec::new();
-        let has_host = h.write_upstream(&mut out, "127.0.0.1".parse().unwrap(), traced);
+        let has_host = h.write_upstream(&mut out, b"127.0.0.1", traced);
         upstream_host(&mut out, has_host, "10.0.0.1:8080");
         out.extend_from_slice(b"\r\n");
         let info = RequestHeadInfo { len: h.len, body: h.body, close: h.close, path: h.path().to_string() };

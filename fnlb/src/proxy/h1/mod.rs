@@ -30,6 +30,7 @@ use super::{idempotent, Proxy, MAX_NODES_TRIED};
 use crate::config::Limits;
 use crate::mgmt::is_mgmt_path;
 use crate::node::Node;
+use crate::proxy::headers::IpText;
 use crate::route::table::key_hash;
 use crate::telemetry::call::CallObs;
 use framing::{Chunked, Framing};
@@ -47,7 +48,9 @@ pub enum Outcome {
 /// for a big head, and shrinks back after).
 const CLIENT_BUF: usize = 4 * 1024;
 /// The upstream buffer: response heads, and bodies on their way through.
-const UPSTREAM_BUF: usize = 16 * 1024;
+const UPSTREAM_BUF: usize = 8 * 1024;
+/// What the upstream buffer grows to while a body fills it (shrunk back after the call).
+const BODY_BUF: usize = 64 * 1024;
 /// The largest response head accepted from a node.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -104,6 +107,8 @@ pub async fn serve(
         draining: false,
     };
     let mut path = String::new();
+    let mut ip = IpText::default();
+    let client_ip = ip.format(peer.ip()).as_bytes();
     // A new connection owes its first request head within the header timeout.
     let mut head_since = Some(now);
     let mut idle_since = now;
@@ -123,7 +128,7 @@ pub async fn serve(
                         path.clear();
                         path.push_str(h.path());
                         let obs = proxy.obs.start(h.method.clone(), &path, |n| h.header(n), peer);
-                        let has_host = h.write_upstream(&mut c.out, peer.ip(), obs.is_traced());
+                        let has_host = h.write_upstream(&mut c.out, client_ip, obs.is_traced());
                         let req = Req {
                             len: h.len,
                             method: h.method,
@@ -439,6 +444,7 @@ impl Conn<'_> {
                 _ => chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client)?,
             };
             up.write_all(&self.ubuf[..used]).await.map_err(StreamError::Upstream)?;
+            grow(&mut self.ubuf, n);
             if done {
                 let rest = &self.ubuf[used..n];
                 if self.cbuf.len() < rest.len() {
@@ -544,6 +550,7 @@ impl Conn<'_> {
                     let n = read_upstream(&mut up, &mut self.ubuf[..room]).await?;
                     client.write_all(&self.ubuf[..n]).await.map_err(to_client)?;
                     left -= n as u64;
+                    grow(&mut self.ubuf, n);
                 }
                 !extra
             }
@@ -560,6 +567,7 @@ impl Conn<'_> {
                     client.write_all(&self.ubuf[..used]).await.map_err(to_client)?;
                     done = end;
                     extra = n > used;
+                    grow(&mut self.ubuf, n);
                 }
                 !extra
             }
@@ -587,6 +595,7 @@ impl Conn<'_> {
                     write_all(client, &mut [IoSlice::new(s), IoSlice::new(&self.ubuf[..n]), IoSlice::new(b"\r\n")])
                         .await
                         .map_err(to_client)?;
+                    grow(&mut self.ubuf, n);
                 }
                 false
             }
@@ -595,6 +604,14 @@ impl Conn<'_> {
             node.pool.put_raw(up);
         }
         Ok(())
+    }
+}
+
+/// A body that fills the buffer gets a bigger one: fewer system calls per byte. Only while it
+/// streams: the connection's buffer shrinks back after the call.
+fn grow(buf: &mut Vec<u8>, read: usize) {
+    if read == buf.len() && buf.len() < BODY_BUF {
+        buf.resize(BODY_BUF, 0);
     }
 }
 
