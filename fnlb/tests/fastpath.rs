@@ -367,3 +367,42 @@ async fn answers_of_the_balancer_consume_their_request() {
     let extra = tokio::time::timeout(Duration::from_millis(300), s.read(&mut more)).await;
     assert!(extra.is_err(), "more answers than requests: {extra:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_call() {
+    // A node that never answers calls, and reports when the balancer drops the connection.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = l.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(msg) = read_message(&mut sock, &mut buf).await {
+                    if msg.starts_with("GET /version ") {
+                        let body = r#"{"version":"0.3.753"}"#;
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        continue;
+                    }
+                    // A call: wait for the balancer to hang up.
+                    let mut b = [0u8; 1];
+                    let _ = sock.read(&mut b).await;
+                    let _ = tx.send(());
+                    return;
+                }
+            });
+        }
+    });
+    let lb = balancer(&addr).await;
+    let mut s = TcpStream::connect(lb.traffic).await.unwrap();
+    s.write_all(b"GET /r/app/long HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the node's connection stayed open after the client left")
+        .unwrap();
+}

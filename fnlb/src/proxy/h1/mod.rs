@@ -209,6 +209,24 @@ async fn until(timer: &mut Pin<Box<Sleep>>, deadline: Instant) {
     }
 }
 
+/// [`until`] a deadline, if there is one.
+async fn until_some(timer: Option<&mut Pin<Box<Sleep>>>, deadline: Option<Instant>) {
+    match (timer, deadline) {
+        (Some(t), Some(d)) => until(t, d).await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Resolves when the client closes its connection; never while it is open, whether or not it
+/// sent more (a pipelined request stays where it is).
+async fn client_gone(client: &TcpStream) {
+    let mut b = [0u8; 1];
+    match client.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
 /// Why a node gave no usable response head.
 enum UpstreamError {
     /// Closed or failed; `received` says whether any byte of a response came first.
@@ -218,6 +236,8 @@ enum UpstreamError {
     },
     Invalid(&'static str),
     Timeout,
+    /// The client closed its connection first.
+    ClientGone,
 }
 
 /// Where a body being streamed broke.
@@ -350,6 +370,11 @@ impl Conn<'_> {
                     obs.finish(StatusCode::GATEWAY_TIMEOUT);
                     return self.local(StatusCode::GATEWAY_TIMEOUT, &msg, close).await;
                 }
+                Err(UpstreamError::ClientGone) => {
+                    // Not answered, so not counted (as when the general server drops a call).
+                    debug!(node = %node.addr, "client went away during the call");
+                    return false;
+                }
                 Err(UpstreamError::Invalid(why)) => {
                     let error = format!("node {}: {why}", node.addr);
                     obs.send_failed(node, true, &error);
@@ -472,16 +497,17 @@ impl Conn<'_> {
         let mut got = 0;
         let mut received = false;
         loop {
-            let n = match deadline {
-                None => up.read(&mut self.ubuf[got..]).await,
-                Some(deadline) => {
-                    let timer = self.upstream_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    tokio::select! {
-                        biased;
-                        r = up.read(&mut self.ubuf[got..]) => r,
-                        _ = until(timer, deadline) => return Err(UpstreamError::Timeout),
-                    }
-                }
+            let timer = match deadline {
+                Some(d) => Some(self.upstream_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d)))),
+                None => None,
+            };
+            // While the node works, a client that goes away cancels the call (as the general
+            // server does): the dropped connection tells the node.
+            let n = tokio::select! {
+                biased;
+                r = up.read(&mut self.ubuf[got..]) => r,
+                _ = until_some(timer, deadline) => return Err(UpstreamError::Timeout),
+                _ = client_gone(self.client) => return Err(UpstreamError::ClientGone),
             };
             match n {
                 Ok(0) => {
