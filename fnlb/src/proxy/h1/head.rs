@@ -65,7 +65,8 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
 }
 
-/// The outcome of reading a request head.
+/// The outcome of reading a request head. (On the stack only, so the size of `Ready` is fine.)
+#[allow(clippy::large_enum_variant)]
 pub enum Request<'b> {
     /// More bytes are needed.
     Partial,
@@ -87,6 +88,8 @@ pub struct RequestHead<'b> {
     pub close: bool,
     te_trailers: bool,
     headers: &'b [httparse::Header<'b>],
+    /// The bytes the head was parsed from.
+    buf: &'b [u8],
     /// The [`Kind`] of each header, found once.
     kinds: [Kind; MAX_HEADERS],
     /// Length of the target's path (up to `?`).
@@ -166,7 +169,7 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>])
         (None, true) => Framing::Chunked,
     };
     let path_len = target.bytes().position(|b| b == b'?').unwrap_or(target.len());
-    Request::Ready(RequestHead { len, method, target, body, close, te_trailers, headers, kinds, path_len })
+    Request::Ready(RequestHead { len, method, target, body, close, te_trailers, headers, buf, kinds, path_len })
 }
 
 impl<'b> RequestHead<'b> {
@@ -187,25 +190,32 @@ impl<'b> RequestHead<'b> {
     /// excepted), `X-Forwarded-For` gets the client appended, and the framing header is ours.
     pub fn write_upstream(&self, out: &mut Vec<u8>, client: &[u8], traced: bool) -> bool {
         out.clear();
-        out.extend_from_slice(self.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let buf = self.buf;
+        match self.headers.first().map(|h| offset(buf, h.name.as_bytes())) {
+            // Unchanged: the client's request line is `METHOD target HTTP/1.1`.
+            Some(first) if buf[..first].ends_with(b"\r\n") => out.extend_from_slice(&buf[..first]),
+            _ => {
+                out.extend_from_slice(self.method.as_str().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(self.target.as_bytes());
+                out.extend_from_slice(b" HTTP/1.1\r\n");
+            }
+        }
         let mut has_host = false;
         let mut forwarded = false;
-        for (h, k) in self.headers.iter().zip(self.kinds) {
-            match k {
-                Kind::Host => has_host = true,
-                Kind::Other | Kind::ContentLength | Kind::FxlbWait => {}
-                Kind::Trace if !traced => {}
-                Kind::ForwardedFor => {
-                    forwarded = true;
-                    continue;
-                }
-                _ => continue,
+        copy_headers(out, buf, self.headers, |i| match self.kinds[i] {
+            Kind::Host => {
+                has_host = true;
+                true
             }
-            header_line(out, h.name.as_bytes(), h.value);
-        }
+            Kind::Other | Kind::ContentLength | Kind::FxlbWait => true,
+            Kind::Trace => !traced,
+            Kind::ForwardedFor => {
+                forwarded = true;
+                false
+            }
+            _ => false,
+        });
         if self.te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
         }
@@ -230,6 +240,38 @@ impl<'b> RequestHead<'b> {
 pub fn upstream_host(out: &mut Vec<u8>, has_host: bool, node: &str) {
     if !has_host {
         header_line(out, b"host", node.as_bytes());
+    }
+}
+
+/// Where `part` (a slice of `buf`) starts in `buf`.
+fn offset(buf: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - buf.as_ptr() as usize
+}
+
+/// Copies the header lines of a head that `keep` keeps: runs of whole CRLF-terminated lines in
+/// one copy from `buf`, any other line rewritten as `name: value` CRLF.
+fn copy_headers(out: &mut Vec<u8>, buf: &[u8], headers: &[httparse::Header<'_>], mut keep: impl FnMut(usize) -> bool) {
+    let mut run: Option<(usize, usize)> = None;
+    for (i, h) in headers.iter().enumerate() {
+        let start = offset(buf, h.name.as_bytes());
+        let end = match headers.get(i + 1) {
+            Some(next) => offset(buf, next.name.as_bytes()),
+            None => buf[start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |p| start + p + 1),
+        };
+        let kept = keep(i);
+        if kept && buf[start..end].ends_with(b"\r\n") {
+            run = Some(run.map_or((start, end), |(s, _)| (s, end)));
+            continue;
+        }
+        if let Some((s, e)) = run.take() {
+            out.extend_from_slice(&buf[s..e]);
+        }
+        if kept {
+            header_line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if let Some((s, e)) = run {
+        out.extend_from_slice(&buf[s..e]);
     }
 }
 
@@ -340,32 +382,36 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
     };
 
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa3(status).as_slice());
-    out.push(b' ');
-    match resp.reason {
-        Some(r) if !r.is_empty() => out.extend_from_slice(r.as_bytes()),
-        _ => out.extend_from_slice(
-            http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("").as_bytes(),
-        ),
-    }
-    out.extend_from_slice(b"\r\n");
-    for (h, k) in headers.iter().zip(kinds) {
-        let keep = match k {
-            Kind::Connection
-            | Kind::KeepAlive
-            | Kind::ProxyConnection
-            | Kind::TransferEncoding
-            | Kind::Upgrade
-            | Kind::FxlbWait => false,
-            // With chunked framing, a Content-Length is not the body's length (§6.3 item 3).
-            Kind::ContentLength => te_chunked.is_none(),
-            _ => !names_headers || !named(h.name.as_bytes()),
-        };
-        if keep {
-            header_line(out, h.name.as_bytes(), h.value);
+    let reason = resp.reason.unwrap_or("");
+    match headers.first().map(|h| offset(buf, h.name.as_bytes())) {
+        // Unchanged: an HTTP/1.1 status line with a reason.
+        Some(first) if version == 1 && !reason.is_empty() && buf[..first].ends_with(b"\r\n") => {
+            out.extend_from_slice(&buf[..first])
+        }
+        _ => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(itoa3(status).as_slice());
+            out.push(b' ');
+            if reason.is_empty() {
+                let canonical = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
+                out.extend_from_slice(canonical.unwrap_or("").as_bytes());
+            } else {
+                out.extend_from_slice(reason.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
         }
     }
+    copy_headers(out, buf, headers, |i| match kinds[i] {
+        Kind::Connection
+        | Kind::KeepAlive
+        | Kind::ProxyConnection
+        | Kind::TransferEncoding
+        | Kind::Upgrade
+        | Kind::FxlbWait => false,
+        // With chunked framing, a Content-Length is not the body's length (§6.3 item 3).
+        Kind::ContentLength => te_chunked.is_none(),
+        _ => !names_headers || !named(headers[i].name.as_bytes()),
+    });
     match body {
         Framing::Chunked | Framing::Close => {
             // The node's codings stay (a body delimited by the close becomes chunked).
@@ -566,6 +612,15 @@ mod tests {
         assert!(client_head(b"HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", false, false)
             .0
             .starts_with("HTTP/1.1 404 Not Found\r\n"));
+    }
+
+    #[test]
+    fn lines_ending_in_a_bare_lf_are_rewritten() {
+        let (out, r) = client_head(b"HTTP/1.1 200 OK\nContent-Length: 2\r\nX: y\n\nok", false, false);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\n");
+        assert_eq!(r.body, Framing::Length(2));
+        let (out, _) = upstream(b"GET /a HTTP/1.1\nHost: h\nX-A: 1\r\nX-B: 2\n\n", false);
+        assert_eq!(out, "GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-B: 2\r\nx-forwarded-for: 127.0.0.1\r\n\r\n");
     }
 
     #[test]
