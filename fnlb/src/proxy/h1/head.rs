@@ -2,6 +2,7 @@
 //! the node's copy with the rules of [`crate::proxy::headers`]; parse a node's response head and
 //! write the client's copy. Anything unusual in a request is not handled here: the caller hands
 //! the connection to the general (hyper) server, which then decides, exactly as before.
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use http::Method;
@@ -118,9 +119,9 @@ fn plain_target(t: &str) -> bool {
 }
 
 /// Parses a request head from the start of `buf`.
-pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [httparse::Header<'b>]) -> Request<'b> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
+pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::Header<'b>>]) -> Request<'b> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Request::Partial,
         Err(_) => return Request::Fallback,
@@ -313,9 +314,9 @@ const MAX_CONNECTION: usize = 8;
 /// answers have no body; a body delimited by the node closing is re-framed as chunked), and
 /// `Connection: close` when the client's connection ends with this response.
 pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Vec<u8>) -> Response {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Response::Partial,
         Err(httparse::Error::TooManyHeaders) => return Response::Invalid("too many headers"),
@@ -461,7 +462,7 @@ mod tests {
     use super::*;
 
     fn upstream(raw: &[u8], traced: bool) -> (String, RequestHeadInfo) {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let Request::Ready(h) = parse_request(raw, &mut headers) else { panic!("not ready") };
         let mut out = Vec::new();
         let has_host = h.write_upstream(&mut out, b"127.0.0.1", traced);
@@ -479,7 +480,7 @@ mod tests {
     }
 
     fn outcome(raw: &[u8]) -> &'static str {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         match parse_request(raw, &mut headers) {
             Request::Partial => "partial",
             Request::Fallback => "fallback",

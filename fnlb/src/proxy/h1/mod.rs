@@ -117,7 +117,7 @@ pub async fn serve(
         let (req, obs) = loop {
             if c.filled > c.start {
                 head_since.get_or_insert_with(Instant::now);
-                let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+                let mut headers = [const { std::mem::MaybeUninit::uninit() }; head::MAX_HEADERS];
                 match head::parse_request(&c.cbuf[c.start..c.filled], &mut headers) {
                     Request::Partial => {}
                     Request::Fallback => return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec()),
