@@ -257,6 +257,52 @@ mod tests {
         assert_eq!(c.scan(b"\r\n0\r\n\r\n").unwrap(), (7, true));
     }
 
+    proptest::proptest! {
+        /// Any well-formed chunked body, with extensions and trailers, fed in any three pieces,
+        /// ends exactly where it was written to end.
+        #[test]
+        fn chunked_bodies_end_where_they_end(
+            sizes in proptest::collection::vec(0usize..3000, 0..8),
+            ext in proptest::bool::ANY,
+            trailers in 0usize..3,
+            cuts in proptest::collection::vec(0usize..40_000, 2),
+        ) {
+            let mut body = Vec::new();
+            for (i, n) in sizes.iter().filter(|n| **n > 0).enumerate() {
+                body.extend_from_slice(format!("{n:X}").as_bytes());
+                if ext {
+                    body.extend_from_slice(format!(" ;x={i}").as_bytes());
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend(std::iter::repeat_n(b'0' + (i % 10) as u8, *n));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for t in 0..trailers {
+                body.extend_from_slice(format!("X-T{t}: v\r\n").as_bytes());
+            }
+            body.extend_from_slice(b"\r\n");
+            let end = body.len();
+            body.extend_from_slice(b"POST /next HTTP/1.1\r\n");
+            let (mut a, mut b) = (cuts[0] % (body.len() + 1), cuts[1] % (body.len() + 1));
+            if a > b {
+                std::mem::swap(&mut a, &mut b);
+            }
+            let mut c = Chunked::default();
+            let mut at = 0;
+            for piece in [&body[..a], &body[a..b], &body[b..]] {
+                let (used, done) = c.scan(piece).unwrap();
+                at += used;
+                if done {
+                    break;
+                }
+                proptest::prop_assert_eq!(used, piece.len());
+            }
+            proptest::prop_assert!(c.is_done());
+            proptest::prop_assert_eq!(at, end);
+        }
+    }
+
     #[test]
     fn content_length_is_digits_only() {
         assert_eq!(content_length(b"0"), Some(0));
