@@ -1,6 +1,7 @@
 //! Listeners: accepts connections (at most `-max-connections` at once), serves HTTP/1.x on them
 //! (or, with `-tls-cert`, TLS carrying HTTP/2 or HTTP/1.1 as ALPN chose), and hands each request
-//! to the management API or the proxy according to the listener's role.
+//! to the management API or the proxy according to the listener's role. Plain-TCP traffic
+//! connections start on the proxy's fast path ([`crate::proxy::h1`]); hyper serves the rest.
 //! Owns the client-side timeouts and graceful shutdown: stop accepting, let calls in flight
 //! finish, close idle connections.
 use std::convert::Infallible;
@@ -27,7 +28,7 @@ use tracing::{debug, warn};
 use crate::config::Limits;
 use crate::mgmt::{is_mgmt_path, Mgmt};
 use crate::node::clock_ms;
-use crate::proxy::{json_msg, Proxy};
+use crate::proxy::{h1, json_msg, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -82,7 +83,8 @@ pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
         let shared = shared.clone();
         tokio::spawn(async move {
             match shared.tls.clone() {
-                None => serve_connection(stream, peer, role, shared).await,
+                None if role == Role::Mgmt => serve_connection(stream, peer, role, shared).await,
+                None => serve_fast(stream, peer, role, shared).await,
                 Some(tls) => serve_tls(&tls, stream, peer, role, shared).await,
             }
             drop(permit);
@@ -96,6 +98,68 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     serve_http(io, peer, role, shared, Http::Plain).await
+}
+
+/// Serves a plain-TCP traffic connection on the proxy's HTTP/1.1 fast path
+/// ([`crate::proxy::h1`]); what that path does not handle goes to [`serve_connection`] along with
+/// the bytes already read, for the rest of the connection.
+async fn serve_fast(mut stream: TcpStream, peer: SocketAddr, role: Role, shared: Listeners) {
+    let mut stop = shared.stop.clone();
+    let outcome =
+        h1::serve(&shared.services.proxy, &mut stream, peer, role == Role::Both, &shared.limits, &mut stop).await;
+    if let h1::Outcome::Fallback(read) = outcome {
+        serve_connection(Rewind { read, at: 0, inner: stream }, peer, role, shared).await;
+    }
+}
+
+/// A stream whose first reads return bytes already read from it.
+struct Rewind<IO> {
+    read: Vec<u8>,
+    at: usize,
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.at < self.read.len() {
+            let n = (self.read.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.read[at..at + n]);
+            self.at += n;
+            if self.at == self.read.len() {
+                self.read = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// How a client connection speaks HTTP.

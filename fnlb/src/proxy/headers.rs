@@ -90,7 +90,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
 }
 
 /// An IP address written without `fmt` machinery on the common IPv4 path.
-struct IpText {
+pub(crate) struct IpText {
     buf: [u8; 48],
     len: usize,
 }
@@ -102,7 +102,7 @@ impl Default for IpText {
 }
 
 impl IpText {
-    fn format(&mut self, ip: IpAddr) -> &str {
+    pub(crate) fn format(&mut self, ip: IpAddr) -> &str {
         match ip {
             IpAddr::V4(v4) => {
                 for (i, octet) in v4.octets().into_iter().enumerate() {

@@ -2,6 +2,7 @@
 //! and turns failures into the client's answer. A node that cannot be reached is not the
 //! client's problem: the call moves on along the key's order while that is safe.
 pub mod body;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 
@@ -86,7 +87,10 @@ impl Proxy {
     }
 
     pub async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
-        let mut obs = self.obs.call(&req, client);
+        let uri = req.uri().clone();
+        let headers = req.headers();
+        let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let mut obs = self.obs.start(req.method().clone(), uri.path(), lookup, client);
         let resp = self.forward_observed(req, client, &mut obs).await;
         obs.finish(resp.status());
         resp

@@ -21,6 +21,8 @@ pub struct Pool {
     addr: NodeAddr,
     // A plain mutex held for a push or a pop, never across an await.
     idle: Mutex<Vec<Sender>>,
+    /// Idle connections of the fast path ([`super::h1`]): plain sockets between two messages.
+    raw: Mutex<Vec<TcpStream>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +37,41 @@ pub enum ConnectError {
 
 impl Pool {
     pub fn new(addr: NodeAddr) -> Pool {
-        Pool { addr, idle: Mutex::new(Vec::new()) }
+        Pool { addr, idle: Mutex::new(Vec::new()), raw: Mutex::new(Vec::new()) }
+    }
+
+    /// The most recently used idle raw connection that still looks open (the node has not
+    /// closed it, and sent nothing unasked). It may still turn out closed: the caller retries
+    /// a request that got nothing back on a reused connection.
+    pub fn take_raw(&self) -> Option<TcpStream> {
+        loop {
+            let s = self.raw.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            // No system call unless the socket was marked readable since its last read.
+            match s.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(s),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Opens a new raw connection for the fast path.
+    pub async fn connect_raw(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        let addr = &self.addr;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
+            Err(_) => return Err(ConnectError::Timeout(addr.clone(), timeout)),
+            Ok(Err(e)) => return Err(ConnectError::Io(addr.clone(), e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Returns a raw connection whose last response was read to its end.
+    pub fn put_raw(&self, stream: TcpStream) {
+        let mut idle = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(stream);
+        }
     }
 
     /// The most recently used idle connection that is still open. It may still be finishing its
@@ -86,5 +122,6 @@ impl Pool {
     /// Drops every idle connection (the node was removed or failed).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, StatusCode};
 use tracing::info;
 
 use super::trace::{self, CallTrace};
@@ -18,7 +18,8 @@ pub struct CallObs<'a> {
     obs: &'a Observers,
     start: Instant,
     method: Method,
-    uri: Uri,
+    /// The request's path (the function).
+    path: &'a str,
     trace: Option<Box<CallTrace>>,
     attempts: u32,
     /// Why the previous attempt did not get an answer; counted as a retry when another begins.
@@ -33,17 +34,35 @@ pub struct CallObs<'a> {
 
 impl Observers {
     /// Begins observing a call, before the proxy touches its headers.
-    pub fn call<B>(&self, req: &Request<B>, client: std::net::SocketAddr) -> CallObs<'_> {
+    pub fn call<'a, B>(&'a self, req: &'a Request<B>, client: std::net::SocketAddr) -> CallObs<'a> {
+        let headers = req.headers();
+        self.start(
+            req.method().clone(),
+            req.uri().path(),
+            |name| headers.get(name).and_then(|v| v.to_str().ok()),
+            client,
+        )
+    }
+
+    /// Begins observing a call from its parts: method, path, and a lookup of the caller's
+    /// headers (read only when tracing is on).
+    pub fn start<'a, 'h>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        header: impl Fn(&str) -> Option<&'h str>,
+        client: std::net::SocketAddr,
+    ) -> CallObs<'a> {
         let start = Instant::now();
         let trace = match &self.tracer {
-            Some(_) => CallTrace::start(trace::extract(req.headers()), client, start).map(Box::new),
+            Some(_) => CallTrace::start(trace::extract_with(header), client, start).map(Box::new),
             None => None,
         };
         CallObs {
             obs: self,
             start,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
+            method,
+            path,
             trace,
             attempts: 0,
             failure: None,
@@ -86,18 +105,39 @@ impl CallObs<'_> {
     /// The request is about to go to the node: ends the `route` span and writes the trace context
     /// into the request's headers.
     pub fn sending(&mut self, node: &Node, headers: &mut HeaderMap) {
+        let now = self.sending_to(node);
+        if let Some(t) = &mut self.trace {
+            t.send(now, headers);
+        }
+    }
+
+    /// [`CallObs::sending`] for a head being written as bytes: appends the trace context's
+    /// header lines to `out` (nothing when the call is not traced).
+    pub fn sending_raw(&mut self, node: &Node, out: &mut Vec<u8>) {
+        let now = self.sending_to(node);
+        if let Some(t) = &mut self.trace {
+            t.send_raw(now, out);
+        }
+    }
+
+    /// Whether this call is traced: then the caller's trace context headers are replaced.
+    pub fn is_traced(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    fn sending_to(&mut self, node: &Node) -> Instant {
         let now = Instant::now();
         if self.node.as_ref().is_none_or(|(a, _)| *a != node.addr) {
             self.node = Some((node.addr.clone(), metrics::get().node(&node.addr)));
         }
         self.sent_at = Some(now);
-        if let Some(t) = &mut self.trace {
+        if let Some(t) = &self.trace {
             let route = t.route_span(now, &node.addr, self.attempts, None);
-            t.send(now, headers);
             if let Some(tr) = &self.obs.tracer {
                 tr.emit(route);
             }
         }
+        now
     }
 
     /// A pooled connection closed before the request went out; it is resent as it is.
@@ -125,7 +165,7 @@ impl CallObs<'_> {
             Some((a, m)) if *a == node.addr => m.answered(status.as_u16(), round_trip, wait),
             _ => metrics::get().node(&node.addr).answered(status.as_u16(), round_trip, wait),
         }
-        self.obs.stats.record(node, hash, self.uri.path(), wait, status == StatusCode::SERVICE_UNAVAILABLE);
+        self.obs.stats.record(node, hash, self.path, wait, status == StatusCode::SERVICE_UNAVAILABLE);
         self.answered = true;
         self.wait = wait;
         if let Some(t) = &self.trace {
@@ -149,7 +189,7 @@ impl CallObs<'_> {
         metrics::get().finished(status.as_u16(), elapsed, unserved);
         let node = self.node.as_ref().map(|(a, _)| a);
         if let Some(t) = &self.trace {
-            self.emit(t.serve_span(now, self.method.as_str(), self.uri.path(), status.as_u16(), node));
+            self.emit(t.serve_span(now, self.method.as_str(), self.path, status.as_u16(), node));
         }
         if self.obs.access_log {
             // Milliseconds to the microsecond.
@@ -157,7 +197,7 @@ impl CallObs<'_> {
             info!(
                 target: "fnlb::access",
                 method = %self.method,
-                path = %self.uri.path(),
+                path = %self.path,
                 node = %node.map_or("-", |n| n.as_str()),
                 status = status.as_u16(),
                 duration_ms = ms(elapsed),

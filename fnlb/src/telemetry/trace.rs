@@ -98,16 +98,22 @@ fn sampling(s: &str) -> Option<bool> {
 /// Reads the caller's context: `b3` first, then `X-B3-*`, then `traceparent`; an invalid one is
 /// ignored (the next is tried).
 pub fn extract(h: &HeaderMap) -> Incoming {
-    if let Some(v) = header(h, B3) {
+    extract_with(|name| header(h, name))
+}
+
+/// [`extract`] over any header lookup (`get` returns the first value of a header).
+pub fn extract_with<'h>(get: impl Fn(&str) -> Option<&'h str>) -> Incoming {
+    let header = |name: &str| get(name).map(str::trim);
+    if let Some(v) = header(B3) {
         if let Some(x) = parse_b3_single(v) {
             return x;
         }
     }
-    let sampled = match header(h, B3_FLAGS) {
+    let sampled = match header(B3_FLAGS) {
         Some("1") => Some(true),
-        _ => header(h, B3_SAMPLED).and_then(sampling),
+        _ => header(B3_SAMPLED).and_then(sampling),
     };
-    if let (Some(t), Some(s)) = (header(h, B3_TRACE), header(h, B3_SPAN)) {
+    if let (Some(t), Some(s)) = (header(B3_TRACE), header(B3_SPAN)) {
         if let (Some(t), Some(s)) = (TraceId::parse(t), span_hex(s)) {
             return Incoming { context: Some((t, s)), sampled };
         }
@@ -115,7 +121,7 @@ pub fn extract(h: &HeaderMap) -> Incoming {
     if sampled.is_some() {
         return Incoming { context: None, sampled };
     }
-    if let Some(v) = header(h, TRACEPARENT) {
+    if let Some(v) = header(TRACEPARENT) {
         if let Some(x) = parse_traceparent(v) {
             return x;
         }
@@ -178,6 +184,18 @@ pub fn inject(h: &mut HeaderMap, trace: TraceId, upstream_span: u64, serve_span:
     put(B3_PARENT, format!("{serve_span:016x}"));
     put(B3_SAMPLED, "1".to_string());
     put(TRACEPARENT, format!("00-{}-{upstream_span:016x}-01", trace.hex32()));
+}
+
+/// [`inject`] as header lines appended to a head being written (the caller has left the
+/// caller's context headers out).
+pub fn inject_raw(out: &mut Vec<u8>, trace: TraceId, upstream_span: u64, serve_span: u64) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "{B3_TRACE}: {}\r\n{B3_SPAN}: {upstream_span:016x}\r\n{B3_PARENT}: {serve_span:016x}\r\n{B3_SAMPLED}: 1\r\n{TRACEPARENT}: 00-{}-{upstream_span:016x}-01\r\n",
+        trace.hex(),
+        trace.hex32()
+    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,6 +303,13 @@ impl CallTrace {
         self.upstream_id = span_id();
         self.upstream_start = now;
         inject(headers, self.trace, self.upstream_id, self.serve_id);
+    }
+
+    /// [`CallTrace::send`] for a head being written as bytes.
+    pub fn send_raw(&mut self, now: Instant, out: &mut Vec<u8>) {
+        self.upstream_id = span_id();
+        self.upstream_start = now;
+        inject_raw(out, self.trace, self.upstream_id, self.serve_id);
     }
 
     /// The `upstream` span, ended now with the node's status or an error.

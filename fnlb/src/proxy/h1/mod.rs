@@ -1,0 +1,696 @@
+//! The fast path: HTTP/1.1 forwarding on plain TCP without a general-purpose HTTP stack.
+//!
+//! A client connection is read into one reusable buffer; each request head is parsed in place
+//! ([`head::parse_request`]), the node's copy of the head is written with the header rules of
+//! [`super::headers`], and the bodies pass through unchanged, their ends found by the framing
+//! rules ([`framing`]). Upstream connections are plain sockets kept alive per node
+//! ([`super::pool::Pool::take_raw`]). Routing, retries and observation are those of
+//! [`Proxy::forward`].
+//!
+//! Anything unusual — a management path, HTTP/1.0, `Upgrade`, `Expect`, an odd target or
+//! framing, a malformed or oversized head — is not decided here: the connection, with the bytes
+//! read so far, goes to the general (hyper) server for the rest of its life ([`Outcome::Fallback`]),
+//! which answers exactly as it did before the fast path existed.
+mod framing;
+mod head;
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::{idempotent, Proxy, MAX_NODES_TRIED};
+use crate::config::Limits;
+use crate::mgmt::is_mgmt_path;
+use crate::node::Node;
+use crate::proxy::headers::IpText;
+use crate::route::table::key_hash;
+use crate::telemetry::call::CallObs;
+use framing::{Chunked, Framing};
+use head::{Request, Response, ResponseHead};
+
+/// How a fast-path connection ended.
+pub enum Outcome {
+    /// Closed (by either side, a timeout, or shutdown).
+    Done,
+    /// The general server must take over, replaying these bytes first.
+    Fallback(Vec<u8>),
+}
+
+/// The client buffer's size: request heads are read into it (it grows up to -max-header-size
+/// for a big head, and shrinks back after).
+const CLIENT_BUF: usize = 4 * 1024;
+/// The upstream buffer: response heads, and bodies on their way through.
+const UPSTREAM_BUF: usize = 8 * 1024;
+/// What the upstream buffer grows to while a body fills it (shrunk back after the call).
+const BODY_BUF: usize = 64 * 1024;
+/// The largest response head accepted from a node.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What the call needs of the request head once the head's borrow of the buffer is over.
+struct Req {
+    len: usize,
+    method: Method,
+    body: Framing,
+    close: bool,
+    has_host: bool,
+    hash: u64,
+    /// Bytes of the node-independent part of the upstream head in `out`.
+    base: usize,
+}
+
+struct Conn<'p> {
+    proxy: &'p Proxy,
+    client: &'p mut TcpStream,
+    /// Client bytes: `cbuf[start..filled]` are not consumed yet.
+    cbuf: Vec<u8>,
+    start: usize,
+    filled: usize,
+    ubuf: Vec<u8>,
+    /// The head being written (upstream request, client response).
+    out: Vec<u8>,
+    /// One timer per connection for the client's deadlines, one for the node's.
+    client_timer: Pin<Box<Sleep>>,
+    upstream_timer: Option<Pin<Box<Sleep>>>,
+    draining: bool,
+}
+
+/// Serves a plain-TCP client connection on the fast path until it closes, or until something
+/// needs the general server. `mgmt` says whether management paths are served on this listener
+/// (they go to the general server).
+pub async fn serve(
+    proxy: &Proxy,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    mgmt: bool,
+    limits: &Limits,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let now = Instant::now();
+    let mut c = Conn {
+        proxy,
+        client,
+        cbuf: vec![0; CLIENT_BUF.min(limits.max_header_size.max(1024))],
+        start: 0,
+        filled: 0,
+        ubuf: Vec::new(),
+        out: Vec::with_capacity(512),
+        client_timer: Box::pin(tokio::time::sleep_until(now + limits.client_header_timeout)),
+        upstream_timer: None,
+        draining: false,
+    };
+    let mut path = String::new();
+    let mut ip = IpText::default();
+    let client_ip = ip.format(peer.ip()).as_bytes();
+    // A new connection owes its first request head within the header timeout.
+    let mut head_since = Some(now);
+    let mut idle_since = now;
+    loop {
+        // A complete head, or the connection ends here.
+        let (req, obs) = loop {
+            if c.filled > c.start {
+                head_since.get_or_insert_with(Instant::now);
+                let mut headers = [const { std::mem::MaybeUninit::uninit() }; head::MAX_HEADERS];
+                match head::parse_request(&c.cbuf[c.start..c.filled], &mut headers) {
+                    Request::Partial => {}
+                    Request::Fallback => return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec()),
+                    Request::Ready(h) if h.len > limits.max_header_size || (mgmt && is_mgmt_path(h.path())) => {
+                        return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec());
+                    }
+                    Request::Ready(h) => {
+                        path.clear();
+                        path.push_str(h.path());
+                        let obs = proxy.obs.start(h.method.clone(), &path, |n| h.header(n), peer);
+                        let has_host = h.write_upstream(&mut c.out, client_ip, obs.is_traced());
+                        let req = Req {
+                            len: h.len,
+                            method: h.method,
+                            body: h.body,
+                            close: h.close,
+                            has_host,
+                            hash: key_hash(path.as_bytes()),
+                            base: c.out.len(),
+                        };
+                        break (req, obs);
+                    }
+                }
+                if c.filled == c.cbuf.len() {
+                    if c.start > 0 {
+                        c.compact();
+                    } else if c.cbuf.len() >= limits.max_header_size {
+                        // Too big for us: the general server answers 431.
+                        return Outcome::Fallback(c.cbuf[..c.filled].to_vec());
+                    } else {
+                        let grown = (c.cbuf.len() * 2).min(limits.max_header_size);
+                        c.cbuf.resize(grown, 0);
+                    }
+                }
+            } else {
+                c.start = 0;
+                c.filled = 0;
+            }
+            let deadline = match head_since {
+                Some(t) => t + limits.client_header_timeout,
+                None => idle_since + limits.keepalive_timeout,
+            };
+            let filled = c.filled;
+            tokio::select! {
+                biased;
+                r = c.client.read(&mut c.cbuf[filled..]) => match r {
+                    Ok(0) | Err(_) => return Outcome::Done,
+                    Ok(n) => c.filled += n,
+                },
+                _ = until(&mut c.client_timer, deadline) => {
+                    debug!(%peer, "request head not complete in time, or idle; closing");
+                    return Outcome::Done;
+                }
+                _ = stop.changed() => return Outcome::Done,
+            }
+        };
+        head_since = None;
+        c.draining = *stop.borrow();
+        let keep = c.call(&req, &path, obs).await;
+        if !keep || *stop.borrow() {
+            let _ = c.client.shutdown().await;
+            return Outcome::Done;
+        }
+        idle_since = Instant::now();
+        if c.cbuf.len() > CLIENT_BUF && c.filled - c.start <= CLIENT_BUF {
+            c.compact();
+            c.cbuf.truncate(CLIENT_BUF);
+            c.cbuf.shrink_to_fit();
+        }
+        if c.ubuf.len() > UPSTREAM_BUF {
+            c.ubuf.truncate(UPSTREAM_BUF);
+            c.ubuf.shrink_to_fit();
+        }
+    }
+}
+
+/// Waits until `deadline` on a reused timer. The timer is moved only when it would fire late:
+/// one armed earlier for a later call simply fires early, and is then re-armed. A call that
+/// ends before any deadline therefore costs no timer operation at all.
+async fn until(timer: &mut Pin<Box<Sleep>>, deadline: Instant) {
+    loop {
+        if timer.is_elapsed() || timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().await;
+        if Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// [`until`] a deadline, if there is one.
+async fn until_some(timer: Option<&mut Pin<Box<Sleep>>>, deadline: Option<Instant>) {
+    match (timer, deadline) {
+        (Some(t), Some(d)) => until(t, d).await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Resolves when the client closes its connection; never while it is open, whether or not it
+/// sent more (a pipelined request stays where it is).
+async fn client_gone(client: &TcpStream) {
+    let mut b = [0u8; 1];
+    match client.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Why a node gave no usable response head.
+enum UpstreamError {
+    /// Closed or failed; `received` says whether any byte of a response came first.
+    Io {
+        error: io::Error,
+        received: bool,
+    },
+    Invalid(&'static str),
+    Timeout,
+    /// The client closed its connection first.
+    ClientGone,
+}
+
+/// Where a body being streamed broke.
+enum StreamError {
+    /// The client went away or sent bad framing.
+    Client,
+    Upstream(io::Error),
+}
+
+impl Conn<'_> {
+    /// Moves the unconsumed client bytes to the front of the buffer.
+    fn compact(&mut self) {
+        self.cbuf.copy_within(self.start..self.filled, 0);
+        self.filled -= self.start;
+        self.start = 0;
+    }
+
+    /// Forwards one request and writes its answer. Returns whether the client connection may
+    /// carry another request.
+    async fn call(&mut self, req: &Req, path: &str, mut obs: CallObs<'_>) -> bool {
+        let proxy = self.proxy;
+        let snap = proxy.nodes.load_full();
+        let close = req.close || self.draining;
+        // The part of the body already here.
+        let body_at = self.start + req.len;
+        let mut chunks = Chunked::default();
+        let (in_buf, body_done) = match req.body {
+            Framing::None | Framing::Close => (0, true),
+            Framing::Length(n) => {
+                let have = (self.filled - body_at) as u64;
+                (have.min(n) as usize, have >= n)
+            }
+            Framing::Chunked => match chunks.scan(&self.cbuf[body_at..self.filled]) {
+                Ok(x) => x,
+                Err(_) => {
+                    obs.finish(StatusCode::BAD_REQUEST);
+                    self.local(StatusCode::BAD_REQUEST, "invalid chunked body", true).await;
+                    return false;
+                }
+            },
+        };
+        if body_done {
+            // Consumed; its bytes stay where they are until the next head is read, for resending.
+            self.start = body_at + in_buf;
+        }
+        // A request whose bytes are all here can be sent again; one bodiless and idempotent
+        // may be sent again even after a node failed while answering it.
+        let replayable = body_done;
+        let resend_after_failure = req.body == Framing::None && idempotent(&req.method);
+        let head_request = req.method == Method::HEAD;
+        let mut tried = [usize::MAX; MAX_NODES_TRIED];
+        let mut n_tried = 0;
+        let mut last_error = String::new();
+        while n_tried < MAX_NODES_TRIED {
+            let Some(i) = proxy.policy.pick(&snap, path.as_bytes(), req.hash, &tried[..n_tried]) else {
+                break;
+            };
+            tried[n_tried] = i;
+            n_tried += 1;
+            obs.attempt();
+            let node = &snap.nodes()[i];
+            let call = node.start_call();
+            let (mut up, reused) = match node.pool.take_raw() {
+                Some(s) => (s, true),
+                None => match node.pool.connect_raw(proxy.connect_timeout).await {
+                    Ok(s) => (s, false),
+                    Err(error) => {
+                        let error = error.to_string();
+                        debug!(node = %node.addr, %error, "cannot connect; trying the next node");
+                        obs.connect_failed(node, &error);
+                        last_error = error;
+                        proxy.nodes.report_unreachable(node);
+                        continue;
+                    }
+                },
+            };
+            self.out.truncate(req.base);
+            head::upstream_host(&mut self.out, req.has_host, node.addr.as_str());
+            obs.sending_raw(node, &mut self.out);
+            self.out.extend_from_slice(b"\r\n");
+            let sent =
+                write_all(&mut up, &mut [IoSlice::new(&self.out), IoSlice::new(&self.cbuf[body_at..body_at + in_buf])])
+                    .await;
+            if let Err(error) = sent {
+                // Nothing of the client's was consumed: the request is intact.
+                if reused {
+                    debug!(node = %node.addr, %error, "kept-alive connection closed; retrying");
+                    obs.stale_connection();
+                    n_tried -= 1;
+                    continue;
+                }
+                let error = format!("node {}: {error}", node.addr);
+                obs.send_failed(node, false, &error);
+                proxy.nodes.report_unreachable(node);
+                last_error = error;
+                continue;
+            }
+            if !body_done {
+                let left = match req.body {
+                    Framing::Length(n) => n - in_buf as u64,
+                    _ => 0,
+                };
+                self.start = self.filled;
+                match self.stream_request_body(&mut up, req.body, left, &mut chunks).await {
+                    Ok(()) => {}
+                    Err(StreamError::Client) => {
+                        debug!("client went away or sent bad framing while sending its body");
+                        obs.finish(StatusCode::BAD_REQUEST);
+                        return false;
+                    }
+                    Err(StreamError::Upstream(error)) => {
+                        let error = format!("node {}: {error}", node.addr);
+                        obs.send_failed(node, false, &error);
+                        proxy.nodes.report_unreachable(node);
+                        let msg = format!("{error} (request not retried: its body was sent)");
+                        obs.finish(StatusCode::BAD_GATEWAY);
+                        self.local(StatusCode::BAD_GATEWAY, &msg, true).await;
+                        return false;
+                    }
+                }
+            }
+            let (resp, got) = match self.response_head(&mut up, head_request, close).await {
+                Ok(x) => x,
+                Err(UpstreamError::Timeout) => {
+                    // Slow is not dead: the node is not skipped, and the call is not resent
+                    // (it may be running). Dropping the connection cancels it upstream.
+                    let limit = proxy.upstream_timeout.unwrap_or_default();
+                    let msg = format!("node {} did not answer within {}s", node.addr, limit.as_secs_f64());
+                    obs.send_failed(node, false, &msg);
+                    obs.finish(StatusCode::GATEWAY_TIMEOUT);
+                    return self.local(StatusCode::GATEWAY_TIMEOUT, &msg, close).await;
+                }
+                Err(UpstreamError::ClientGone) => {
+                    // Not answered, so not counted (as when the general server drops a call).
+                    debug!(node = %node.addr, "client went away during the call");
+                    return false;
+                }
+                Err(UpstreamError::Invalid(why)) => {
+                    let error = format!("node {}: {why}", node.addr);
+                    obs.send_failed(node, true, &error);
+                    obs.finish(StatusCode::BAD_GATEWAY);
+                    let msg = format!("invalid response from {error}");
+                    return self.local(StatusCode::BAD_GATEWAY, &msg, close).await;
+                }
+                Err(UpstreamError::Io { error, received }) => {
+                    if reused && !received && replayable {
+                        // The node closed the kept-alive connection as the request went out.
+                        debug!(node = %node.addr, %error, "kept-alive connection closed; retrying");
+                        obs.stale_connection();
+                        n_tried -= 1;
+                        continue;
+                    }
+                    let error = format!("node {}: {error}", node.addr);
+                    obs.send_failed(node, false, &error);
+                    proxy.nodes.report_unreachable(node);
+                    if !resend_after_failure {
+                        obs.finish(StatusCode::BAD_GATEWAY);
+                        let msg = format!("{error} (request not retried: its body was sent)");
+                        return self.local(StatusCode::BAD_GATEWAY, &msg, close).await;
+                    }
+                    last_error = error;
+                    continue;
+                }
+            };
+            if snap.table().home(req.hash) != Some(i) {
+                // Served away from its home: full, down, or a retry moved it.
+                crate::metrics::spill(node);
+            }
+            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(w) = resp.wait {
+                node.observe_wait(w);
+            }
+            proxy.policy.observe(node, req.hash, resp.wait, status);
+            obs.answered(node, req.hash, status, resp.wait);
+            obs.finish(status);
+            return match self.stream_response(up, &resp, got, node).await {
+                Ok(()) => {
+                    drop(call);
+                    !close
+                }
+                Err(_) => false,
+            };
+        }
+        if n_tried == 0 {
+            obs.finish(StatusCode::SERVICE_UNAVAILABLE);
+            return self.local(StatusCode::SERVICE_UNAVAILABLE, "no nodes available", close || !body_done).await;
+        }
+        obs.finish(StatusCode::SERVICE_UNAVAILABLE);
+        let msg = format!("no node could be reached: {last_error}");
+        self.local(StatusCode::SERVICE_UNAVAILABLE, &msg, close || !body_done).await
+    }
+
+    /// Writes a short JSON answer of the balancer's own. Returns whether the connection may go on.
+    async fn local(&mut self, status: StatusCode, msg: &str, close: bool) -> bool {
+        let body = serde_json::json!({ "msg": msg }).to_string();
+        head::local_response(&mut self.out, status, &body, close);
+        write_all(self.client, &mut [IoSlice::new(&self.out)]).await.is_ok() && !close
+    }
+
+    /// Sends the rest of a request body that was not in the buffer when the head went out.
+    /// Leaves what follows the body (a pipelined request) in the client buffer.
+    async fn stream_request_body(
+        &mut self,
+        up: &mut TcpStream,
+        body: Framing,
+        mut left: u64,
+        chunks: &mut Chunked,
+    ) -> Result<(), StreamError> {
+        self.start = 0;
+        self.filled = 0;
+        if self.ubuf.len() < UPSTREAM_BUF {
+            self.ubuf.resize(UPSTREAM_BUF, 0);
+        }
+        loop {
+            // A Content-Length body is read no further than its end.
+            let room = match body {
+                Framing::Length(_) => self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+                _ => self.ubuf.len(),
+            };
+            let n = match self.client.read(&mut self.ubuf[..room]).await {
+                Ok(0) | Err(_) => return Err(StreamError::Client),
+                Ok(n) => n,
+            };
+            let (used, done) = match body {
+                Framing::Length(_) => {
+                    left -= n as u64;
+                    (n, left == 0)
+                }
+                _ => chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client)?,
+            };
+            up.write_all(&self.ubuf[..used]).await.map_err(StreamError::Upstream)?;
+            grow(&mut self.ubuf, n);
+            if done {
+                let rest = &self.ubuf[used..n];
+                if self.cbuf.len() < rest.len() {
+                    self.cbuf.resize(rest.len(), 0);
+                }
+                self.cbuf[..rest.len()].copy_from_slice(rest);
+                self.filled = rest.len();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the node's response head (skipping interim 1xx answers) within -upstream-timeout,
+    /// and writes the client's copy into `out`. Returns it and how many bytes are in `ubuf`.
+    async fn response_head(
+        &mut self,
+        up: &mut TcpStream,
+        head_request: bool,
+        close: bool,
+    ) -> Result<(ResponseHead, usize), UpstreamError> {
+        if self.ubuf.len() < UPSTREAM_BUF {
+            self.ubuf.resize(UPSTREAM_BUF, 0);
+        }
+        let deadline = self.proxy.upstream_timeout.map(|t| Instant::now() + t);
+        let mut got = 0;
+        let mut received = false;
+        loop {
+            let timer = match deadline {
+                Some(d) => Some(self.upstream_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d)))),
+                None => None,
+            };
+            // While the node works, a client that goes away cancels the call (as the general
+            // server does): the dropped connection tells the node.
+            let n = tokio::select! {
+                biased;
+                r = up.read(&mut self.ubuf[got..]) => r,
+                _ = until_some(timer, deadline) => return Err(UpstreamError::Timeout),
+                _ = client_gone(self.client) => return Err(UpstreamError::ClientGone),
+            };
+            match n {
+                Ok(0) => {
+                    let error = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response");
+                    return Err(UpstreamError::Io { error, received });
+                }
+                Err(error) => return Err(UpstreamError::Io { error, received }),
+                Ok(n) => {
+                    got += n;
+                    received = true;
+                }
+            }
+            loop {
+                match head::parse_response(&self.ubuf[..got], head_request, close, &mut self.out) {
+                    Response::Ready(h) => return Ok((h, got)),
+                    Response::Invalid(why) => return Err(UpstreamError::Invalid(why)),
+                    Response::Interim(len) => {
+                        self.ubuf.copy_within(len..got, 0);
+                        got -= len;
+                        if got > 0 {
+                            continue;
+                        }
+                    }
+                    Response::Partial if got == self.ubuf.len() => {
+                        if got >= MAX_RESPONSE_HEAD {
+                            return Err(UpstreamError::Invalid("response head too large"));
+                        }
+                        self.ubuf.resize(got * 2, 0);
+                    }
+                    Response::Partial => {}
+                }
+                break;
+            }
+        }
+    }
+
+    /// Writes the response head in `out` and streams the body after it; the connection goes
+    /// back to the node's pool when the body was read to its end and the node keeps it open.
+    async fn stream_response(
+        &mut self,
+        mut up: TcpStream,
+        resp: &ResponseHead,
+        got: usize,
+        node: &Arc<Node>,
+    ) -> Result<(), StreamError> {
+        let body = &self.ubuf[resp.len..got];
+        let client = &mut *self.client;
+        let to_client = |e: io::Error| {
+            debug!(error = %e, "client write failed");
+            StreamError::Client
+        };
+        let clean = match resp.body {
+            Framing::None => {
+                write_all(client, &mut [IoSlice::new(&self.out)]).await.map_err(to_client)?;
+                body.is_empty()
+            }
+            Framing::Length(n) => {
+                let first = body.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                let extra = body.len() > first;
+                write_all(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..first])])
+                    .await
+                    .map_err(to_client)?;
+                let mut left = n - first as u64;
+                while left > 0 {
+                    let room = self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = read_upstream(&mut up, &mut self.ubuf[..room]).await?;
+                    client.write_all(&self.ubuf[..n]).await.map_err(to_client)?;
+                    left -= n as u64;
+                    grow(&mut self.ubuf, n);
+                }
+                !extra
+            }
+            Framing::Chunked => {
+                let mut chunks = Chunked::default();
+                let (used, mut done) = chunks.scan(body).map_err(|_| bad_upstream())?;
+                let mut extra = body.len() > used;
+                write_all(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..used])])
+                    .await
+                    .map_err(to_client)?;
+                while !done {
+                    let n = read_upstream(&mut up, &mut self.ubuf).await?;
+                    let (used, end) = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
+                    client.write_all(&self.ubuf[..used]).await.map_err(to_client)?;
+                    done = end;
+                    extra = n > used;
+                    grow(&mut self.ubuf, n);
+                }
+                !extra
+            }
+            Framing::Close => {
+                // Re-framed as chunked, so that the client's connection can stay open.
+                let mut size = [0u8; 20];
+                let s = chunk_size(&mut size, body.len());
+                let parts = if body.is_empty() { 1 } else { 4 };
+                write_all(
+                    client,
+                    &mut [IoSlice::new(&self.out), IoSlice::new(s), IoSlice::new(body), IoSlice::new(b"\r\n")][..parts],
+                )
+                .await
+                .map_err(to_client)?;
+                loop {
+                    let n = match up.read(&mut self.ubuf).await {
+                        Ok(n) => n,
+                        Err(e) => return Err(StreamError::Upstream(e)),
+                    };
+                    if n == 0 {
+                        client.write_all(b"0\r\n\r\n").await.map_err(to_client)?;
+                        break;
+                    }
+                    let s = chunk_size(&mut size, n);
+                    write_all(client, &mut [IoSlice::new(s), IoSlice::new(&self.ubuf[..n]), IoSlice::new(b"\r\n")])
+                        .await
+                        .map_err(to_client)?;
+                    grow(&mut self.ubuf, n);
+                }
+                false
+            }
+        };
+        if clean && !resp.close {
+            node.pool.put_raw(up);
+        }
+        Ok(())
+    }
+}
+
+/// A body that fills the buffer gets a bigger one: fewer system calls per byte. Only while it
+/// streams: the connection's buffer shrinks back after the call.
+fn grow(buf: &mut Vec<u8>, read: usize) {
+    if read == buf.len() && buf.len() < BODY_BUF {
+        buf.resize(BODY_BUF, 0);
+    }
+}
+
+fn bad_upstream() -> StreamError {
+    StreamError::Upstream(io::Error::new(io::ErrorKind::InvalidData, "invalid chunked framing from the node"))
+}
+
+/// Reads part of a body from the node; the end of the stream before the body's end is an error.
+async fn read_upstream(up: &mut TcpStream, buf: &mut [u8]) -> Result<usize, StreamError> {
+    match up.read(buf).await {
+        Ok(0) => Err(StreamError::Upstream(io::Error::new(io::ErrorKind::UnexpectedEof, "node closed mid-body"))),
+        Ok(n) => Ok(n),
+        Err(e) => Err(StreamError::Upstream(e)),
+    }
+}
+
+/// `{n:x}\r\n` without `fmt`.
+fn chunk_size(buf: &mut [u8; 20], n: usize) -> &[u8] {
+    let mut i = 18;
+    buf[18] = b'\r';
+    buf[19] = b'\n';
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[v & 15];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Writes every slice, with as few system calls as the socket allows (one, usually).
+async fn write_all(w: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_size_is_hex_with_crlf() {
+        let mut b = [0u8; 20];
+        assert_eq!(super::chunk_size(&mut b, 0), b"0\r\n");
+        assert_eq!(super::chunk_size(&mut b, 255), b"ff\r\n");
+        assert_eq!(super::chunk_size(&mut b, 0x10000), b"10000\r\n");
+    }
+}
