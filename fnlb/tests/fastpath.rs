@@ -406,3 +406,25 @@ async fn a_client_that_goes_away_cancels_its_call() {
         .expect("the node's connection stayed open after the client left")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_node_took_and_dropped_is_not_sent_again() {
+    // The node answers GETs on a kept-alive connection, and reads a POST and closes without a
+    // word, as a node that died running it would. The POST may have run: it must not run twice.
+    let node =
+        script_node(|head| if head.starts_with("POST") { (Vec::new(), true) } else { (ok("fine"), false) }).await;
+    let lb = balancer(&node.addr).await;
+    let mut s = TcpStream::connect(lb.traffic).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /r/app/f HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (head, _) = response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The POST goes out on the connection the GET left in the pool.
+    s.write_all(b"POST /r/app/f HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").await.unwrap();
+    let (head, body) = response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}{body}");
+    assert!(body.contains("not retried"), "{body}");
+    let posts = node.seen.lock().unwrap().iter().filter(|m| m.starts_with("POST")).count();
+    assert_eq!(posts, 1, "the POST reached the node {posts} times");
+    assert_eq!(node.conns.load(Ordering::SeqCst), 1);
+}

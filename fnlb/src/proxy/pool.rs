@@ -41,15 +41,22 @@ impl Pool {
     }
 
     /// The most recently used idle raw connection that still looks open (the node has not
-    /// closed it, and sent nothing unasked). It may still turn out closed: the caller retries
-    /// a request that got nothing back on a reused connection.
-    pub fn take_raw(&self) -> Option<TcpStream> {
+    /// closed it, and sent nothing unasked). It may still turn out closed: the caller resends
+    /// an idempotent request that got nothing back on a reused connection.
+    ///
+    /// `ask_kernel`: also ask the socket itself (one `recv(MSG_PEEK)`), not only the runtime's
+    /// readiness flags, which can lag a close the kernel has already seen. For requests that
+    /// must not be sent twice, where a stale connection costs the client a 502.
+    pub fn take_raw(&self, ask_kernel: bool) -> Option<TcpStream> {
         loop {
             let s = self.raw.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             // No system call unless the socket was marked readable since its last read.
             match s.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 _ => continue,
+            }
+            if !ask_kernel || quiet(&s) {
+                return Some(s);
             }
         }
     }
@@ -124,4 +131,11 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+}
+
+/// Whether the kernel has nothing to read on an idle socket: no close (EOF), no reset, and no
+/// bytes the node sent unasked. The socket is non-blocking, so the peek never waits.
+fn quiet(s: &TcpStream) -> bool {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(s).peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }

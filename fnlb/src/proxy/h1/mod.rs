@@ -283,9 +283,11 @@ impl Conn<'_> {
             // Consumed; its bytes stay where they are until the next head is read, for resending.
             self.start = body_at + in_buf;
         }
-        // A request whose bytes are all here can be sent again; one bodiless and idempotent
-        // may be sent again even after a node failed while answering it.
-        let replayable = body_done;
+        // An idempotent request whose bytes are all here can be sent again when a reused
+        // connection turns out closed with nothing back (the node's idle close crossed it); one
+        // that is also bodiless even after a node failed while answering it. Anything else may
+        // have run on the node, and is not sent twice.
+        let resend_when_unanswered = body_done && idempotent(&req.method);
         let resend_after_failure = req.body == Framing::None && idempotent(&req.method);
         let head_request = req.method == Method::HEAD;
         let mut tried = [usize::MAX; MAX_NODES_TRIED];
@@ -300,7 +302,7 @@ impl Conn<'_> {
             obs.attempt();
             let node = &snap.nodes()[i];
             let call = node.start_call();
-            let (mut up, reused) = match node.pool.take_raw() {
+            let (mut up, reused) = match node.pool.take_raw(!resend_when_unanswered) {
                 Some(s) => (s, true),
                 None => match node.pool.connect_raw(proxy.connect_timeout).await {
                     Ok(s) => (s, false),
@@ -383,7 +385,7 @@ impl Conn<'_> {
                     return self.local(StatusCode::BAD_GATEWAY, &msg, close).await;
                 }
                 Err(UpstreamError::Io { error, received }) => {
-                    if reused && !received && replayable {
+                    if reused && !received && resend_when_unanswered {
                         // The node closed the kept-alive connection as the request went out.
                         debug!(node = %node.addr, %error, "kept-alive connection closed; retrying");
                         obs.stale_connection();
