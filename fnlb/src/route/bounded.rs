@@ -1,21 +1,37 @@
 //! The default policy: consistent hashing with bounded loads, shaped for functions.
 //!
-//! Each key walks its own order of nodes (home first) and takes the first node that is not full,
-//! so a function stays on its home node while it fits there, and when it outgrows it the excess
-//! lands on the key's *second* node, then third — always the same few nodes, which stay warm.
+//! Each key walks its own order of nodes (home first) and takes the first node that can take the
+//! call, so a function stays on its home node while it fits there, and when it outgrows it the
+//! excess lands on the key's *second* node, then third — always the same few nodes, which stay
+//! warm.
 //!
-//! "Full" has two parts. A node is never full below its capacity floor (a share of its container
-//! slots): at low load a function's calls all stay home, however uneven the keys are — spilling a
-//! call to a cold node costs a cold start, which is worse than a little imbalance. Above the floor
-//! the bounded-load rule of Mirrokni, Thorup and Zadimoghaddam applies: at most `factor` × the mean
-//! load (HAProxy's and Envoy's hash-balance-factor, 1.25). A node that answered 503 (Fn's "server
-//! busy") or whose reported queue wait shows it is loaded by other balancers is full for a moment.
-//! When every node of a short probe chain is full, the least loaded of them takes the call.
+//! What a node can take depends on whether the call would be warm there. The policy keeps, per
+//! (function, node), its calls in flight and an estimate of the containers the function holds
+//! there, and per node the sum of those estimates: its slots' footprint, idle containers
+//! included ([`super::warmth`]).
+//! - A node where the function probably has an idle container takes the call while it has
+//!   calls to spare (fewer in flight than its capacity): the call is warm and needs no slot.
+//! - A call that needs a new container goes to a node with room for one — a footprint under the
+//!   node's capacity, so nothing is evicted — and under the load bound. The load bound has two
+//!   parts. A node is never full below its capacity floor (a share of its container slots): at
+//!   low load a function's calls all stay home, however uneven the keys are. Above the floor the
+//!   bounded-load rule of Mirrokni, Thorup and Zadimoghaddam applies: at most `factor` × the mean
+//!   load (HAProxy's and Envoy's hash-balance-factor, 1.25).
+//!
+//! Counting only calls in flight, a home node at the floor still held the idle containers of
+//! its other functions; a hot function's excess evicted them and every one came back cold.
+//! Counting containers, the excess spills before it evicts, and a function goes back to the
+//! nodes where it is warm.
+//!
+//! A node that answered 503 (Fn's "server busy") or whose reported queue wait shows it is
+//! loaded by other balancers is full for a moment. When every node of a short probe chain is
+//! full, the least loaded of them takes the call.
 use std::time::Duration;
 
 use http::StatusCode;
 
-use super::Policy;
+use super::warmth::Warmth;
+use super::{clock, Policy};
 use crate::node::{Node, Snapshot};
 
 /// Nodes of a key's order looked at before settling for the least loaded of them.
@@ -23,20 +39,111 @@ const PROBES: usize = 8;
 /// How long a node that said 503 counts as full.
 const BUSY_MS: u64 = 250;
 
+/// Knobs of the policy (temporarily from `FNLB_BOUNDED`, for tuning).
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Use the warmth table (see [`super::warmth`]).
+    pub warm: bool,
+    /// A node takes a call that needs a new container while this balancer's estimate of its
+    /// containers is below this share of its capacity (per balancer).
+    pub cap_share: f64,
+    /// A warm node takes a call while its calls in flight are below this share of capacity.
+    pub warm_share: f64,
+    /// A call that needs a new container also needs the node under the mean-load bound.
+    pub cold_bound: bool,
+    /// 0: least loaded probe; 1: home (first eligible); 2: fewest containers.
+    pub fallback: u8,
+    pub floor_share: f64,
+    pub probes: usize,
+    /// Nodes of the order searched for an idle container of the function before a call is
+    /// started cold on the first node with room.
+    pub warm_probes: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            warm: true,
+            cap_share: 1.0,
+            warm_share: 1.0,
+            cold_bound: true,
+            fallback: 0,
+            floor_share: FLOOR_SHARE,
+            probes: PROBES,
+            warm_probes: 1,
+        }
+    }
+}
+
+impl Tuning {
+    pub fn from_env() -> Tuning {
+        Tuning::parse(&std::env::var("FNLB_BOUNDED").unwrap_or_default())
+    }
+
+    pub fn parse(spec: &str) -> Tuning {
+        let mut t = Tuning::default();
+        for kv in spec.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            match k {
+                "warm" => t.warm = v == "1",
+                "cap" => t.cap_share = v.parse().unwrap_or(t.cap_share),
+                "warmcap" => t.warm_share = v.parse().unwrap_or(t.warm_share),
+                "coldbound" => t.cold_bound = v == "1",
+                "fallback" => t.fallback = v.parse().unwrap_or(0),
+                "floor" => t.floor_share = v.parse().unwrap_or(t.floor_share),
+                "wprobes" => t.warm_probes = v.parse().unwrap_or(t.warm_probes),
+                "probes" => t.probes = v.parse().unwrap_or(t.probes),
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+/// The share of a node's capacity one balancer fills before balancing by mean load: half leaves
+/// room for the idle warm containers of the node's other functions.
+const FLOOR_SHARE: f64 = 0.5;
+
+/// Entries of the warmth table.
+const WARMTH_ENTRIES: usize = 4096;
+/// The nodes' idle timeout (Fn's default).
+const IDLE_TIMEOUT_MS: u64 = 30_000;
+
 pub struct Bounded {
     factor: f64,
     /// This balancer's calls a node takes before the mean-load bound applies at all.
     floor: u32,
     /// A node whose decayed reported wait exceeds this is queueing: treat it as full.
     wait_limit: Duration,
+    tuning: Tuning,
+    /// Containers (this balancer's estimate) a node may hold before a cold call spills.
+    cap: u32,
+    /// Calls in flight a node may have and still take a warm call.
+    warm_cap: u32,
+    warmth: Warmth,
 }
 
 impl Bounded {
     /// `capacity`: calls a node runs well; `balancers`: how many balancers share the nodes
     /// (each sees only its own calls, so each may fill only its share of a node).
     pub fn new(factor: f64, capacity: u32, balancers: u32) -> Bounded {
-        let share = (capacity as f64 / balancers.max(1) as f64 * FLOOR_SHARE).floor() as u32;
-        Bounded { factor, floor: share.max(1), wait_limit: Duration::from_secs(1) }
+        Bounded::with_tuning(factor, capacity, balancers, Tuning::from_env())
+    }
+
+    pub fn with_tuning(factor: f64, capacity: u32, balancers: u32, tuning: Tuning) -> Bounded {
+        let per_lb = capacity as f64 / balancers.max(1) as f64;
+        let share = (per_lb * tuning.floor_share).floor() as u32;
+        Bounded {
+            factor,
+            floor: share.max(1),
+            wait_limit: Duration::from_secs(1),
+            tuning,
+            // Not divided among the balancers: each one counts whole the containers of the
+            // functions it calls on the node, though the others' calls reuse them too.
+            cap: ((capacity as f64 * tuning.cap_share).floor() as u32).max(1),
+            warm_cap: ((per_lb * tuning.warm_share).floor() as u32).max(1),
+            warmth: Warmth::new(WARMTH_ENTRIES, IDLE_TIMEOUT_MS),
+        }
     }
 
     /// The most calls a node may have before a new call spills past it.
@@ -50,11 +157,55 @@ impl Bounded {
     fn is_full(&self, node: &Node, bound: u32) -> bool {
         node.in_flight() >= bound || node.is_busy() || node.wait() > self.wait_limit
     }
-}
 
-/// The share of a node's capacity one balancer fills before balancing by mean load: half leaves
-/// room for the idle warm containers of the node's other functions.
-const FLOOR_SHARE: f64 = 0.5;
+    fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
+        let now = clock::now_ms();
+        self.warmth.tick(snap, now);
+        let bound = self.bound(snap);
+        let mut least: Option<(usize, u32)> = None;
+        let mut probed = 0;
+        let mut chosen = None;
+        let mut room = None;
+        for i in snap.table().order(hash) {
+            if !snap.is_eligible(i) || tried.contains(&i) {
+                continue;
+            }
+            let node = &snap.nodes()[i];
+            if !node.is_busy() && node.wait() <= self.wait_limit {
+                let load = node.in_flight();
+                if self.warmth.get(hash, node).has_idle() && load < self.warm_cap {
+                    chosen = Some(i);
+                    break;
+                }
+                if room.is_none() && node.containers() < self.cap && (!self.tuning.cold_bound || load < bound) {
+                    room = Some(i);
+                    if probed + 1 >= self.tuning.warm_probes {
+                        break;
+                    }
+                }
+            }
+            let metric = match self.tuning.fallback {
+                0 => node.in_flight(),
+                1 => probed as u32,
+                2 => node.containers(),
+                // The first node of the order that would not queue the call, else the least loaded.
+                3 => node.in_flight().min(self.warm_cap) * 1000 + probed as u32,
+                // The first node of the order under the mean-load bound, else the least loaded.
+                _ => node.in_flight().min(bound) * 1000 + probed as u32,
+            };
+            if least.is_none_or(|(_, l)| metric < l) {
+                least = Some((i, metric));
+            }
+            probed += 1;
+            if probed >= self.tuning.probes || (room.is_some() && probed >= self.tuning.warm_probes) {
+                break;
+            }
+        }
+        let i = chosen.or(room).or(least.map(|(i, _)| i))?;
+        self.warmth.start(hash, &snap.nodes()[i], now);
+        Some(i)
+    }
+}
 
 impl Policy for Bounded {
     fn name(&self) -> &'static str {
@@ -64,6 +215,9 @@ impl Policy for Bounded {
     fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
         if snap.healthy_count() == 0 {
             return None;
+        }
+        if self.tuning.warm {
+            return self.pick_warm(snap, hash, tried);
         }
         let bound = self.bound(snap);
         let mut least: Option<(usize, u32)> = None;
@@ -81,14 +235,17 @@ impl Policy for Bounded {
                 least = Some((i, load));
             }
             probed += 1;
-            if probed == PROBES {
+            if probed == self.tuning.probes {
                 break;
             }
         }
         least.map(|(i, _)| i)
     }
 
-    fn observe(&self, node: &Node, _hash: u64, _wait: Option<Duration>, status: StatusCode) {
+    fn observe(&self, node: &Node, hash: u64, _wait: Option<Duration>, status: StatusCode) {
+        if self.tuning.warm {
+            self.warmth.finish(hash, node, clock::now_ms());
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             node.mark_busy(BUSY_MS);
         }
@@ -98,6 +255,7 @@ impl Policy for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::InFlight;
     use crate::route::testing::{key, snapshot};
 
     #[test]
@@ -189,12 +347,100 @@ mod tests {
 
     #[test]
     fn keys_with_unloaded_homes_never_leave_them() {
-        // Property over many keys: with every node under the floor, pick == home.
+        // Property over many keys: with every node under the floor and with room for another
+        // container, pick == home.
         let snap = snapshot(8, &[]);
-        let p = Bounded::new(1.25, 64, 1);
         for i in 0..2000 {
+            let p = Bounded::new(1.25, 64, 1);
             let (k, h) = key(i);
             assert_eq!(p.pick(&snap, &k, h, &[]), snap.table().home(h));
         }
+        // One balancer, calls that come and go: the homes stay under 64 containers.
+        let p = Bounded::new(1.25, 64, 1);
+        for round in 0..3 {
+            for i in 0..200 {
+                let (k, h) = key(i);
+                let home = snap.table().home(h);
+                assert_eq!(p.pick(&snap, &k, h, &[]), home, "key {i}, round {round}");
+                p.observe(&snap.nodes()[home.unwrap()], h, None, StatusCode::OK);
+            }
+        }
+    }
+
+    /// `n` calls of the key placed through the policy, left running.
+    fn run(p: &Bounded, snap: &Snapshot, i: usize, n: usize) -> Vec<(usize, InFlight)> {
+        let (k, h) = key(i);
+        (0..n)
+            .map(|_| {
+                let node = p.pick(snap, &k, h, &[]).unwrap();
+                (node, snap.nodes()[node].start_call())
+            })
+            .collect()
+    }
+
+    fn nodes(calls: &[(usize, InFlight)]) -> Vec<usize> {
+        calls.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// The calls end (the node answered).
+    fn finish(p: &Bounded, snap: &Snapshot, i: usize, calls: Vec<(usize, InFlight)>) {
+        let (_, h) = key(i);
+        for (n, _call) in calls {
+            p.observe(&snap.nodes()[n], h, None, StatusCode::OK);
+        }
+    }
+
+    /// A key whose home is the given node.
+    fn key_homed_on(snap: &Snapshot, node: usize, skip: usize) -> usize {
+        (0..).filter(|i| snap.table().home(key(*i).1) == Some(node)).nth(skip).unwrap()
+    }
+
+    #[test]
+    fn a_full_home_keeps_its_warm_functions_and_spills_cold_ones() {
+        let snap = snapshot(4, &[]);
+        let p = Bounded::new(1.25, 8, 1); // 8 containers a node, floor 4
+        let home = 0;
+        // Functions a, b and d ran 3, 4 and 1 at once on node 0 and finished: node 0 holds 8
+        // containers, its capacity, all idle.
+        let a = key_homed_on(&snap, home, 0);
+        let b = key_homed_on(&snap, home, 1);
+        let c = key_homed_on(&snap, home, 2);
+        let d = key_homed_on(&snap, home, 3);
+        for (f, n) in [(a, 3), (b, 4), (d, 1)] {
+            let ran = run(&p, &snap, f, n);
+            assert_eq!(nodes(&ran), vec![home; n]);
+            finish(&p, &snap, f, ran);
+        }
+        assert_eq!(snap.nodes()[home].containers(), 8);
+        // a is warm at home: it stays (three calls at once, one per idle container).
+        let _a = run(&p, &snap, a, 3);
+        assert_eq!(nodes(&_a), vec![home; 3]);
+        // A fourth would need a new container on a full node: it goes to a's second choice, as
+        // does c, which is cold everywhere.
+        let second = |i: usize| snap.table().order(key(i).1).nth(1).unwrap();
+        assert_eq!(nodes(&run(&p, &snap, a, 1)), vec![second(a)]);
+        assert_eq!(nodes(&run(&p, &snap, c, 1)), vec![second(c)]);
+    }
+
+    #[test]
+    fn a_warm_node_takes_calls_above_the_mean_load_bound() {
+        let snap = snapshot(4, &[]);
+        let p = Bounded::new(1.25, 8, 1);
+        let f = key_homed_on(&snap, 0, 0);
+        let order: Vec<usize> = snap.table().order(key(f).1).collect();
+        // f outgrows its home: 4 calls at home (the floor), the fifth spills to its second node.
+        let ran = run(&p, &snap, f, 5);
+        assert_eq!(nodes(&ran), [vec![order[0]; 4], vec![order[1]]].concat());
+        finish(&p, &snap, f, ran);
+        // Another function takes the home to the floor (and its 8 containers).
+        let g = key_homed_on(&snap, 0, 1);
+        let _g = run(&p, &snap, g, 4);
+        assert_eq!(nodes(&_g), vec![order[0]; 4]);
+        // f still has 4 idle containers at home: its calls go there, past the floor, while the
+        // node has calls to spare (8).
+        let _f = run(&p, &snap, f, 4);
+        assert_eq!(nodes(&_f), vec![order[0]; 4]);
+        // Then home has neither an idle container of f nor room: the next node, where f is warm.
+        assert_eq!(nodes(&run(&p, &snap, f, 1)), vec![order[1]]);
     }
 }
