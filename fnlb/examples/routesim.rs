@@ -1,10 +1,17 @@
 //! A deterministic, discrete-event replay of the routing benchmark (docs/BENCHMARKS.md §1):
 //! fnsim's seeded trace and node model, fnlb's own policy code, and virtual time — no sockets,
-//! no sleeping, so policies can be compared without the run-to-run noise of a shared machine.
-//! The real benchmark (bench/routing.py) stays the reference; this is for tuning.
+//! no sleeping, so policies can be compared without the run-to-run noise of a shared machine
+//! (a 40 s trace takes well under a second). bench/routing.py stays the reference; on the
+//! same seed the two agree within a few per cent.
 //!
-//!     cargo run --release -p fnlb --example routesim -- [--rho 0.45] [--seeds 1,2,3]
-//!         [--policies bounded,ch] [--variant steady|bursty|multi-lb] [--warmup 10] [--duration 30]
+//!     cargo run --release -p fnlb --example routesim -- --rho 0.45 --seeds 1,2,3 \
+//!         --policies 'bounded;bounded:warm=0;ch;oracle' [--variant steady|bursty|ramp|multi-lb]
+//!         [--warmup 10] [--duration 30] [--windows 1]
+//!
+//! Policies are fnlb's (`-policy` names), `bounded:KNOB=V,...` (see `tuning`), or `oracle`: a
+//! rule that sees the nodes' containers, as no balancer can (warm node first along the key's
+//! order, else a node with a free slot, else home). Not modelled: churn (a node going down),
+//! network and proxy delays.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::AtomicU32;
@@ -12,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
+use fnlb::route::bounded::{Bounded, Tuning};
 use fnlb::route::table::{key_hash, Table};
 use fnlb::route::{policy_by_name, Policy, PolicyConfig};
 use fnsim::model::{Arrival, Lease, NodeModel, QueueMode};
@@ -27,27 +35,38 @@ struct Lb {
     policy: Box<dyn Policy>,
 }
 
-/// A policy that sees the nodes' containers (what no balancer can): warm node first along the
-/// key's order, else a node with a free slot (no eviction), else the variant's fallback.
-fn oracle(variant: &str, snap: &Snapshot, models: &mut [NodeModel], now: Instant, key: &str, hash: u64) -> usize {
+/// A rule that sees the nodes' containers (what no balancer can): along the key's order, the
+/// first node where the function has an idle container (and fewer than 48 calls), else the first
+/// with a free slot (nothing to evict) and calls to spare, else home.
+fn oracle(snap: &Snapshot, models: &mut [NodeModel], now: Instant, key: &str, hash: u64) -> usize {
     let order: Vec<usize> = snap.table().order(hash).take(8).collect();
     for &i in &order {
         models[i].expire(now);
-    }
-    let limit = if variant.contains("half") { SLOTS / 2 } else { SLOTS };
-    for &i in &order {
-        if models[i].has_idle(key) && (snap.nodes()[i].in_flight() as usize) < limit.max(48) {
-            return i;
-        }
-        if models[i].occupied() < SLOTS && (snap.nodes()[i].in_flight() as usize) < limit {
+        let load = snap.nodes()[i].in_flight() as usize;
+        if (models[i].has_idle(key) && load < 48) || (models[i].occupied() < SLOTS && load < SLOTS) {
             return i;
         }
     }
-    if variant.contains("least") {
-        *order.iter().min_by_key(|i| snap.nodes()[**i].in_flight()).unwrap()
-    } else {
-        order[0]
+    order[0]
+}
+
+/// `bounded:` knobs, e.g. `bounded:warm=0` (the rule before the warmth table) or
+/// `bounded:cap=1.1,coldbound=0`.
+fn tuning(spec: &str) -> Tuning {
+    let mut t = Tuning::default();
+    for kv in spec.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+        match k {
+            "warm" => t.warm = v == "1",
+            "cap" => t.cap_share = v.parse().unwrap(),
+            "warmcap" => t.warm_share = v.parse().unwrap(),
+            "coldbound" => t.cold_bound = v == "1",
+            "floor" => t.floor_share = v.parse().unwrap(),
+            "probes" => t.probes = v.parse().unwrap(),
+            _ => panic!("unknown knob {k}"),
+        }
     }
+    t
 }
 
 fn lb(policy: &str, balancers: u32) -> Lb {
@@ -59,13 +78,10 @@ fn lb(policy: &str, balancers: u32) -> Lb {
     let snap = Snapshot::new(nodes, Arc::new(Table::build(&addrs)), vec![true; NODES].into(), total);
     let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers, load_factor: 1.25 };
     if let Some(spec) = policy.strip_prefix("bounded:") {
-        let t = fnlb::route::bounded::Tuning::parse(spec);
-        return Lb {
-            snap,
-            policy: Box::new(fnlb::route::bounded::Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)),
-        };
+        let t = tuning(spec);
+        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)) };
     }
-    let name = if policy.starts_with("oracle") { "ch" } else { policy };
+    let name = if policy == "oracle" { "ch" } else { policy };
     Lb { snap, policy: policy_by_name(name, cfg).expect("known policy") }
 }
 
@@ -93,6 +109,8 @@ struct Report {
     busy: Vec<f64>,
     evictions: u64,
     spilled: usize,
+    /// Per 5 s of the trace: (calls, cold starts).
+    windows: Vec<(usize, usize)>,
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -169,8 +187,8 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                     (rng % n_lbs as u64) as usize
                 };
                 let lbr = &lbs[l];
-                let node = if let Some(o) = policy.strip_prefix("oracle") {
-                    oracle(o, &lbr.snap, &mut models, at(now), key, *hash)
+                let node = if policy == "oracle" {
+                    oracle(&lbr.snap, &mut models, at(now), key, *hash)
                 } else {
                     lbr.policy.pick(&lbr.snap, key.as_bytes(), *hash, &[]).expect("a node")
                 };
@@ -206,8 +224,14 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                 lbr.policy.observe(node, keys[c.func as usize].1, Some(wait), http::StatusCode::OK);
                 drop(r.guard);
                 rep.calls += 1;
+                let w = (c.at.as_secs_f64() / 5.0) as usize;
+                if rep.windows.len() <= w {
+                    rep.windows.resize(w + 1, (0, 0));
+                }
+                rep.windows[w].0 += 1;
                 if cold {
                     rep.cold += 1;
+                    rep.windows[w].1 += 1;
                 }
                 let sched = c.at.as_secs_f64() * 1000.0;
                 if sched >= warm_ms {
@@ -223,46 +247,12 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
     rep
 }
 
-/// The bound's pool: containers held (busy and idle) over time, sampled per call: (mean, max).
-fn bound_footprint(calls: &[fnsim::trace::Call]) -> (f64, usize) {
-    let timeout_ms = IDLE.as_secs_f64() * 1000.0;
-    let functions = calls.iter().map(|c| c.func as usize + 1).max().unwrap_or(0);
-    let mut pools: Vec<Vec<f64>> = vec![Vec::new(); functions];
-    let (mut sum, mut max, mut n) = (0.0, 0usize, 0usize);
-    for c in calls {
-        let t = c.at.as_secs_f64() * 1000.0;
-        let pool = &mut pools[c.func as usize];
-        pool.retain(|&free| free > t || free + timeout_ms > t);
-        let oldest = if std::env::var("MRU").is_ok() {
-            pool.iter().enumerate().filter(|(_, &f)| f <= t).max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
-        } else {
-            pool.iter().enumerate().filter(|(_, &f)| f <= t).min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
-        };
-        match oldest {
-            Some(i) => pool[i] = t + c.exec_ms,
-            None => pool.push(t + c.cold_ms + c.exec_ms),
-        }
-        if t > 10_000.0 {
-            let total: usize = pools
-                .iter_mut()
-                .map(|p| {
-                    p.retain(|&free| free > t || free + timeout_ms > t);
-                    p.len()
-                })
-                .sum();
-            sum += total as f64;
-            n += 1;
-            max = max.max(total);
-        }
-    }
-    (sum / n.max(1) as f64, max)
-}
-
 fn main() {
     let mut rho = 0.3;
     let mut seeds = vec![1u64];
     let mut policies = vec!["bounded".to_string()];
     let mut sep = ';';
+    let mut windows = false;
     let mut variant = "steady".to_string();
     let (mut warmup, mut duration) = (10u64, 30u64);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -271,6 +261,7 @@ fn main() {
         match w[0].as_str() {
             "--rho" => rho = v.parse().unwrap(),
             "--seeds" => seeds = v.split(',').map(|s| s.parse().unwrap()).collect(),
+            "--windows" => windows = v == "1",
             "--sep" => sep = v.chars().next().unwrap(),
             "--policies" => policies = v.split(sep).map(String::from).collect(),
             "--variant" => variant = v.clone(),
@@ -286,24 +277,12 @@ fn main() {
         for &seed in &seeds {
             let mut r = run(p, &variant, rho, seed, warmup, duration);
             let x = r.cold as f64 / r.bound as f64;
-            if std::env::var("FOOT").is_ok() {
-                let cfg = WorkloadConfig {
-                    seed,
-                    rho,
-                    warmup: Duration::from_secs(warmup),
-                    measured: Duration::from_secs(duration),
-                    ..WorkloadConfig::default()
-                };
-                let tr = trace::generate(&cfg);
-                println!(
-                    "bound footprint {:?} bound cold {} calls {} mean exec {:.0}",
-                    bound_footprint(&tr.calls),
-                    r.bound,
-                    tr.calls.len(),
-                    tr.mean_exec_ms
-                );
-            }
             xs.push(x);
+            if windows {
+                let ts: Vec<String> =
+                    r.windows.iter().map(|(n, c)| format!("{:.0}", 100.0 * *c as f64 / (*n).max(1) as f64)).collect();
+                println!("cold % per 5 s: {}", ts.join(" "));
+            }
             let mean = r.busy.iter().sum::<f64>() / NODES as f64;
             let max = r.busy.iter().cloned().fold(0.0, f64::max);
             println!(

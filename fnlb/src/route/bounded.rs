@@ -34,75 +34,38 @@ use super::warmth::Warmth;
 use super::{clock, Policy};
 use crate::node::{Node, Snapshot};
 
-/// Nodes of a key's order looked at before settling for the least loaded of them.
-const PROBES: usize = 8;
 /// How long a node that said 503 counts as full.
 const BUSY_MS: u64 = 250;
 
-/// Knobs of the policy (temporarily from `FNLB_BOUNDED`, for tuning).
+/// The policy's knobs. [`Bounded::new`] uses the defaults (chosen with `examples/routesim.rs`
+/// over seeds 1–3 at ρ 0.3 and 0.45, steady, bursty and multi-lb; see docs/BENCHMARKS.md §1);
+/// the simulator varies them.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
-    /// Use the warmth table (see [`super::warmth`]).
+    /// Use the warmth table ([`super::warmth`]); `false` is the rule before it (calls in flight
+    /// only), kept for comparison.
     pub warm: bool,
-    /// A node takes a call that needs a new container while this balancer's estimate of its
-    /// containers is below this share of its capacity (per balancer).
+    /// A call that needs a new container goes to a node while the estimate of its containers is
+    /// below this share of its capacity. Not divided among balancers: each one counts whole the
+    /// containers of the functions it calls on the node, though the others' calls reuse them.
     pub cap_share: f64,
-    /// A warm node takes a call while its calls in flight are below this share of capacity.
+    /// A node where the function is warm takes its call while its calls in flight are below
+    /// this share of this balancer's part of the capacity.
     pub warm_share: f64,
-    /// A call that needs a new container also needs the node under the mean-load bound.
+    /// A call that needs a new container also needs the node under the load bound.
     pub cold_bound: bool,
-    /// 0: least loaded probe; 1: home (first eligible); 2: fewest containers.
-    pub fallback: u8,
+    /// The share of this balancer's part of a node's capacity below which a node is never
+    /// loaded: half leaves room for the idle warm containers of the node's other functions.
     pub floor_share: f64,
+    /// Nodes of a key's order looked at before settling for the least loaded of them.
     pub probes: usize,
-    /// Nodes of the order searched for an idle container of the function before a call is
-    /// started cold on the first node with room.
-    pub warm_probes: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning {
-            warm: true,
-            cap_share: 1.0,
-            warm_share: 1.0,
-            cold_bound: true,
-            fallback: 0,
-            floor_share: FLOOR_SHARE,
-            probes: PROBES,
-            warm_probes: 1,
-        }
+        Tuning { warm: true, cap_share: 1.0, warm_share: 1.0, cold_bound: true, floor_share: 0.5, probes: 8 }
     }
 }
-
-impl Tuning {
-    pub fn from_env() -> Tuning {
-        Tuning::parse(&std::env::var("FNLB_BOUNDED").unwrap_or_default())
-    }
-
-    pub fn parse(spec: &str) -> Tuning {
-        let mut t = Tuning::default();
-        for kv in spec.split(',').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
-            match k {
-                "warm" => t.warm = v == "1",
-                "cap" => t.cap_share = v.parse().unwrap_or(t.cap_share),
-                "warmcap" => t.warm_share = v.parse().unwrap_or(t.warm_share),
-                "coldbound" => t.cold_bound = v == "1",
-                "fallback" => t.fallback = v.parse().unwrap_or(0),
-                "floor" => t.floor_share = v.parse().unwrap_or(t.floor_share),
-                "wprobes" => t.warm_probes = v.parse().unwrap_or(t.warm_probes),
-                "probes" => t.probes = v.parse().unwrap_or(t.probes),
-                _ => {}
-            }
-        }
-        t
-    }
-}
-
-/// The share of a node's capacity one balancer fills before balancing by mean load: half leaves
-/// room for the idle warm containers of the node's other functions.
-const FLOOR_SHARE: f64 = 0.5;
 
 /// Entries of the warmth table.
 const WARMTH_ENTRIES: usize = 4096;
@@ -127,7 +90,7 @@ impl Bounded {
     /// `capacity`: calls a node runs well; `balancers`: how many balancers share the nodes
     /// (each sees only its own calls, so each may fill only its share of a node).
     pub fn new(factor: f64, capacity: u32, balancers: u32) -> Bounded {
-        Bounded::with_tuning(factor, capacity, balancers, Tuning::from_env())
+        Bounded::with_tuning(factor, capacity, balancers, Tuning::default())
     }
 
     pub fn with_tuning(factor: f64, capacity: u32, balancers: u32, tuning: Tuning) -> Bounded {
@@ -138,8 +101,6 @@ impl Bounded {
             floor: share.max(1),
             wait_limit: Duration::from_secs(1),
             tuning,
-            // Not divided among the balancers: each one counts whole the containers of the
-            // functions it calls on the node, though the others' calls reuse them too.
             cap: ((capacity as f64 * tuning.cap_share).floor() as u32).max(1),
             warm_cap: ((per_lb * tuning.warm_share).floor() as u32).max(1),
             warmth: Warmth::new(WARMTH_ENTRIES, IDLE_TIMEOUT_MS),
@@ -158,6 +119,9 @@ impl Bounded {
         node.in_flight() >= bound || node.is_busy() || node.wait() > self.wait_limit
     }
 
+    /// The first node of the key's order that can take the call: one where the function has
+    /// an idle container and calls to spare, or one with room for a new container under the
+    /// load bound; else the least loaded of the probes.
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         let now = clock::now_ms();
         self.warmth.tick(snap, now);
@@ -165,60 +129,35 @@ impl Bounded {
         let mut least: Option<(usize, u32)> = None;
         let mut probed = 0;
         let mut chosen = None;
-        let mut room = None;
         for i in snap.table().order(hash) {
             if !snap.is_eligible(i) || tried.contains(&i) {
                 continue;
             }
             let node = &snap.nodes()[i];
+            let load = node.in_flight();
             if !node.is_busy() && node.wait() <= self.wait_limit {
-                let load = node.in_flight();
-                if self.warmth.get(hash, node).has_idle() && load < self.warm_cap {
+                let warm = load < self.warm_cap && self.warmth.get(hash, node).has_idle();
+                let room = node.containers() < self.cap && (!self.tuning.cold_bound || load < bound);
+                if warm || room {
                     chosen = Some(i);
                     break;
                 }
-                if room.is_none() && node.containers() < self.cap && (!self.tuning.cold_bound || load < bound) {
-                    room = Some(i);
-                    if probed + 1 >= self.tuning.warm_probes {
-                        break;
-                    }
-                }
             }
-            let metric = match self.tuning.fallback {
-                0 => node.in_flight(),
-                1 => probed as u32,
-                2 => node.containers(),
-                // The first node of the order that would not queue the call, else the least loaded.
-                3 => node.in_flight().min(self.warm_cap) * 1000 + probed as u32,
-                // The first node of the order under the mean-load bound, else the least loaded.
-                _ => node.in_flight().min(bound) * 1000 + probed as u32,
-            };
-            if least.is_none_or(|(_, l)| metric < l) {
-                least = Some((i, metric));
+            if least.is_none_or(|(_, l)| load < l) {
+                least = Some((i, load));
             }
             probed += 1;
-            if probed >= self.tuning.probes || (room.is_some() && probed >= self.tuning.warm_probes) {
+            if probed == self.tuning.probes {
                 break;
             }
         }
-        let i = chosen.or(room).or(least.map(|(i, _)| i))?;
+        let i = chosen.or(least.map(|(i, _)| i))?;
         self.warmth.start(hash, &snap.nodes()[i], now);
         Some(i)
     }
-}
 
-impl Policy for Bounded {
-    fn name(&self) -> &'static str {
-        "bounded"
-    }
-
-    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
-        if snap.healthy_count() == 0 {
-            return None;
-        }
-        if self.tuning.warm {
-            return self.pick_warm(snap, hash, tried);
-        }
+    /// The rule before the warmth table: the first node under the load bound.
+    fn pick_by_load(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         let bound = self.bound(snap);
         let mut least: Option<(usize, u32)> = None;
         let mut probed = 0;
@@ -240,6 +179,23 @@ impl Policy for Bounded {
             }
         }
         least.map(|(i, _)| i)
+    }
+}
+
+impl Policy for Bounded {
+    fn name(&self) -> &'static str {
+        "bounded"
+    }
+
+    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        if self.tuning.warm {
+            self.pick_warm(snap, hash, tried)
+        } else {
+            self.pick_by_load(snap, hash, tried)
+        }
     }
 
     fn observe(&self, node: &Node, hash: u64, _wait: Option<Duration>, status: StatusCode) {
