@@ -204,6 +204,14 @@ impl Warmth {
             if e.tag.load(Relaxed) == 0 {
                 continue;
             }
+            let node = ids.binary_search_by_key(&e.node.load(Relaxed), |(id, _)| *id).ok().map(|k| ids[k].1);
+            if node.is_some_and(|i| !snap.is_eligible(i)) {
+                // A node that went down (or cannot be reached) lost its containers, or will be
+                // found cold when it returns: forget what it held.
+                e.in_flight.store(0, Relaxed);
+                e.peaks.store(0, Relaxed);
+                continue;
+            }
             if now_ms.saturating_sub(e.touched_ms.load(Relaxed)) > stale {
                 e.in_flight.store(0, Relaxed);
             }
@@ -211,9 +219,8 @@ impl Warmth {
             // Older lanes move up; the oldest is dropped; the new period starts with the calls
             // still running (they hold their containers).
             let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| Some((p << 8) | in_flight));
-            let containers = max_lane(e.peaks.load(Relaxed));
-            if let Ok(k) = ids.binary_search_by_key(&e.node.load(Relaxed), |(id, _)| *id) {
-                sums[ids[k].1] += containers;
+            if let Some(i) = node {
+                sums[i] += max_lane(e.peaks.load(Relaxed));
             }
         }
         for (node, sum) in snap.nodes().iter().zip(sums) {
@@ -288,6 +295,23 @@ mod tests {
         }
         w.start(5000, n, 9001);
         assert_eq!(w.get(5000, n), Warm { in_flight: 1, containers: 1 });
+    }
+
+    #[test]
+    fn a_node_that_goes_down_is_forgotten() {
+        // Node 1 served the function, then went down (unhealthy in the snapshot of the tick).
+        let snap = snapshot(2, &[true, false]);
+        let w = Warmth::new(64, 7000);
+        w.tick(&snap, 1);
+        for n in snap.nodes() {
+            w.start(3, n, 2);
+            w.finish(3, n, 3);
+        }
+        assert_eq!(w.get(3, &snap.nodes()[1]).containers, 1);
+        w.tick(&snap, 1001);
+        assert_eq!(w.get(3, &snap.nodes()[0]), Warm { in_flight: 0, containers: 1 });
+        assert_eq!(w.get(3, &snap.nodes()[1]), Warm::default());
+        assert_eq!((snap.nodes()[0].containers(), snap.nodes()[1].containers()), (1, 0));
     }
 
     #[test]
