@@ -248,6 +248,17 @@ impl NodeModel {
         s
     }
 
+    /// Whether `func` has an idle (warm) container now (idle containers past the timeout may
+    /// still count until the next event expires them).
+    pub fn has_idle(&self, func: &str) -> bool {
+        self.idle_by_fn.get(func).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Containers that hold a slot now, busy or idle.
+    pub fn occupied(&self) -> usize {
+        self.busy + self.lru.len()
+    }
+
     /// Zeroes the counters; containers and the queue are untouched.
     pub fn reset_stats(&mut self) {
         self.stats = NodeStats::default();

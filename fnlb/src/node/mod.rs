@@ -24,6 +24,9 @@ pub struct Node {
     wait_us: AtomicU64,
     /// Until when (ms on [`clock_ms`]) the node said it is busy (503); 0 when it did not.
     busy_until_ms: AtomicU64,
+    /// The policy's estimate of the containers (busy and idle) this balancer's calls keep on
+    /// the node: its slots' footprint (see `route::warmth`).
+    containers: AtomicU32,
     /// Calls in flight on every node of the set, shared by all of them: policies compare a
     /// node's load with the mean without summing over the nodes.
     total_in_flight: Arc<AtomicU32>,
@@ -40,6 +43,7 @@ impl Node {
             suspect: AtomicBool::new(false),
             wait_us: AtomicU64::new(0),
             busy_until_ms: AtomicU64::new(0),
+            containers: AtomicU32::new(0),
             total_in_flight,
         })
     }
@@ -57,6 +61,19 @@ impl Node {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Containers the policy estimates this balancer's calls keep on the node.
+    pub fn containers(&self) -> u32 {
+        self.containers.load(Ordering::Relaxed)
+    }
+
+    pub fn add_containers(&self, n: u32) {
+        self.containers.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_containers(&self, n: u32) {
+        self.containers.store(n, Ordering::Relaxed);
     }
 
     /// Counts a call as started; the guard counts it as finished when dropped.

@@ -1,27 +1,76 @@
 //! The default policy: consistent hashing with bounded loads, shaped for functions.
 //!
-//! Each key walks its own order of nodes (home first) and takes the first node that is not full,
-//! so a function stays on its home node while it fits there, and when it outgrows it the excess
-//! lands on the key's *second* node, then third — always the same few nodes, which stay warm.
+//! Each key walks its own order of nodes (home first) and takes the first node that can take the
+//! call, so a function stays on its home node while it fits there, and when it outgrows it the
+//! excess lands on the key's *second* node, then third — always the same few nodes, which stay
+//! warm.
 //!
-//! "Full" has two parts. A node is never full below its capacity floor (a share of its container
-//! slots): at low load a function's calls all stay home, however uneven the keys are — spilling a
-//! call to a cold node costs a cold start, which is worse than a little imbalance. Above the floor
-//! the bounded-load rule of Mirrokni, Thorup and Zadimoghaddam applies: at most `factor` × the mean
-//! load (HAProxy's and Envoy's hash-balance-factor, 1.25). A node that answered 503 (Fn's "server
-//! busy") or whose reported queue wait shows it is loaded by other balancers is full for a moment.
-//! When every node of a short probe chain is full, the least loaded of them takes the call.
+//! What a node can take depends on whether the call would be warm there. The policy keeps, per
+//! (function, node), its calls in flight and an estimate of the containers the function holds
+//! there, and per node the sum of those estimates: its slots' footprint, idle containers
+//! included ([`super::warmth`]).
+//! - A node where the function probably has an idle container takes the call while it has
+//!   calls to spare (fewer in flight than its capacity): the call is warm and needs no slot.
+//! - A call that needs a new container goes to a node with room for one — a footprint under the
+//!   node's capacity, so nothing is evicted — and under the load bound. The load bound has two
+//!   parts. A node is never full below its capacity floor (a share of its container slots): at
+//!   low load a function's calls all stay home, however uneven the keys are. Above the floor the
+//!   bounded-load rule of Mirrokni, Thorup and Zadimoghaddam applies: at most `factor` × the mean
+//!   load (HAProxy's and Envoy's hash-balance-factor, 1.25).
+//!
+//! Counting only calls in flight, a home node at the floor still held the idle containers of
+//! its other functions; a hot function's excess evicted them and every one came back cold.
+//! Counting containers, the excess spills before it evicts, and a function goes back to the
+//! nodes where it is warm.
+//!
+//! A node that answered 503 (Fn's "server busy") or whose reported queue wait shows it is
+//! loaded by other balancers is full for a moment. When every node of a short probe chain is
+//! full, the least loaded of them takes the call.
 use std::time::Duration;
 
 use http::StatusCode;
 
-use super::Policy;
+use super::warmth::Warmth;
+use super::{clock, Policy};
 use crate::node::{Node, Snapshot};
 
-/// Nodes of a key's order looked at before settling for the least loaded of them.
-const PROBES: usize = 8;
 /// How long a node that said 503 counts as full.
 const BUSY_MS: u64 = 250;
+
+/// The policy's knobs. [`Bounded::new`] uses the defaults (chosen with `examples/routesim.rs`
+/// over seeds 1–3 at ρ 0.3 and 0.45, steady, bursty and multi-lb; see docs/BENCHMARKS.md §1);
+/// the simulator varies them.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Use the warmth table ([`super::warmth`]); `false` is the rule before it (calls in flight
+    /// only), kept for comparison.
+    pub warm: bool,
+    /// A call that needs a new container goes to a node while the estimate of its containers is
+    /// below this share of its capacity. Not divided among balancers: each one counts whole the
+    /// containers of the functions it calls on the node, though the others' calls reuse them.
+    pub cap_share: f64,
+    /// A node where the function is warm takes its call while its calls in flight are below
+    /// this share of this balancer's part of the capacity.
+    pub warm_share: f64,
+    /// A call that needs a new container also needs the node under the load bound.
+    pub cold_bound: bool,
+    /// The share of this balancer's part of a node's capacity below which a node is never
+    /// loaded: half leaves room for the idle warm containers of the node's other functions.
+    pub floor_share: f64,
+    /// Nodes of a key's order looked at before settling for the least loaded of them.
+    pub probes: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { warm: true, cap_share: 1.0, warm_share: 1.0, cold_bound: true, floor_share: 0.5, probes: 8 }
+    }
+}
+
+/// Entries of the warmth table.
+const WARMTH_ENTRIES: usize = 4096;
+/// The nodes' idle timeout (Fn's default).
+const IDLE_TIMEOUT_MS: u64 = 30_000;
 
 pub struct Bounded {
     factor: f64,
@@ -29,14 +78,33 @@ pub struct Bounded {
     floor: u32,
     /// A node whose decayed reported wait exceeds this is queueing: treat it as full.
     wait_limit: Duration,
+    tuning: Tuning,
+    /// Containers (this balancer's estimate) a node may hold before a cold call spills.
+    cap: u32,
+    /// Calls in flight a node may have and still take a warm call.
+    warm_cap: u32,
+    warmth: Warmth,
 }
 
 impl Bounded {
     /// `capacity`: calls a node runs well; `balancers`: how many balancers share the nodes
     /// (each sees only its own calls, so each may fill only its share of a node).
     pub fn new(factor: f64, capacity: u32, balancers: u32) -> Bounded {
-        let share = (capacity as f64 / balancers.max(1) as f64 * FLOOR_SHARE).floor() as u32;
-        Bounded { factor, floor: share.max(1), wait_limit: Duration::from_secs(1) }
+        Bounded::with_tuning(factor, capacity, balancers, Tuning::default())
+    }
+
+    pub fn with_tuning(factor: f64, capacity: u32, balancers: u32, tuning: Tuning) -> Bounded {
+        let per_lb = capacity as f64 / balancers.max(1) as f64;
+        let share = (per_lb * tuning.floor_share).floor() as u32;
+        Bounded {
+            factor,
+            floor: share.max(1),
+            wait_limit: Duration::from_secs(1),
+            tuning,
+            cap: ((capacity as f64 * tuning.cap_share).floor() as u32).max(1),
+            warm_cap: ((per_lb * tuning.warm_share).floor() as u32).max(1),
+            warmth: Warmth::new(WARMTH_ENTRIES, IDLE_TIMEOUT_MS),
+        }
     }
 
     /// The most calls a node may have before a new call spills past it.
@@ -50,21 +118,46 @@ impl Bounded {
     fn is_full(&self, node: &Node, bound: u32) -> bool {
         node.in_flight() >= bound || node.is_busy() || node.wait() > self.wait_limit
     }
-}
 
-/// The share of a node's capacity one balancer fills before balancing by mean load: half leaves
-/// room for the idle warm containers of the node's other functions.
-const FLOOR_SHARE: f64 = 0.5;
-
-impl Policy for Bounded {
-    fn name(&self) -> &'static str {
-        "bounded"
+    /// The first node of the key's order that can take the call: one where the function has
+    /// an idle container and calls to spare, or one with room for a new container under the
+    /// load bound; else the least loaded of the probes.
+    fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
+        let now = clock::now_ms();
+        self.warmth.tick(snap, now);
+        let bound = self.bound(snap);
+        let mut least: Option<(usize, u32)> = None;
+        let mut probed = 0;
+        let mut chosen = None;
+        for i in snap.table().order(hash) {
+            if !snap.is_eligible(i) || tried.contains(&i) {
+                continue;
+            }
+            let node = &snap.nodes()[i];
+            let load = node.in_flight();
+            if !node.is_busy() && node.wait() <= self.wait_limit {
+                let warm = load < self.warm_cap && self.warmth.get(hash, node).has_idle();
+                let room = node.containers() < self.cap && (!self.tuning.cold_bound || load < bound);
+                if warm || room {
+                    chosen = Some(i);
+                    break;
+                }
+            }
+            if least.is_none_or(|(_, l)| load < l) {
+                least = Some((i, load));
+            }
+            probed += 1;
+            if probed == self.tuning.probes {
+                break;
+            }
+        }
+        let i = chosen.or(least.map(|(i, _)| i))?;
+        self.warmth.start(hash, &snap.nodes()[i], now);
+        Some(i)
     }
 
-    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
-        if snap.healthy_count() == 0 {
-            return None;
-        }
+    /// The rule before the warmth table: the first node under the load bound.
+    fn pick_by_load(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         let bound = self.bound(snap);
         let mut least: Option<(usize, u32)> = None;
         let mut probed = 0;
@@ -81,14 +174,34 @@ impl Policy for Bounded {
                 least = Some((i, load));
             }
             probed += 1;
-            if probed == PROBES {
+            if probed == self.tuning.probes {
                 break;
             }
         }
         least.map(|(i, _)| i)
     }
+}
 
-    fn observe(&self, node: &Node, _hash: u64, _wait: Option<Duration>, status: StatusCode) {
+impl Policy for Bounded {
+    fn name(&self) -> &'static str {
+        "bounded"
+    }
+
+    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        if self.tuning.warm {
+            self.pick_warm(snap, hash, tried)
+        } else {
+            self.pick_by_load(snap, hash, tried)
+        }
+    }
+
+    fn observe(&self, node: &Node, hash: u64, _wait: Option<Duration>, status: StatusCode) {
+        if self.tuning.warm {
+            self.warmth.finish(hash, node, clock::now_ms());
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             node.mark_busy(BUSY_MS);
         }
@@ -98,6 +211,7 @@ impl Policy for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::InFlight;
     use crate::route::testing::{key, snapshot};
 
     #[test]
@@ -189,12 +303,100 @@ mod tests {
 
     #[test]
     fn keys_with_unloaded_homes_never_leave_them() {
-        // Property over many keys: with every node under the floor, pick == home.
+        // Property over many keys: with every node under the floor and with room for another
+        // container, pick == home.
         let snap = snapshot(8, &[]);
-        let p = Bounded::new(1.25, 64, 1);
         for i in 0..2000 {
+            let p = Bounded::new(1.25, 64, 1);
             let (k, h) = key(i);
             assert_eq!(p.pick(&snap, &k, h, &[]), snap.table().home(h));
         }
+        // One balancer, calls that come and go: the homes stay under 64 containers.
+        let p = Bounded::new(1.25, 64, 1);
+        for round in 0..3 {
+            for i in 0..200 {
+                let (k, h) = key(i);
+                let home = snap.table().home(h);
+                assert_eq!(p.pick(&snap, &k, h, &[]), home, "key {i}, round {round}");
+                p.observe(&snap.nodes()[home.unwrap()], h, None, StatusCode::OK);
+            }
+        }
+    }
+
+    /// `n` calls of the key placed through the policy, left running.
+    fn run(p: &Bounded, snap: &Snapshot, i: usize, n: usize) -> Vec<(usize, InFlight)> {
+        let (k, h) = key(i);
+        (0..n)
+            .map(|_| {
+                let node = p.pick(snap, &k, h, &[]).unwrap();
+                (node, snap.nodes()[node].start_call())
+            })
+            .collect()
+    }
+
+    fn nodes(calls: &[(usize, InFlight)]) -> Vec<usize> {
+        calls.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// The calls end (the node answered).
+    fn finish(p: &Bounded, snap: &Snapshot, i: usize, calls: Vec<(usize, InFlight)>) {
+        let (_, h) = key(i);
+        for (n, _call) in calls {
+            p.observe(&snap.nodes()[n], h, None, StatusCode::OK);
+        }
+    }
+
+    /// A key whose home is the given node.
+    fn key_homed_on(snap: &Snapshot, node: usize, skip: usize) -> usize {
+        (0..).filter(|i| snap.table().home(key(*i).1) == Some(node)).nth(skip).unwrap()
+    }
+
+    #[test]
+    fn a_full_home_keeps_its_warm_functions_and_spills_cold_ones() {
+        let snap = snapshot(4, &[]);
+        let p = Bounded::new(1.25, 8, 1); // 8 containers a node, floor 4
+        let home = 0;
+        // Functions a, b and d ran 3, 4 and 1 at once on node 0 and finished: node 0 holds 8
+        // containers, its capacity, all idle.
+        let a = key_homed_on(&snap, home, 0);
+        let b = key_homed_on(&snap, home, 1);
+        let c = key_homed_on(&snap, home, 2);
+        let d = key_homed_on(&snap, home, 3);
+        for (f, n) in [(a, 3), (b, 4), (d, 1)] {
+            let ran = run(&p, &snap, f, n);
+            assert_eq!(nodes(&ran), vec![home; n]);
+            finish(&p, &snap, f, ran);
+        }
+        assert_eq!(snap.nodes()[home].containers(), 8);
+        // a is warm at home: it stays (three calls at once, one per idle container).
+        let _a = run(&p, &snap, a, 3);
+        assert_eq!(nodes(&_a), vec![home; 3]);
+        // A fourth would need a new container on a full node: it goes to a's second choice, as
+        // does c, which is cold everywhere.
+        let second = |i: usize| snap.table().order(key(i).1).nth(1).unwrap();
+        assert_eq!(nodes(&run(&p, &snap, a, 1)), vec![second(a)]);
+        assert_eq!(nodes(&run(&p, &snap, c, 1)), vec![second(c)]);
+    }
+
+    #[test]
+    fn a_warm_node_takes_calls_above_the_mean_load_bound() {
+        let snap = snapshot(4, &[]);
+        let p = Bounded::new(1.25, 8, 1);
+        let f = key_homed_on(&snap, 0, 0);
+        let order: Vec<usize> = snap.table().order(key(f).1).collect();
+        // f outgrows its home: 4 calls at home (the floor), the fifth spills to its second node.
+        let ran = run(&p, &snap, f, 5);
+        assert_eq!(nodes(&ran), [vec![order[0]; 4], vec![order[1]]].concat());
+        finish(&p, &snap, f, ran);
+        // Another function takes the home to the floor (and its 8 containers).
+        let g = key_homed_on(&snap, 0, 1);
+        let _g = run(&p, &snap, g, 4);
+        assert_eq!(nodes(&_g), vec![order[0]; 4]);
+        // f still has 4 idle containers at home: its calls go there, past the floor, while the
+        // node has calls to spare (8).
+        let _f = run(&p, &snap, f, 4);
+        assert_eq!(nodes(&_f), vec![order[0]; 4]);
+        // Then home has neither an idle container of f nor room: the next node, where f is warm.
+        assert_eq!(nodes(&run(&p, &snap, f, 1)), vec![order[1]]);
     }
 }

@@ -3,9 +3,11 @@
 //! per-node load counters; they never block and never allocate on the common path.
 pub mod bounded;
 pub mod classic;
+pub mod clock;
 pub mod goduration;
 pub mod spread;
 pub mod table;
+pub mod warmth;
 
 use std::time::Duration;
 

@@ -1,0 +1,302 @@
+//! A deterministic, discrete-event replay of the routing benchmark (docs/BENCHMARKS.md §1):
+//! fnsim's seeded trace and node model, fnlb's own policy code, and virtual time — no sockets,
+//! no sleeping, so policies can be compared without the run-to-run noise of a shared machine
+//! (a 40 s trace takes well under a second). bench/routing.py stays the reference; on the
+//! same seed the two agree within a few per cent.
+//!
+//!     cargo run --release -p fnlb --example routesim -- --rho 0.45 --seeds 1,2,3 \
+//!         --policies 'bounded;bounded:warm=0;ch;oracle' [--variant steady|bursty|ramp|multi-lb]
+//!         [--warmup 10] [--duration 30] [--windows 1]
+//!
+//! Policies are fnlb's (`-policy` names), `bounded:KNOB=V,...` (see `tuning`), or `oracle`: a
+//! rule that sees the nodes' containers, as no balancer can (warm node first along the key's
+//! order, else a node with a free slot, else home). Not modelled: churn (a node going down),
+//! network and proxy delays.
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
+use fnlb::route::bounded::{Bounded, Tuning};
+use fnlb::route::table::{key_hash, Table};
+use fnlb::route::{policy_by_name, Policy, PolicyConfig};
+use fnsim::model::{Arrival, Lease, NodeModel, QueueMode};
+use fnsim::trace::{self, Variant, WorkloadConfig};
+use tokio::time::Instant;
+
+const NODES: usize = 8;
+const SLOTS: usize = 64;
+const IDLE: Duration = Duration::from_secs(30);
+
+struct Lb {
+    snap: Snapshot,
+    policy: Box<dyn Policy>,
+}
+
+/// A rule that sees the nodes' containers (what no balancer can): along the key's order, the
+/// first node where the function has an idle container (and fewer than 48 calls), else the first
+/// with a free slot (nothing to evict) and calls to spare, else home.
+fn oracle(snap: &Snapshot, models: &mut [NodeModel], now: Instant, key: &str, hash: u64) -> usize {
+    let order: Vec<usize> = snap.table().order(hash).take(8).collect();
+    for &i in &order {
+        models[i].expire(now);
+        let load = snap.nodes()[i].in_flight() as usize;
+        if (models[i].has_idle(key) && load < 48) || (models[i].occupied() < SLOTS && load < SLOTS) {
+            return i;
+        }
+    }
+    order[0]
+}
+
+/// `bounded:` knobs, e.g. `bounded:warm=0` (the rule before the warmth table) or
+/// `bounded:cap=1.1,coldbound=0`.
+fn tuning(spec: &str) -> Tuning {
+    let mut t = Tuning::default();
+    for kv in spec.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+        match k {
+            "warm" => t.warm = v == "1",
+            "cap" => t.cap_share = v.parse().unwrap(),
+            "warmcap" => t.warm_share = v.parse().unwrap(),
+            "coldbound" => t.cold_bound = v == "1",
+            "floor" => t.floor_share = v.parse().unwrap(),
+            "probes" => t.probes = v.parse().unwrap(),
+            _ => panic!("unknown knob {k}"),
+        }
+    }
+    t
+}
+
+fn lb(policy: &str, balancers: u32) -> Lb {
+    let total = Arc::new(AtomicU32::new(0));
+    let mut addrs: Vec<NodeAddr> =
+        (0..NODES).map(|i| NodeAddr::parse(&format!("127.0.0.1:{}", 19001 + i)).unwrap()).collect();
+    addrs.sort();
+    let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), Arc::clone(&total))).collect();
+    let snap = Snapshot::new(nodes, Arc::new(Table::build(&addrs)), vec![true; NODES].into(), total);
+    let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers, load_factor: 1.25 };
+    if let Some(spec) = policy.strip_prefix("bounded:") {
+        let t = tuning(spec);
+        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)) };
+    }
+    let name = if policy == "oracle" { "ch" } else { policy };
+    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy") }
+}
+
+/// A call in the node's hands.
+struct Running {
+    call: usize,
+    lb: usize,
+    node: usize,
+    guard: InFlight,
+    /// Virtual ms the call reached the node.
+    arrived: f64,
+}
+
+enum Ev {
+    Arrive(usize),
+    Finish(u64),
+}
+
+#[derive(Default, Debug, Clone)]
+struct Report {
+    calls: usize,
+    cold: usize,
+    bound: usize,
+    excess: Vec<f64>,
+    busy: Vec<f64>,
+    evictions: u64,
+    spilled: usize,
+    /// Per 5 s of the trace: (calls, cold starts).
+    windows: Vec<(usize, usize)>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: u64) -> Report {
+    let tv = match variant {
+        "bursty" => Variant::Bursty,
+        "ramp" => Variant::Ramp,
+        _ => Variant::Steady,
+    };
+    let cfg = WorkloadConfig {
+        seed,
+        variant: tv,
+        rho,
+        warmup: Duration::from_secs(warmup),
+        measured: Duration::from_secs(duration),
+        ..WorkloadConfig::default()
+    };
+    let tr = trace::generate(&cfg);
+    let n_lbs = if variant == "multi-lb" { 3 } else { 1 };
+    let lbs: Vec<Lb> = (0..n_lbs).map(|_| lb(policy, n_lbs as u32)).collect();
+    let base = Instant::now();
+    let at = |ms: f64| base + Duration::from_secs_f64(ms / 1000.0);
+    let mut models: Vec<NodeModel> = (0..NODES).map(|_| NodeModel::new(SLOTS, IDLE, QueueMode::Queue)).collect();
+    let keys: Vec<(String, u64)> = tr.functions.iter().map(|f| (f.path.clone(), key_hash(f.path.as_bytes()))).collect();
+    let mut heap: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new(); // (time µs, seq, ev index)
+    let mut evs: Vec<Option<Ev>> = Vec::new();
+    let mut seq = 0u64;
+    let mut push = |heap: &mut BinaryHeap<_>, evs: &mut Vec<Option<Ev>>, t_ms: f64, ev: Ev| {
+        evs.push(Some(ev));
+        seq += 1;
+        heap.push(Reverse(((t_ms * 1000.0) as u64, seq, evs.len() - 1)));
+    };
+    for (i, c) in tr.calls.iter().enumerate() {
+        push(&mut heap, &mut evs, c.at.as_secs_f64() * 1000.0, Ev::Arrive(i));
+    }
+    let mut running: HashMap<u64, (Running, Lease)> = HashMap::new();
+    let mut queued: HashMap<(usize, u64), Running> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    let mut rep = Report { busy: vec![0.0; NODES], ..Default::default() };
+    let warm_ms = warmup as f64 * 1000.0;
+    let mut start = |running: &mut HashMap<u64, (Running, Lease)>,
+                     heap: &mut BinaryHeap<_>,
+                     evs: &mut Vec<Option<Ev>>,
+                     now: f64,
+                     r: Running,
+                     lease: Lease| {
+        let c = &tr.calls[r.call];
+        let end = now + if lease.cold { c.cold_ms } else { 0.0 } + c.exec_ms;
+        next_id += 1;
+        running.insert(next_id, (r, lease));
+        push(heap, evs, end, Ev::Finish(next_id));
+    };
+    while let Some(Reverse((t_us, _, ei))) = heap.pop() {
+        let now = t_us as f64 / 1000.0;
+        fnlb::route::clock::set_virtual_ms(now as u64 + 1);
+        match evs[ei].take().unwrap() {
+            Ev::Arrive(ci) => {
+                let c = &tr.calls[ci];
+                let (key, hash) = &keys[c.func as usize];
+                let l = if n_lbs == 1 {
+                    0
+                } else {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % n_lbs as u64) as usize
+                };
+                let lbr = &lbs[l];
+                let node = if policy == "oracle" {
+                    oracle(&lbr.snap, &mut models, at(now), key, *hash)
+                } else {
+                    lbr.policy.pick(&lbr.snap, key.as_bytes(), *hash, &[]).expect("a node")
+                };
+                if Some(node) != lbr.snap.table().home(*hash) {
+                    rep.spilled += 1;
+                }
+                let guard = lbr.snap.nodes()[node].start_call();
+                let r = Running { call: ci, lb: l, node, guard, arrived: now };
+                match models[node].arrive(at(now), key) {
+                    Arrival::Start(lease) => start(&mut running, &mut heap, &mut evs, now, r, lease),
+                    Arrival::Queued(ticket) => {
+                        queued.insert((node, ticket), r);
+                    }
+                    Arrival::Rejected => unreachable!(),
+                }
+            }
+            Ev::Finish(id) => {
+                let (r, lease) = running.remove(&id).unwrap();
+                let c = &tr.calls[r.call];
+                let cold = lease.cold;
+                let started = lease.started;
+                for (ticket, l2) in models[r.node].finish(at(now), lease) {
+                    let q = queued.remove(&(r.node, ticket)).unwrap();
+                    start(&mut running, &mut heap, &mut evs, now, q, l2);
+                }
+                let start_ms = started.duration_since(base).as_secs_f64() * 1000.0;
+                let wait = start_ms - r.arrived + if cold { c.cold_ms } else { 0.0 };
+                let wait = Duration::from_secs_f64(wait.max(0.0) / 1000.0);
+                rep.busy[r.node] += now - start_ms;
+                let lbr = &lbs[r.lb];
+                let node = &lbr.snap.nodes()[r.node];
+                node.observe_wait(wait);
+                lbr.policy.observe(node, keys[c.func as usize].1, Some(wait), http::StatusCode::OK);
+                drop(r.guard);
+                rep.calls += 1;
+                let w = (c.at.as_secs_f64() / 5.0) as usize;
+                if rep.windows.len() <= w {
+                    rep.windows.resize(w + 1, (0, 0));
+                }
+                rep.windows[w].0 += 1;
+                if cold {
+                    rep.cold += 1;
+                    rep.windows[w].1 += 1;
+                }
+                let sched = c.at.as_secs_f64() * 1000.0;
+                if sched >= warm_ms {
+                    rep.excess.push(now - sched - c.exec_ms);
+                }
+            }
+        }
+    }
+    for m in &mut models {
+        rep.evictions += m.stats(at(1e9)).evictions;
+    }
+    rep.bound = fnsim::bound::cold_starts(&tr.calls, IDLE);
+    rep
+}
+
+fn main() {
+    let mut rho = 0.3;
+    let mut seeds = vec![1u64];
+    let mut policies = vec!["bounded".to_string()];
+    let mut sep = ';';
+    let mut windows = false;
+    let mut variant = "steady".to_string();
+    let (mut warmup, mut duration) = (10u64, 30u64);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for w in args.chunks(2) {
+        let v = &w[1];
+        match w[0].as_str() {
+            "--rho" => rho = v.parse().unwrap(),
+            "--seeds" => seeds = v.split(',').map(|s| s.parse().unwrap()).collect(),
+            "--windows" => windows = v == "1",
+            "--sep" => sep = v.chars().next().unwrap(),
+            "--policies" => policies = v.split(sep).map(String::from).collect(),
+            "--variant" => variant = v.clone(),
+            "--warmup" => warmup = v.parse().unwrap(),
+            "--duration" => duration = v.parse().unwrap(),
+            a => panic!("unknown flag {a}"),
+        }
+    }
+    println!("{variant} rho {rho} seeds {seeds:?} {warmup}s+{duration}s");
+    println!("| policy | seed | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % |");
+    for p in &policies {
+        let mut xs = Vec::new();
+        for &seed in &seeds {
+            let mut r = run(p, &variant, rho, seed, warmup, duration);
+            let x = r.cold as f64 / r.bound as f64;
+            xs.push(x);
+            if windows {
+                let ts: Vec<String> =
+                    r.windows.iter().map(|(n, c)| format!("{:.0}", 100.0 * *c as f64 / (*n).max(1) as f64)).collect();
+                println!("cold % per 5 s: {}", ts.join(" "));
+            }
+            let mean = r.busy.iter().sum::<f64>() / NODES as f64;
+            let max = r.busy.iter().cloned().fold(0.0, f64::max);
+            println!(
+                "| {p} | {seed} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} |",
+                100.0 * r.cold as f64 / r.calls as f64,
+                x,
+                pct(&mut r.excess, 0.5),
+                pct(&mut r.excess, 0.99),
+                pct(&mut r.excess, 0.999),
+                max / mean,
+                r.evictions,
+                100.0 * r.spilled as f64 / r.calls as f64
+            );
+        }
+        println!("| {p} | mean | | {:.2} | | | | | | |", xs.iter().sum::<f64>() / xs.len() as f64);
+    }
+}
