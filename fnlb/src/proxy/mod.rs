@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
-use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Policy};
+use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Attempt, Policy};
 use crate::telemetry::{call::CallObs, Observers};
 use body::{ReqBody, RespBody, UpstreamBody};
 
@@ -139,6 +139,7 @@ impl Proxy {
             n_tried += 1;
             obs.attempt();
             let node = &snap.nodes()[i];
+            let attempt = Attempt::new(&*self.policy, node, hash);
             let call = node.start_call();
             let mut conn = match self.connection(node).await {
                 Ok(c) => c,
@@ -177,7 +178,7 @@ impl Proxy {
                         // Served away from its home: full, down, or a retry moved it.
                         crate::metrics::spill(node);
                     }
-                    return self.respond(resp, node, hash, conn, call, obs);
+                    return self.respond(resp, attempt, node, hash, conn, call, obs);
                 }
                 Err(mut e) => {
                     let error = pool_error(e.error());
@@ -231,9 +232,11 @@ impl Proxy {
         node.pool.connect(self.connect_timeout).await.map_err(|e| e.to_string())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
         resp: Response<Incoming>,
+        attempt: Attempt<'_>,
         node: &Arc<Node>,
         hash: u64,
         conn: pool::Sender,
@@ -245,7 +248,7 @@ impl Proxy {
         if let Some(w) = wait {
             node.observe_wait(w);
         }
-        self.policy.observe(node, hash, wait, parts.status);
+        attempt.answered(wait, parts.status);
         obs.answered(node, hash, parts.status, wait);
         Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, conn, call)))
     }

@@ -206,6 +206,12 @@ impl Policy for Bounded {
             node.mark_busy(BUSY_MS);
         }
     }
+
+    fn abandon(&self, node: &Node, hash: u64) {
+        if self.tuning.warm {
+            self.warmth.finish(hash, node, clock::now_ms());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -398,5 +404,27 @@ mod tests {
         assert_eq!(nodes(&_f), vec![order[0]; 4]);
         // Then home has neither an idle container of f nor room: the next node, where f is warm.
         assert_eq!(nodes(&run(&p, &snap, f, 1)), vec![order[1]]);
+    }
+
+    #[test]
+    fn every_pick_is_closed_once_whether_answered_or_abandoned() {
+        use crate::route::Attempt;
+        let snap = snapshot(4, &[]);
+        let p = Bounded::new(1.25, 64, 1);
+        let (k, h) = key(3);
+        let home = snap.table().home(h).unwrap();
+        let in_flight = || p.warmth.get(h, &snap.nodes()[home]).in_flight;
+        for n in 0..10 {
+            let i = p.pick(&snap, &k, h, &[]).unwrap();
+            assert_eq!(i, home);
+            let attempt = Attempt::new(&p, &snap.nodes()[i], h);
+            assert_eq!(in_flight(), 1);
+            if n % 2 == 0 {
+                attempt.answered(None, StatusCode::OK);
+            } else {
+                drop(attempt); // a connect failure, a timeout, a client gone
+            }
+            assert_eq!(in_flight(), 0, "attempt {n} left counted");
+        }
     }
 }

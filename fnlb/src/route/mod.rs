@@ -24,6 +24,41 @@ pub trait Policy: Send + Sync + 'static {
     /// A node answered a call for the key with this status, reporting this queue wait (if it
     /// said one). A 503 is Fn's "server busy".
     fn observe(&self, _node: &Node, _hash: u64, _wait: Option<Duration>, _status: http::StatusCode) {}
+
+    /// A call picked onto `node` ended without an answer to observe: the node could not be
+    /// reached or timed out, or the client left. A policy that counts its picks (`bounded`'s
+    /// warmth table) stops counting this one.
+    fn abandon(&self, _node: &Node, _hash: u64) {}
+}
+
+/// One attempt of a call on a node, as the policy counts it. Every pick is closed exactly once:
+/// by the node's answer ([`Attempt::answered`]), or by [`Policy::abandon`] when the attempt is
+/// dropped unanswered — whichever way the proxy leaves it (retry, error, timeout, client gone).
+pub struct Attempt<'a> {
+    policy: &'a dyn Policy,
+    node: &'a Node,
+    hash: u64,
+    open: bool,
+}
+
+impl<'a> Attempt<'a> {
+    pub fn new(policy: &'a dyn Policy, node: &'a Node, hash: u64) -> Attempt<'a> {
+        Attempt { policy, node, hash, open: true }
+    }
+
+    /// The node answered with this status and reported this queue wait (if it said one).
+    pub fn answered(mut self, wait: Option<Duration>, status: http::StatusCode) {
+        self.open = false;
+        self.policy.observe(self.node, self.hash, wait, status);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.policy.abandon(self.node, self.hash);
+        }
+    }
 }
 
 /// Plain consistent hashing: the first eligible node in the key's order. A node that is down

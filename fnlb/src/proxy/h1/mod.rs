@@ -32,6 +32,7 @@ use crate::mgmt::is_mgmt_path;
 use crate::node::Node;
 use crate::proxy::headers::IpText;
 use crate::route::table::key_hash;
+use crate::route::Attempt;
 use crate::telemetry::call::CallObs;
 use framing::{Chunked, Framing};
 use head::{Request, Response, ResponseHead};
@@ -301,6 +302,7 @@ impl Conn<'_> {
             n_tried += 1;
             obs.attempt();
             let node = &snap.nodes()[i];
+            let attempt = Attempt::new(&*proxy.policy, node, req.hash);
             let call = node.start_call();
             let (mut up, reused) = match node.pool.take_raw(!resend_when_unanswered) {
                 Some(s) => (s, true),
@@ -412,7 +414,7 @@ impl Conn<'_> {
             if let Some(w) = resp.wait {
                 node.observe_wait(w);
             }
-            proxy.policy.observe(node, req.hash, resp.wait, status);
+            attempt.answered(resp.wait, status);
             obs.answered(node, req.hash, status, resp.wait);
             obs.finish(status);
             return match self.stream_response(up, &resp, got, node).await {
