@@ -87,6 +87,11 @@ fn bounded_pick_half_full(bencher: divan::Bencher<'_, '_>, nodes: usize) {
     bencher.bench_local(|| {
         i = (i + 1) & 4095;
         let k = keys[i].as_bytes();
-        policy.pick(&snap, k, key_hash(k), &[])
+        let hash = key_hash(k);
+        let node = policy.pick(&snap, k, hash, &[]);
+        if let Some(n) = node {
+            policy.observe(&snap.nodes()[n], hash, None, http::StatusCode::OK);
+        }
+        node
     });
 }

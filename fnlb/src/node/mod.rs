@@ -125,6 +125,18 @@ impl Drop for InFlight {
 }
 
 /// Milliseconds on a process-wide monotonic clock (for short "until" marks kept in atomics).
+///
+/// Read on every routing decision and answer, so it is the kernel's coarse clock on Linux: the
+/// time of the last tick, read without touching the clock source (callgrind put
+/// `Instant::now` plus `elapsed` at ~130 instructions per proxied request). Its resolution of a
+/// few ms is plenty for marks that last hundreds of ms. Never 0, so 0 can mean "never".
+#[cfg(target_os = "linux")]
+pub fn clock_ms() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1
+}
+
+#[cfg(not(target_os = "linux"))]
 pub fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
