@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fnlb::node::{Node, NodeAddr, Snapshot};
 use fnlb::route::table::{key_hash, Table};
-use fnlb::route::{policy_by_name, PolicyConfig};
+use fnlb::route::{policy_by_name, Policy, PolicyConfig};
 
 fn main() {
     divan::main();
@@ -31,9 +31,7 @@ fn keys(functions: usize) -> Vec<String> {
     (0..4096).map(|i| format!("/r/app{}/fn{:07}", i % 37, (i * 7919) % functions)).collect()
 }
 
-/// Times one routing decision per iteration, cycling through sampled paths, and the policy's
-/// bookkeeping of the node's answer (each call ends before the next: without answers, the
-/// default policy's estimate of the nodes' containers would only grow).
+/// Times one routing decision ([`decide`]) per iteration, cycling through sampled paths.
 fn time_picks(bencher: divan::Bencher<'_, '_>, policy: &str, nodes: usize, functions: usize) {
     let snap = snapshot(nodes);
     let policy = policy_by_name(policy, PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
@@ -41,14 +39,20 @@ fn time_picks(bencher: divan::Bencher<'_, '_>, policy: &str, nodes: usize, funct
     let mut i = 0;
     bencher.bench_local(|| {
         i = (i + 1) & 4095;
-        let k = keys[i].as_bytes();
-        let hash = key_hash(k);
-        let node = policy.pick(&snap, k, hash, &[]);
-        if let Some(n) = node {
-            policy.observe(&snap.nodes()[n], hash, None, http::StatusCode::OK);
-        }
-        node
+        decide(&*policy, &snap, keys[i].as_bytes())
     });
+}
+
+/// One decision and its answer: the path's hash, the pick, and the policy's bookkeeping of the
+/// node's answer (each call ends before the next: without answers, the default policy's estimate
+/// of the nodes' containers would only grow).
+fn decide(policy: &dyn Policy, snap: &Snapshot, key: &[u8]) -> Option<usize> {
+    let hash = key_hash(key);
+    let node = policy.pick(snap, key, hash, &[]);
+    if let Some(n) = node {
+        policy.observe(&snap.nodes()[n], hash, None, http::StatusCode::OK);
+    }
+    node
 }
 
 #[divan::bench(args = [8, 100, 1000], consts = [1_000, 1_000_000], sample_size = 256, sample_count = 400)]
@@ -86,12 +90,6 @@ fn bounded_pick_half_full(bencher: divan::Bencher<'_, '_>, nodes: usize) {
     let mut i = 0;
     bencher.bench_local(|| {
         i = (i + 1) & 4095;
-        let k = keys[i].as_bytes();
-        let hash = key_hash(k);
-        let node = policy.pick(&snap, k, hash, &[]);
-        if let Some(n) = node {
-            policy.observe(&snap.nodes()[n], hash, None, http::StatusCode::OK);
-        }
-        node
+        decide(&*policy, &snap, keys[i].as_bytes())
     });
 }

@@ -61,7 +61,7 @@ impl Pool {
         }
     }
 
-    /// Opens a new raw connection for the fast path.
+    /// Opens a new raw connection (for the fast path, and under the hyper client's handshake).
     pub async fn connect_raw(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
         let addr = &self.addr;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
@@ -96,12 +96,7 @@ impl Pool {
     /// Opens a new connection; its driver runs as its own task until either side closes it.
     pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let addr = &self.addr;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
-            Err(_) => return Err(ConnectError::Timeout(addr.clone(), timeout)),
-            Ok(Err(e)) => return Err(ConnectError::Io(addr.clone(), e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_raw(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
