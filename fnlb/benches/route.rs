@@ -48,11 +48,10 @@ fn time_picks(bencher: divan::Bencher<'_, '_>, policy: &str, nodes: usize, funct
 /// of the nodes' containers would only grow).
 fn decide(policy: &dyn Policy, snap: &Snapshot, key: &[u8]) -> Option<usize> {
     let hash = key_hash(key);
-    let node = policy.pick(snap, key, hash, &[]);
-    if let Some(n) = node {
-        policy.observe(&snap.nodes()[n], hash, None, http::StatusCode::OK);
-    }
-    node
+    let attempt = policy.pick(snap, hash, &[])?;
+    let node = attempt.index();
+    attempt.answered(None, http::StatusCode::OK);
+    Some(node)
 }
 
 #[divan::bench(args = [8, 100, 1000], consts = [1_000, 1_000_000], sample_size = 256, sample_count = 400)]

@@ -190,7 +190,7 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                 let node = if policy == "oracle" {
                     oracle(&lbr.snap, &mut models, at(now), key, *hash)
                 } else {
-                    lbr.policy.pick(&lbr.snap, key.as_bytes(), *hash, &[]).expect("a node")
+                    lbr.policy.choose(&lbr.snap, *hash, &[]).expect("a node")
                 };
                 if Some(node) != lbr.snap.table().home(*hash) {
                     rep.spilled += 1;

@@ -131,15 +131,13 @@ impl Proxy {
         let mut n_tried = 0;
         let mut last_error = String::new();
         while n_tried < MAX_NODES_TRIED {
-            let key = req.as_ref().map(|r| r.uri().path()).unwrap_or("/");
-            let Some(i) = self.policy.pick(&snap, key.as_bytes(), hash, &tried[..n_tried]) else {
+            let Some(attempt) = self.policy.pick(&snap, hash, &tried[..n_tried]) else {
                 break;
             };
+            let (i, node) = (attempt.index(), attempt.node());
             tried[n_tried] = i;
             n_tried += 1;
             obs.attempt();
-            let node = &snap.nodes()[i];
-            let attempt = Attempt::new(&*self.policy, node, hash);
             let call = node.start_call();
             let mut conn = match self.connection(node).await {
                 Ok(c) => c,

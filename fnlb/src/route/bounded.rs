@@ -187,7 +187,7 @@ impl Policy for Bounded {
         "bounded"
     }
 
-    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
+    fn choose(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         if snap.healthy_count() == 0 {
             return None;
         }
@@ -224,40 +224,40 @@ mod tests {
     fn unloaded_home_keeps_every_call() {
         let snap = snapshot(8, &[]);
         let p = Bounded::new(1.25, 64, 1);
-        let (k, h) = key(3);
+        let (_, h) = key(3);
         let home = snap.table().home(h).unwrap();
         // 31 calls in flight on the home node alone: under the floor (half of 64), still home,
         // although the mean-load bound alone (1.25 × 32/8 = 5) would have spilled long ago.
         let _calls: Vec<_> = (0..31).map(|_| snap.nodes()[home].start_call()).collect();
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(home));
+        assert_eq!(p.choose(&snap, h, &[]), Some(home));
     }
 
     #[test]
     fn loaded_home_spills_along_the_keys_own_order() {
         let snap = snapshot(8, &[]);
         let p = Bounded::new(1.25, 64, 1);
-        let (k, h) = key(3);
+        let (_, h) = key(3);
         let order: Vec<usize> = snap.table().order(h).collect();
         let _calls: Vec<_> = (0..32).map(|_| snap.nodes()[order[0]].start_call()).collect();
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[1]), "spills to the second choice");
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]), "spills to the second choice");
         let _more: Vec<_> = (0..32).map(|_| snap.nodes()[order[1]].start_call()).collect();
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[2]), "then the third");
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[2]), "then the third");
     }
 
     #[test]
     fn mean_load_bound_applies_above_the_floor() {
         let snap = snapshot(2, &[]);
         let p = Bounded::new(1.25, 8, 1); // floor 4
-        let (k, h) = key(5);
+        let (_, h) = key(5);
         let order: Vec<usize> = snap.table().order(h).collect();
         let _a: Vec<_> = (0..10).map(|_| snap.nodes()[order[0]].start_call()).collect();
         let _b: Vec<_> = (0..6).map(|_| snap.nodes()[order[1]].start_call()).collect();
         // mean = 17/2 = 8.5, bound = ceil(10.6) = 11: home (10) still takes it.
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[0]));
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[0]));
         let _c = snap.nodes()[order[0]].start_call();
         let _d = snap.nodes()[order[0]].start_call();
         // home 12, other 6: mean 9.5, bound 12: home is full.
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[1]));
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]));
     }
 
     #[test]
@@ -265,7 +265,7 @@ mod tests {
         // 20 nodes; the key's first 8 carry all the load, so each is over 1.25 × the mean.
         let snap = snapshot(20, &[]);
         let p = Bounded::new(1.25, 2, 1); // floor 1
-        let (k, h) = key(9);
+        let (_, h) = key(9);
         let order: Vec<usize> = snap.table().order(h).collect();
         let loads = [30, 28, 31, 29, 30, 33, 32, 34];
         let _calls: Vec<_> = order
@@ -273,31 +273,31 @@ mod tests {
             .zip(loads)
             .flat_map(|(i, n)| (0..n).map(|_| snap.nodes()[*i].start_call()).collect::<Vec<_>>())
             .collect();
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[1]));
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]));
     }
 
     #[test]
     fn a_node_that_said_busy_is_passed_over() {
         let snap = snapshot(4, &[]);
         let p = Bounded::new(1.25, 64, 1);
-        let (k, h) = key(2);
+        let (_, h) = key(2);
         let order: Vec<usize> = snap.table().order(h).collect();
         p.observe(&snap.nodes()[order[0]], h, None, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[1]));
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]));
         p.observe(&snap.nodes()[order[1]], h, None, StatusCode::OK);
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(order[1]));
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]));
     }
 
     #[test]
     fn one_cold_start_does_not_mark_a_node_loaded() {
         let snap = snapshot(4, &[]);
         let p = Bounded::new(1.25, 64, 1);
-        let (k, h) = key(2);
+        let (_, h) = key(2);
         let home = snap.table().home(h).unwrap();
         // A 2 s cold start reported by the home node: the decayed wait starts at zero and moves
         // an eighth of the way.
         snap.nodes()[home].observe_wait(Duration::from_secs(2));
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(home));
+        assert_eq!(p.choose(&snap, h, &[]), Some(home));
     }
 
     #[test]
@@ -314,16 +314,16 @@ mod tests {
         let snap = snapshot(8, &[]);
         for i in 0..2000 {
             let p = Bounded::new(1.25, 64, 1);
-            let (k, h) = key(i);
-            assert_eq!(p.pick(&snap, &k, h, &[]), snap.table().home(h));
+            let (_, h) = key(i);
+            assert_eq!(p.choose(&snap, h, &[]), snap.table().home(h));
         }
         // One balancer, calls that come and go: the homes stay under 64 containers.
         let p = Bounded::new(1.25, 64, 1);
         for round in 0..3 {
             for i in 0..200 {
-                let (k, h) = key(i);
+                let (_, h) = key(i);
                 let home = snap.table().home(h);
-                assert_eq!(p.pick(&snap, &k, h, &[]), home, "key {i}, round {round}");
+                assert_eq!(p.choose(&snap, h, &[]), home, "key {i}, round {round}");
                 p.observe(&snap.nodes()[home.unwrap()], h, None, StatusCode::OK);
             }
         }
@@ -331,10 +331,10 @@ mod tests {
 
     /// `n` calls of the key placed through the policy, left running.
     fn run(p: &Bounded, snap: &Snapshot, i: usize, n: usize) -> Vec<(usize, InFlight)> {
-        let (k, h) = key(i);
+        let (_, h) = key(i);
         (0..n)
             .map(|_| {
-                let node = p.pick(snap, &k, h, &[]).unwrap();
+                let node = p.choose(snap, h, &[]).unwrap();
                 (node, snap.nodes()[node].start_call())
             })
             .collect()
@@ -408,16 +408,15 @@ mod tests {
 
     #[test]
     fn every_pick_is_closed_once_whether_answered_or_abandoned() {
-        use crate::route::Attempt;
         let snap = snapshot(4, &[]);
         let p = Bounded::new(1.25, 64, 1);
-        let (k, h) = key(3);
+        let (_, h) = key(3);
         let home = snap.table().home(h).unwrap();
         let in_flight = || p.warmth.get(h, &snap.nodes()[home]).in_flight;
         for n in 0..10 {
-            let i = p.pick(&snap, &k, h, &[]).unwrap();
-            assert_eq!(i, home);
-            let attempt = Attempt::new(&p, &snap.nodes()[i], h);
+            let policy: &dyn Policy = &p;
+            let attempt = policy.pick(&snap, h, &[]).unwrap();
+            assert_eq!(attempt.index(), home);
             assert_eq!(in_flight(), 1);
             if n % 2 == 0 {
                 attempt.answered(None, StatusCode::OK);

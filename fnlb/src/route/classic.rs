@@ -66,7 +66,7 @@ impl Policy for Classic {
         "fnlb-classic"
     }
 
-    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
+    fn choose(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         if snap.healthy_count() == 0 {
             return None;
         }
@@ -106,12 +106,12 @@ mod tests {
     fn first_sample_is_taken_whole_so_one_cold_start_spills() {
         let snap = snapshot(4, &[]);
         let p = Classic::default();
-        let (k, h) = key(1);
+        let (_, h) = key(1);
         let home = snap.table().home(h).unwrap();
-        assert_eq!(p.pick(&snap, &k, h, &[]), Some(home));
+        assert_eq!(p.choose(&snap, h, &[]), Some(home));
         // One 2.5 s cold start: the original's average jumps straight to it.
         p.observe(&snap.nodes()[home], h, Some(Duration::from_millis(2500)), StatusCode::OK);
-        let away = (0..200).filter(|_| p.pick(&snap, &k, h, &[]) != Some(home)).count();
+        let away = (0..200).filter(|_| p.choose(&snap, h, &[]) != Some(home)).count();
         assert!(away > 150, "home kept {} of 200 calls after one cold start", 200 - away);
     }
 
@@ -119,10 +119,10 @@ mod tests {
     fn low_waits_keep_calls_home() {
         let snap = snapshot(4, &[]);
         let p = Classic::default();
-        let (k, h) = key(1);
+        let (_, h) = key(1);
         let home = snap.table().home(h).unwrap();
         p.observe(&snap.nodes()[home], h, Some(Duration::from_millis(3)), StatusCode::OK);
-        assert!((0..100).all(|_| p.pick(&snap, &k, h, &[]) == Some(home)));
+        assert!((0..100).all(|_| p.choose(&snap, h, &[]) == Some(home)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod spread;
 pub mod table;
 pub mod warmth;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::node::{Node, Snapshot};
@@ -17,9 +18,11 @@ use crate::node::{Node, Snapshot};
 pub trait Policy: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
-    /// Picks an eligible node for the key, skipping the ones in `tried` (earlier attempts of the
-    /// same call). `None`: no node can take it.
-    fn pick(&self, snap: &Snapshot, key: &[u8], hash: u64, tried: &[usize]) -> Option<usize>;
+    /// The policy's rule: an eligible node for the key's hash, skipping the ones in `tried`
+    /// (earlier attempts of the same call). `None`: no node can take it. Callers use
+    /// [`pick`](trait.Policy.html#method.pick) on `dyn Policy`, which opens the attempt the
+    /// policy counts; `choose` alone is for the policy's own tests.
+    fn choose(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize>;
 
     /// A node answered a call for the key with this status, reporting this queue wait (if it
     /// said one). A 503 is Fn's "server busy".
@@ -31,19 +34,36 @@ pub trait Policy: Send + Sync + 'static {
     fn abandon(&self, _node: &Node, _hash: u64) {}
 }
 
+impl dyn Policy {
+    /// Picks a node for the key's hash (see [`Policy::choose`]) and opens the attempt on it.
+    /// The only way a caller gets a node: the returned guard closes the pick exactly once, so no
+    /// call path can forget to.
+    pub fn pick<'a>(&'a self, snap: &'a Snapshot, hash: u64, tried: &[usize]) -> Option<Attempt<'a>> {
+        let index = self.choose(snap, hash, tried)?;
+        Some(Attempt { policy: self, node: &snap.nodes()[index], index, hash, open: true })
+    }
+}
+
 /// One attempt of a call on a node, as the policy counts it. Every pick is closed exactly once:
 /// by the node's answer ([`Attempt::answered`]), or by [`Policy::abandon`] when the attempt is
 /// dropped unanswered — whichever way the proxy leaves it (retry, error, timeout, client gone).
 pub struct Attempt<'a> {
     policy: &'a dyn Policy,
-    node: &'a Node,
+    node: &'a Arc<Node>,
+    index: usize,
     hash: u64,
     open: bool,
 }
 
 impl<'a> Attempt<'a> {
-    pub fn new(policy: &'a dyn Policy, node: &'a Node, hash: u64) -> Attempt<'a> {
-        Attempt { policy, node, hash, open: true }
+    /// The node picked.
+    pub fn node(&self) -> &'a Arc<Node> {
+        self.node
+    }
+
+    /// The node's index in the snapshot it was picked from.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The node answered with this status and reported this queue wait (if it said one).
@@ -70,7 +90,7 @@ impl Policy for ConsistentHash {
         "ch"
     }
 
-    fn pick(&self, snap: &Snapshot, _key: &[u8], hash: u64, tried: &[usize]) -> Option<usize> {
+    fn choose(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         first_eligible(snap, hash, tried)
     }
 }
@@ -156,32 +176,32 @@ mod tests {
     #[test]
     fn ch_skips_unhealthy_and_tried_nodes_in_key_order() {
         let snap = snapshot(4, &[]);
-        let (k, h) = key(7);
+        let (_, h) = key(7);
         let order: Vec<usize> = snap.table().order(h).collect();
-        assert_eq!(ConsistentHash.pick(&snap, &k, h, &[]), Some(order[0]));
-        assert_eq!(ConsistentHash.pick(&snap, &k, h, &[order[0]]), Some(order[1]));
+        assert_eq!(ConsistentHash.choose(&snap, h, &[]), Some(order[0]));
+        assert_eq!(ConsistentHash.choose(&snap, h, &[order[0]]), Some(order[1]));
         let mut healthy = vec![true; 4];
         healthy[order[0]] = false;
         let snap = snapshot(4, &healthy);
-        assert_eq!(ConsistentHash.pick(&snap, &k, h, &[]), Some(order[1]));
+        assert_eq!(ConsistentHash.choose(&snap, h, &[]), Some(order[1]));
     }
 
     #[test]
     fn suspect_node_is_skipped_at_once() {
         let snap = snapshot(3, &[]);
-        let (k, h) = key(1);
-        let home = ConsistentHash.pick(&snap, &k, h, &[]).unwrap();
+        let (_, h) = key(1);
+        let home = ConsistentHash.choose(&snap, h, &[]).unwrap();
         snap.nodes()[home].set_suspect(true);
-        assert_ne!(ConsistentHash.pick(&snap, &k, h, &[]), Some(home));
+        assert_ne!(ConsistentHash.choose(&snap, h, &[]), Some(home));
     }
 
     #[test]
     fn no_healthy_node_means_no_pick() {
         let snap = snapshot(3, &[false, false, false]);
-        let (k, h) = key(1);
+        let (_, h) = key(1);
         for name in ["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"] {
             let p = policy_by_name(name, PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
-            assert_eq!(p.pick(&snap, &k, h, &[]), None, "{name}");
+            assert_eq!(p.choose(&snap, h, &[]), None, "{name}");
             assert_eq!(p.name(), name);
         }
     }
@@ -190,10 +210,10 @@ mod tests {
     fn round_robin_visits_every_healthy_node() {
         let snap = snapshot(4, &[true, false, true, true]);
         let rr = spread::RoundRobin::default();
-        let (k, h) = key(0);
+        let (_, h) = key(0);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..8 {
-            seen.insert(rr.pick(&snap, &k, h, &[]).unwrap());
+            seen.insert(rr.choose(&snap, h, &[]).unwrap());
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 2, 3]);
     }
@@ -203,17 +223,17 @@ mod tests {
         let snap = snapshot(2, &[]);
         let lc = spread::LeastConn::default();
         let _busy: Vec<_> = (0..5).map(|_| snap.nodes()[0].start_call()).collect();
-        let (k, h) = key(0);
+        let (_, h) = key(0);
         for _ in 0..20 {
             // Two candidates out of two nodes: whenever both are drawn, node 1 wins; never node 0
             // unless both draws were node 0.
-            let p = lc.pick(&snap, &k, h, &[]).unwrap();
+            let p = lc.choose(&snap, h, &[]).unwrap();
             if p == 0 {
                 continue;
             }
             assert_eq!(p, 1);
         }
-        let picks: usize = (0..100).filter(|_| lc.pick(&snap, &k, h, &[]) == Some(1)).count();
+        let picks: usize = (0..100).filter(|_| lc.choose(&snap, h, &[]) == Some(1)).count();
         assert!(picks >= 60, "idle node picked {picks}/100");
     }
 }

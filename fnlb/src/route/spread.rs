@@ -15,7 +15,7 @@ impl Policy for RoundRobin {
         "round-robin"
     }
 
-    fn pick(&self, snap: &Snapshot, _key: &[u8], _hash: u64, tried: &[usize]) -> Option<usize> {
+    fn choose(&self, snap: &Snapshot, _hash: u64, tried: &[usize]) -> Option<usize> {
         let n = snap.len();
         if snap.healthy_count() == 0 {
             return None;
@@ -40,7 +40,7 @@ impl Policy for LeastConn {
         "least-conn"
     }
 
-    fn pick(&self, snap: &Snapshot, _key: &[u8], _hash: u64, tried: &[usize]) -> Option<usize> {
+    fn choose(&self, snap: &Snapshot, _hash: u64, tried: &[usize]) -> Option<usize> {
         let n = snap.len();
         if snap.healthy_count() == 0 {
             return None;

@@ -32,7 +32,6 @@ use crate::mgmt::is_mgmt_path;
 use crate::node::Node;
 use crate::proxy::headers::IpText;
 use crate::route::table::key_hash;
-use crate::route::Attempt;
 use crate::telemetry::call::CallObs;
 use framing::{Chunked, Framing};
 use head::{Request, Response, ResponseHead};
@@ -177,7 +176,7 @@ pub async fn serve(
         };
         head_since = None;
         c.draining = *stop.borrow();
-        let keep = c.call(&req, &path, obs).await;
+        let keep = c.call(&req, obs).await;
         if !keep || *stop.borrow() {
             let _ = c.client.shutdown().await;
             return Outcome::Done;
@@ -258,7 +257,7 @@ impl Conn<'_> {
 
     /// Forwards one request and writes its answer. Returns whether the client connection may
     /// carry another request.
-    async fn call(&mut self, req: &Req, path: &str, mut obs: CallObs<'_>) -> bool {
+    async fn call(&mut self, req: &Req, mut obs: CallObs<'_>) -> bool {
         let proxy = self.proxy;
         let snap = proxy.nodes.load_full();
         let close = req.close || self.draining;
@@ -295,14 +294,13 @@ impl Conn<'_> {
         let mut n_tried = 0;
         let mut last_error = String::new();
         while n_tried < MAX_NODES_TRIED {
-            let Some(i) = proxy.policy.pick(&snap, path.as_bytes(), req.hash, &tried[..n_tried]) else {
+            let Some(attempt) = proxy.policy.pick(&snap, req.hash, &tried[..n_tried]) else {
                 break;
             };
+            let (i, node) = (attempt.index(), attempt.node());
             tried[n_tried] = i;
             n_tried += 1;
             obs.attempt();
-            let node = &snap.nodes()[i];
-            let attempt = Attempt::new(&*proxy.policy, node, req.hash);
             let call = node.start_call();
             let (mut up, reused) = match node.pool.take_raw(!resend_when_unanswered) {
                 Some(s) => (s, true),
