@@ -217,6 +217,26 @@ struct Flags {
     #[arg(long, env = "FNLB_KEEPALIVE_TIMEOUT", default_value = "75", value_name = "SECONDS")]
     keepalive_timeout: String,
 
+    /// Seconds a client may leave a request body it is sending without a byte before its connection is closed
+    #[arg(long, env = "FNLB_CLIENT_BODY_TIMEOUT", default_value = "60", value_name = "SECONDS")]
+    client_body_timeout: String,
+
+    /// Seconds a client may leave an answer unread (no write to it succeeds) before its connection is closed
+    #[arg(long, env = "FNLB_SEND_TIMEOUT", default_value = "60", value_name = "SECONDS")]
+    send_timeout: String,
+
+    /// Resend bodiless GET/HEAD/OPTIONS calls to another node after a node failed under them (nginx's proxy_next_upstream); off: a call is never sent twice; Go bool
+    #[arg(
+        long,
+        env = "FNLB_RETRY_IDEMPOTENT",
+        default_value = "false",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    retry_idempotent: String,
+
     /// Seconds to connect to a node before the call moves to the next node
     #[arg(long, env = "FNLB_UPSTREAM_CONNECT_TIMEOUT", default_value = "2", value_name = "SECONDS")]
     upstream_connect_timeout: String,
@@ -316,6 +336,13 @@ impl Config {
                     parse_positive_seconds,
                 )?,
                 keepalive_timeout: src.parse("keepalive-timeout", &f.keepalive_timeout, parse_positive_seconds)?,
+                client_body_timeout: src.parse(
+                    "client-body-timeout",
+                    &f.client_body_timeout,
+                    parse_positive_seconds,
+                )?,
+                send_timeout: src.parse("send-timeout", &f.send_timeout, parse_positive_seconds)?,
+                retry_idempotent: src.parse("retry-idempotent", &f.retry_idempotent, parse_bool)?,
                 upstream_connect_timeout: src.parse(
                     "upstream-connect-timeout",
                     &f.upstream_connect_timeout,
@@ -944,6 +971,12 @@ pub fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
 pub struct Limits {
     pub client_header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Longest pause between two reads of a request body the client is sending.
+    pub client_body_timeout: Duration,
+    /// Longest a write to a client may stay blocked (the client does not read).
+    pub send_timeout: Duration,
+    /// `-retry-idempotent`: bodiless GET/HEAD/OPTIONS may be resent after a node failed under them.
+    pub retry_idempotent: bool,
     pub upstream_connect_timeout: Duration,
     /// None: no limit.
     pub upstream_timeout: Option<Duration>,
@@ -958,6 +991,9 @@ impl Default for Limits {
         Limits {
             client_header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
+            client_body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            retry_idempotent: false,
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_timeout: Some(Duration::from_secs(300)),
             max_header_size: 65536,
