@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fnlb::node::{Node, NodeAddr, Snapshot};
 use fnlb::route::table::{key_hash, Table};
-use fnlb::route::{policy_by_name, Policy, PolicyConfig};
+use fnlb::route::{policy_by_name, Balancers, Policy, PolicyConfig};
 
 fn main() {
     divan::main();
@@ -34,7 +34,9 @@ fn keys(functions: usize) -> Vec<String> {
 /// Times one routing decision ([`decide`]) per iteration, cycling through sampled paths.
 fn time_picks(bencher: divan::Bencher<'_, '_>, policy: &str, nodes: usize, functions: usize) {
     let snap = snapshot(nodes);
-    let policy = policy_by_name(policy, PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
+    let policy =
+        policy_by_name(policy, PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 })
+            .unwrap();
     let keys = keys(functions);
     let mut i = 0;
     bencher.bench_local(|| {
@@ -84,7 +86,8 @@ fn bounded_pick_half_full(bencher: divan::Bencher<'_, '_>, nodes: usize) {
         .flat_map(|(i, node)| (0..if i % 2 == 0 { 60 } else { 20 }).map(|_| node.start_call()).collect::<Vec<_>>())
         .collect();
     let policy =
-        policy_by_name("bounded", PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
+        policy_by_name("bounded", PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 })
+            .unwrap();
     let keys = keys(1_000);
     let mut i = 0;
     bencher.bench_local(|| {

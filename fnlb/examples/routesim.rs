@@ -21,7 +21,7 @@ use std::time::Duration;
 use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
 use fnlb::route::bounded::{Bounded, Tuning};
 use fnlb::route::table::{key_hash, Table};
-use fnlb::route::{policy_by_name, Policy, PolicyConfig};
+use fnlb::route::{policy_by_name, Balancers, Policy, PolicyConfig};
 use fnsim::model::{Arrival, Lease, NodeModel, QueueMode};
 use fnsim::trace::{self, Variant, WorkloadConfig};
 use tokio::time::Instant;
@@ -76,7 +76,7 @@ fn lb(policy: &str, balancers: u32) -> Lb {
     addrs.sort();
     let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), Arc::clone(&total))).collect();
     let snap = Snapshot::new(nodes, Arc::new(Table::build(&addrs)), vec![true; NODES].into(), total);
-    let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers, load_factor: 1.25 };
+    let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers: Balancers::new(balancers), load_factor: 1.25 };
     if let Some(spec) = policy.strip_prefix("bounded:") {
         let t = tuning(spec);
         return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)) };

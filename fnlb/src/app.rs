@@ -85,7 +85,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         &cfg.policy,
         route::PolicyConfig {
             node_capacity: cfg.node_capacity,
-            balancers: cfg.balancers,
+            balancers: route::Balancers::new(cfg.balancers),
             load_factor: cfg.load_factor,
         },
     )

@@ -123,18 +123,39 @@ impl Rng {
     }
 }
 
+/// How many balancers share the nodes: `-balancers`, or the live count (heartbeats in the shared
+/// store, Ready pods in Kubernetes). Each balancer fills only its share of a node. One atomic,
+/// written by whoever counts, read by the policies and the scale signal at every use.
+#[derive(Clone, Debug)]
+pub struct Balancers(Arc<std::sync::atomic::AtomicU32>);
+
+impl Balancers {
+    pub fn new(n: u32) -> Balancers {
+        Balancers(Arc::new(std::sync::atomic::AtomicU32::new(n.max(1))))
+    }
+
+    /// At least 1.
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+
+    pub fn set(&self, n: u32) {
+        self.0.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What the policies need from the command line.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PolicyConfig {
     pub node_capacity: u32,
-    pub balancers: u32,
+    pub balancers: Balancers,
     pub load_factor: f64,
 }
 
 /// Builds the policy named on the command line (`-policy`).
 pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> {
     Some(match name {
-        "bounded" => Box::new(bounded::Bounded::new(cfg.load_factor, cfg.node_capacity, cfg.balancers)),
+        "bounded" => Box::new(bounded::Bounded::new(cfg.load_factor, cfg.node_capacity, cfg.balancers.get())),
         "ch" => Box::new(ConsistentHash),
         "fnlb-classic" => Box::<classic::Classic>::default(),
         "round-robin" => Box::<spread::RoundRobin>::default(),
@@ -200,7 +221,11 @@ mod tests {
         let snap = snapshot(3, &[false, false, false]);
         let (_, h) = key(1);
         for name in ["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"] {
-            let p = policy_by_name(name, PolicyConfig { node_capacity: 64, balancers: 1, load_factor: 1.25 }).unwrap();
+            let p = policy_by_name(
+                name,
+                PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 },
+            )
+            .unwrap();
             assert_eq!(p.choose(&snap, h, &[]), None, "{name}");
             assert_eq!(p.name(), name);
         }
