@@ -31,7 +31,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::warmth::Warmth;
-use super::{clock, Policy};
+use super::{clock, Balancers, Policy};
 use crate::node::{Node, Snapshot};
 
 /// How long a node that said 503 counts as full.
@@ -59,60 +59,88 @@ pub struct Tuning {
     pub floor_share: f64,
     /// Nodes of a key's order looked at before settling for the least loaded of them.
     pub probes: usize,
+    /// Entries of the warmth table: 0 sizes it to the cluster (nodes × capacity, resized when
+    /// the node count changes); another number fixes it (the table before was 4,096).
+    pub entries: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { warm: true, cap_share: 1.0, warm_share: 1.0, cold_bound: true, floor_share: 0.5, probes: 8 }
+        Tuning {
+            warm: true,
+            cap_share: 1.0,
+            warm_share: 1.0,
+            cold_bound: true,
+            floor_share: 0.5,
+            probes: 8,
+            entries: 0,
+        }
     }
 }
 
-/// Entries of the warmth table.
-const WARMTH_ENTRIES: usize = 4096;
 /// The nodes' idle timeout (Fn's default).
 const IDLE_TIMEOUT_MS: u64 = 30_000;
 
 pub struct Bounded {
     factor: f64,
-    /// This balancer's calls a node takes before the mean-load bound applies at all.
-    floor: u32,
+    /// Calls a node runs well (`-node-capacity`).
+    capacity: u32,
+    /// How many balancers share the nodes, read at every pick: each may fill only its share.
+    balancers: Balancers,
     /// A node whose decayed reported wait exceeds this is queueing: treat it as full.
     wait_limit: Duration,
     tuning: Tuning,
     /// Containers (this balancer's estimate) a node may hold before a cold call spills.
     cap: u32,
+    warmth: Warmth,
+}
+
+/// This balancer's part of a node, for the balancer count of the moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shares {
+    /// This balancer's calls a node takes before the mean-load bound applies at all.
+    floor: u32,
     /// Calls in flight a node may have and still take a warm call.
     warm_cap: u32,
-    warmth: Warmth,
 }
 
 impl Bounded {
     /// `capacity`: calls a node runs well; `balancers`: how many balancers share the nodes
-    /// (each sees only its own calls, so each may fill only its share of a node).
-    pub fn new(factor: f64, capacity: u32, balancers: u32) -> Bounded {
+    /// (each sees only its own calls, so each may fill only its share of a node), a live count
+    /// another module may change at any time.
+    pub fn new(factor: f64, capacity: u32, balancers: impl Into<Balancers>) -> Bounded {
         Bounded::with_tuning(factor, capacity, balancers, Tuning::default())
     }
 
-    pub fn with_tuning(factor: f64, capacity: u32, balancers: u32, tuning: Tuning) -> Bounded {
-        let per_lb = capacity as f64 / balancers.max(1) as f64;
-        let share = (per_lb * tuning.floor_share).floor() as u32;
+    pub fn with_tuning(factor: f64, capacity: u32, balancers: impl Into<Balancers>, tuning: Tuning) -> Bounded {
+        let warmth = match tuning.entries {
+            0 => Warmth::for_cluster(capacity, IDLE_TIMEOUT_MS),
+            n => Warmth::fixed(n, IDLE_TIMEOUT_MS),
+        };
         Bounded {
             factor,
-            floor: share.max(1),
+            capacity,
+            balancers: balancers.into(),
             wait_limit: Duration::from_secs(1),
             tuning,
             cap: ((capacity as f64 * tuning.cap_share).floor() as u32).max(1),
-            warm_cap: ((per_lb * tuning.warm_share).floor() as u32).max(1),
-            warmth: Warmth::new(WARMTH_ENTRIES, IDLE_TIMEOUT_MS),
+            warmth,
+        }
+    }
+
+    /// One relaxed load and a division: cheap enough for every pick, so a change of the balancer
+    /// count applies to the next call.
+    fn shares(&self) -> Shares {
+        let per_lb = self.capacity as f64 / self.balancers.get() as f64;
+        Shares {
+            floor: ((per_lb * self.tuning.floor_share).floor() as u32).max(1),
+            warm_cap: ((per_lb * self.tuning.warm_share).floor() as u32).max(1),
         }
     }
 
     /// The most calls a node may have before a new call spills past it.
-    fn bound(&self, snap: &Snapshot) -> u32 {
-        let healthy = snap.healthy_count().max(1) as f64;
-        // +1: the call being placed counts, as in the paper.
-        let mean = (snap.total_in_flight() as f64 + 1.0) / healthy;
-        ((self.factor * mean).ceil() as u32).max(self.floor)
+    fn bound(&self, snap: &Snapshot, floor: u32) -> u32 {
+        mean_bound(snap, self.factor).max(floor)
     }
 
     fn is_full(&self, node: &Node, bound: u32) -> bool {
@@ -125,7 +153,9 @@ impl Bounded {
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         let now = clock::now_ms();
         self.warmth.tick(snap, now);
-        let bound = self.bound(snap);
+        let shares = self.shares();
+        let bound = self.bound(snap, shares.floor);
+        let warmth = self.warmth.view();
         let mut least: Option<(usize, u32)> = None;
         let mut probed = 0;
         let mut chosen = None;
@@ -136,7 +166,7 @@ impl Bounded {
             let node = &snap.nodes()[i];
             let load = node.in_flight();
             if !node.is_busy() && node.wait() <= self.wait_limit {
-                let warm = load < self.warm_cap && self.warmth.get(hash, node).has_idle();
+                let warm = load < shares.warm_cap && warmth.get(hash, node).has_idle();
                 let room = node.containers() < self.cap && (!self.tuning.cold_bound || load < bound);
                 if warm || room {
                     chosen = Some(i);
@@ -152,13 +182,13 @@ impl Bounded {
             }
         }
         let i = chosen.or(least.map(|(i, _)| i))?;
-        self.warmth.start(hash, &snap.nodes()[i], now);
+        warmth.start(hash, &snap.nodes()[i], now);
         Some(i)
     }
 
     /// The rule before the warmth table: the first node under the load bound.
     fn pick_by_load(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
-        let bound = self.bound(snap);
+        let bound = self.bound(snap, self.shares().floor);
         let mut least: Option<(usize, u32)> = None;
         let mut probed = 0;
         for i in snap.table().order(hash) {
@@ -180,6 +210,15 @@ impl Bounded {
         }
         least.map(|(i, _)| i)
     }
+}
+
+/// The bounded-load rule's bound (Mirrokni, Thorup and Zadimoghaddam): `factor` × the mean calls
+/// in flight per healthy node, the call being placed included.
+pub fn mean_bound(snap: &Snapshot, factor: f64) -> u32 {
+    let healthy = snap.healthy_count().max(1) as f64;
+    // +1: the call being placed counts, as in the paper.
+    let mean = (snap.total_in_flight() as f64 + 1.0) / healthy;
+    (factor * mean).ceil() as u32
 }
 
 impl Policy for Bounded {
@@ -302,9 +341,28 @@ mod tests {
 
     #[test]
     fn floor_scales_with_the_number_of_balancers() {
-        assert_eq!(Bounded::new(1.25, 64, 1).floor, 32);
-        assert_eq!(Bounded::new(1.25, 64, 3).floor, 10);
-        assert_eq!(Bounded::new(1.25, 1, 8).floor, 1);
+        assert_eq!(Bounded::new(1.25, 64, 1).shares().floor, 32);
+        assert_eq!(Bounded::new(1.25, 64, 3).shares().floor, 10);
+        assert_eq!(Bounded::new(1.25, 1, 8).shares().floor, 1);
+    }
+
+    #[test]
+    fn a_change_of_the_balancer_count_applies_to_the_next_pick() {
+        let snap = snapshot(8, &[]);
+        let count = Balancers::new(1);
+        let p = Bounded::new(1.25, 64, count.clone());
+        let (_, h) = key(3);
+        let home = snap.table().home(h).unwrap();
+        // 21 calls at home: under one balancer's floor (32), so home takes the next.
+        let _calls: Vec<_> = (0..21).map(|_| snap.nodes()[home].start_call()).collect();
+        assert_eq!(p.choose(&snap, h, &[]), Some(home));
+        p.abandon(&snap.nodes()[home], h);
+        // Three balancers now share the nodes: this one's floor is 10 (the mean-load bound,
+        // 1.25 × 22/8, is lower still) and a warm call needs fewer than 21 in flight: home is
+        // loaded, although the function is warm there.
+        count.set(3);
+        assert_eq!(p.shares(), Shares { floor: 10, warm_cap: 21 });
+        assert_ne!(p.choose(&snap, h, &[]), Some(home));
     }
 
     #[test]

@@ -144,6 +144,13 @@ impl Balancers {
     }
 }
 
+/// A fixed count (tests, the simulator, a policy built without a live count).
+impl From<u32> for Balancers {
+    fn from(n: u32) -> Balancers {
+        Balancers::new(n)
+    }
+}
+
 /// What the policies need from the command line.
 #[derive(Clone, Debug)]
 pub struct PolicyConfig {
@@ -155,7 +162,7 @@ pub struct PolicyConfig {
 /// Builds the policy named on the command line (`-policy`).
 pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> {
     Some(match name {
-        "bounded" => Box::new(bounded::Bounded::new(cfg.load_factor, cfg.node_capacity, cfg.balancers.get())),
+        "bounded" => Box::new(bounded::Bounded::new(cfg.load_factor, cfg.node_capacity, cfg.balancers)),
         "ch" => Box::new(ConsistentHash),
         "fnlb-classic" => Box::<classic::Classic>::default(),
         "round-robin" => Box::<spread::RoundRobin>::default(),

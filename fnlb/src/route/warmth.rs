@@ -13,12 +13,19 @@
 //! when the calls in flight are below it. Each node's [`Node::containers`] is the sum of its
 //! functions' estimates: its slots' footprint, idle containers included.
 //!
-//! Memory is fixed (a table of [`Warmth::new`]'s size, linear probing over a short window;
-//! entries with no call in flight and no recent peak are reused), so it stays flat whatever the
-//! number of distinct paths: a function that finds no entry is simply not known to be warm.
+//! Memory follows the cluster, not the paths: the table has room for every container the
+//! cluster can hold ([`HEADROOM`] × nodes × `-node-capacity` entries, a power of two; linear
+//! probing over a short window; entries with no call in flight and no recent peak are reused), so
+//! it stays flat whatever the number of distinct paths, and a function that finds no entry is
+//! simply not known to be warm. When the node count changes, the next period builds a table of
+//! the new size and swaps it in ([`ArcSwap`]), carrying over every live entry of a node still in
+//! the set; picks go on meanwhile on the old table, lock-free (in a runtime the period's work runs
+//! on a blocking thread, off the runtime's workers).
 use crate::node::{Node, Snapshot};
+use arc_swap::ArcSwap;
 use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::Arc;
 
 /// Peak lanes per entry (one byte each in a u64): the current period and seven before it.
 pub const LANES: u64 = 8;
@@ -27,6 +34,14 @@ const WINDOW: usize = 8;
 /// Calls in flight counted for an entry untouched this long are forgotten (a call whose answer
 /// never came: a dropped client, a failed connection), in idle timeouts.
 const STALE_TIMEOUTS: u64 = 4;
+/// Entries per container the cluster can hold. A (function, node) entry stands for at least one
+/// container, so the table is at most half full when every slot of every node holds a different
+/// function: linear probing over [`WINDOW`] then almost never fails to place a key.
+pub const HEADROOM: usize = 2;
+/// The smallest table (a cluster of one small node, or none yet).
+const MIN_ENTRIES: usize = 256;
+/// A period's pass over a table this large runs on a blocking thread when there is a runtime.
+const OFF_THREAD_ENTRIES: usize = 1 << 14;
 
 struct Entry {
     /// Hash of (function, node); 0 = free.
@@ -37,6 +52,22 @@ struct Entry {
     /// Peak calls in flight per period, lane 0 the current one (u8 each, saturating).
     peaks: AtomicU64,
     touched_ms: AtomicU64,
+}
+
+impl Entry {
+    fn free() -> Entry {
+        Entry {
+            tag: AtomicU64::new(0),
+            node: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            peaks: AtomicU64::new(0),
+            touched_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn is_spent(&self) -> bool {
+        self.tag.load(Relaxed) == 0 || (self.in_flight.load(Relaxed) == 0 && self.peaks.load(Relaxed) == 0)
+    }
 }
 
 /// What the table says about a function on a node.
@@ -55,9 +86,20 @@ impl Warm {
     }
 }
 
-pub struct Warmth {
+/// One table of entries (what a pick reads; see [`Warmth::view`]).
+pub struct Slots {
     entries: Box<[Entry]>,
     mask: usize,
+}
+
+pub struct Warmth {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    slots: ArcSwap<Slots>,
+    /// Containers a node holds (`-node-capacity`); 0: the table keeps its size.
+    per_node: usize,
     period_ms: u64,
     timeout_ms: u64,
     /// When the lanes move next (ms on the policy clock).
@@ -85,29 +127,24 @@ fn max_lane(peaks: u64) -> u32 {
     (0..LANES).map(|l| ((peaks >> (8 * l)) & 0xff) as u32).max().unwrap_or(0)
 }
 
-impl Warmth {
-    /// A table of at least `size` entries (rounded up to a power of two) for nodes whose idle
-    /// containers live `timeout_ms`.
-    pub fn new(size: usize, timeout_ms: u64) -> Warmth {
+/// Entries for a cluster of `nodes` nodes of `per_node` containers each.
+pub fn entries_for(nodes: usize, per_node: usize) -> usize {
+    nodes.saturating_mul(per_node).saturating_mul(HEADROOM).max(MIN_ENTRIES).next_power_of_two()
+}
+
+impl Slots {
+    fn new(size: usize) -> Slots {
         let size = size.max(WINDOW).next_power_of_two();
-        let entries = (0..size)
-            .map(|_| Entry {
-                tag: AtomicU64::new(0),
-                node: AtomicU64::new(0),
-                in_flight: AtomicU32::new(0),
-                peaks: AtomicU64::new(0),
-                touched_ms: AtomicU64::new(0),
-            })
-            .collect();
-        let period_ms = (timeout_ms / (LANES - 1)).max(1);
-        Warmth {
-            entries,
-            mask: size - 1,
-            period_ms,
-            timeout_ms,
-            next_roll_ms: AtomicU64::new(0),
-            rolling: AtomicBool::new(false),
-        }
+        Slots { entries: (0..size).map(|_| Entry::free()).collect(), mask: size - 1 }
+    }
+
+    /// Entries in the table.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     fn find(&self, t: u64) -> Option<&Entry> {
@@ -154,7 +191,8 @@ impl Warmth {
         }
     }
 
-    /// A call of the function on the node is over (the node answered).
+    /// A call of the function on the node is over (the node answered, or the attempt ended
+    /// without an answer).
     pub fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
         if let Some(e) = self.find(tag(hash, node_id(node))) {
             e.touched_ms.store(now_ms, Relaxed);
@@ -168,8 +206,7 @@ impl Warmth {
         for k in 0..WINDOW {
             let e = &self.entries[(start + k) & self.mask];
             let old = e.tag.load(Relaxed);
-            let spent = old == 0 || (e.in_flight.load(Relaxed) == 0 && e.peaks.load(Relaxed) == 0);
-            if spent && e.tag.compare_exchange(old, t, Relaxed, Relaxed).is_ok() {
+            if e.is_spent() && e.tag.compare_exchange(old, t, Relaxed, Relaxed).is_ok() {
                 e.node.store(node, Relaxed);
                 e.in_flight.store(0, Relaxed);
                 e.peaks.store(0, Relaxed);
@@ -180,32 +217,134 @@ impl Warmth {
         None
     }
 
-    /// Moves the lanes on when a period has passed (one caller does it; the others go on) and
-    /// recomputes the footprint of every node of `snap` from the table. Cost: one pass over
-    /// the table every period (about 4 s), none in between.
-    pub fn tick(&self, snap: &Snapshot, now_ms: u64) {
-        let next = self.next_roll_ms.load(Relaxed);
-        if now_ms < next || self.rolling.swap(true, Ordering::Acquire) {
-            return;
+    /// A table of `size` entries holding every live entry of `self` whose node is in `live`
+    /// (sorted node ids). A call that starts or ends on `self` while this runs may be missed:
+    /// its count is then off by one until the entry goes stale.
+    fn rebuilt(&self, size: usize, live: &[u64]) -> Slots {
+        let new = Slots::new(size);
+        for e in self.entries.iter() {
+            let t = e.tag.load(Relaxed);
+            let node = e.node.load(Relaxed);
+            if e.is_spent() || live.binary_search(&node).is_err() {
+                continue;
+            }
+            if let Some(n) = new.claim(t, node, e.touched_ms.load(Relaxed)) {
+                n.in_flight.store(e.in_flight.load(Relaxed), Relaxed);
+                n.peaks.store(e.peaks.load(Relaxed), Relaxed);
+            }
         }
-        if self.next_roll_ms.load(Relaxed) == next {
-            self.roll(snap, now_ms);
-            self.next_roll_ms.store(now_ms + self.period_ms, Relaxed);
-        }
-        self.rolling.store(false, Ordering::Release);
+        new
+    }
+}
+
+/// What a period's work needs of a snapshot: (identity, node, eligible), by identity.
+type Members = Vec<(u64, Arc<Node>, bool)>;
+
+impl Warmth {
+    /// A table sized to the cluster: [`entries_for`] the snapshot's nodes of `per_node`
+    /// containers each, resized when their number changes; for nodes whose idle containers
+    /// live `timeout_ms`.
+    pub fn for_cluster(per_node: u32, timeout_ms: u64) -> Warmth {
+        Warmth::build(entries_for(1, per_node as usize), per_node as usize, timeout_ms)
     }
 
-    fn roll(&self, snap: &Snapshot, now_ms: u64) {
-        let mut ids: Vec<(u64, usize)> = snap.nodes().iter().enumerate().map(|(i, n)| (node_id(n), i)).collect();
-        ids.sort_unstable();
-        let mut sums = vec![0u32; ids.len()];
+    /// A table of `size` entries (rounded up to a power of two) that keeps its size.
+    pub fn fixed(size: usize, timeout_ms: u64) -> Warmth {
+        Warmth::build(size, 0, timeout_ms)
+    }
+
+    fn build(size: usize, per_node: usize, timeout_ms: u64) -> Warmth {
+        Warmth {
+            shared: Arc::new(Shared {
+                slots: ArcSwap::from_pointee(Slots::new(size)),
+                per_node,
+                period_ms: (timeout_ms / (LANES - 1)).max(1),
+                timeout_ms,
+                next_roll_ms: AtomicU64::new(0),
+                rolling: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The table now: one atomic load, for a pick's several lookups.
+    pub fn view(&self) -> arc_swap::Guard<Arc<Slots>> {
+        self.shared.slots.load()
+    }
+
+    /// Entries in the table now.
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.view().is_empty()
+    }
+
+    pub fn get(&self, hash: u64, node: &Node) -> Warm {
+        self.view().get(hash, node)
+    }
+
+    pub fn start(&self, hash: u64, node: &Node, now_ms: u64) {
+        self.view().start(hash, node, now_ms)
+    }
+
+    pub fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
+        self.view().finish(hash, node, now_ms)
+    }
+
+    /// Moves the lanes on when a period has passed (one caller does it; the others go on),
+    /// resizes the table if the node count asks for another size, and recomputes the footprint
+    /// of every node of `snap` from the table. Cost: nothing between periods; once a period, a
+    /// pass over the table (on a blocking thread when there is a runtime and the table is large).
+    pub fn tick(&self, snap: &Snapshot, now_ms: u64) {
+        let s = &self.shared;
+        let next = s.next_roll_ms.load(Relaxed);
+        if now_ms < next || s.rolling.swap(true, Ordering::Acquire) {
+            return;
+        }
+        if s.next_roll_ms.load(Relaxed) != next {
+            s.rolling.store(false, Ordering::Release);
+            return;
+        }
+        let mut members: Members =
+            snap.nodes().iter().enumerate().map(|(i, n)| (node_id(n), Arc::clone(n), snap.is_eligible(i))).collect();
+        members.sort_unstable_by_key(|m| m.0);
+        let want = if s.per_node == 0 { s.slots.load().len() } else { entries_for(members.len(), s.per_node) };
+        let big = want.max(s.slots.load().len()) >= OFF_THREAD_ENTRIES;
+        let shared = Arc::clone(s);
+        let work = move || {
+            shared.period(&members, want, now_ms);
+            shared.next_roll_ms.store(now_ms + shared.period_ms, Relaxed);
+            shared.rolling.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if big => drop(rt.spawn_blocking(work)),
+            _ => work(),
+        }
+    }
+}
+
+impl Shared {
+    fn period(&self, members: &Members, want: usize, now_ms: u64) {
+        let mut slots = self.slots.load_full();
+        if slots.len() != want {
+            let ids: Vec<u64> = members.iter().map(|m| m.0).collect();
+            let new = Arc::new(slots.rebuilt(want, &ids));
+            self.slots.store(Arc::clone(&new));
+            slots = new;
+        }
+        self.roll(&slots, members, now_ms);
+    }
+
+    fn roll(&self, slots: &Slots, members: &Members, now_ms: u64) {
+        let mut sums = vec![0u32; members.len()];
         let stale = self.timeout_ms.saturating_mul(STALE_TIMEOUTS);
-        for e in self.entries.iter() {
+        for e in slots.entries.iter() {
             if e.tag.load(Relaxed) == 0 {
                 continue;
             }
-            let node = ids.binary_search_by_key(&e.node.load(Relaxed), |(id, _)| *id).ok().map(|k| ids[k].1);
-            if node.is_some_and(|i| !snap.is_eligible(i)) {
+            let node = members.binary_search_by_key(&e.node.load(Relaxed), |m| m.0).ok();
+            if node.is_some_and(|k| !members[k].2) {
                 // A node that went down (or cannot be reached) lost its containers, or will be
                 // found cold when it returns: forget what it held.
                 e.in_flight.store(0, Relaxed);
@@ -219,12 +358,12 @@ impl Warmth {
             // Older lanes move up; the oldest is dropped; the new period starts with the calls
             // still running (they hold their containers).
             let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| Some((p << 8) | in_flight));
-            if let Some(i) = node {
-                sums[i] += max_lane(e.peaks.load(Relaxed));
+            if let Some(k) = node {
+                sums[k] += max_lane(e.peaks.load(Relaxed));
             }
         }
-        for (node, sum) in snap.nodes().iter().zip(sums) {
-            node.set_containers(sum);
+        for (m, sum) in members.iter().zip(sums) {
+            m.1.set_containers(sum);
         }
     }
 }
@@ -237,7 +376,7 @@ mod tests {
     #[test]
     fn containers_follow_the_peak_and_expire_after_the_timeout() {
         let snap = snapshot(2, &[]);
-        let w = Warmth::new(64, 7000); // a period of 1 s
+        let w = Warmth::fixed(64, 7000); // a period of 1 s
         let n = &snap.nodes()[0];
         w.tick(&snap, 1);
         for _ in 0..3 {
@@ -267,7 +406,7 @@ mod tests {
     #[test]
     fn a_tick_within_the_period_does_nothing() {
         let snap = snapshot(1, &[]);
-        let w = Warmth::new(64, 7000);
+        let w = Warmth::fixed(64, 7000);
         let n = &snap.nodes()[0];
         w.tick(&snap, 1);
         w.start(7, n, 2);
@@ -281,14 +420,14 @@ mod tests {
     #[test]
     fn memory_is_fixed_and_spent_entries_are_reused() {
         let snap = snapshot(1, &[]);
-        let w = Warmth::new(16, 7000);
+        let w = Warmth::fixed(16, 7000);
         let n = &snap.nodes()[0];
         // Far more functions than entries, each called once and finished.
         for h in 0..1000u64 {
             w.start(h, n, 5);
             w.finish(h, n, 5);
         }
-        assert_eq!(w.entries.len(), 16);
+        assert_eq!(w.len(), 16);
         // Eight periods on, every peak is gone and new functions find room again.
         for s in 1..=9 {
             w.tick(&snap, s * 1000);
@@ -301,7 +440,7 @@ mod tests {
     fn a_node_that_goes_down_is_forgotten() {
         // Node 1 served the function, then went down (unhealthy in the snapshot of the tick).
         let snap = snapshot(2, &[true, false]);
-        let w = Warmth::new(64, 7000);
+        let w = Warmth::fixed(64, 7000);
         w.tick(&snap, 1);
         for n in snap.nodes() {
             w.start(3, n, 2);
@@ -317,7 +456,7 @@ mod tests {
     #[test]
     fn a_lost_answer_is_forgotten() {
         let snap = snapshot(1, &[]);
-        let w = Warmth::new(64, 7000);
+        let w = Warmth::fixed(64, 7000);
         let n = &snap.nodes()[0];
         w.tick(&snap, 1);
         w.start(9, n, 1);
