@@ -20,8 +20,8 @@ use crate::node::NodeAddr;
 use crate::route::goduration::parse_go_duration;
 use crate::telemetry::LogFormat;
 
-/// Routing policies `-policy` accepts.
-pub const POLICIES: &[&str] = &["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"];
+/// Routing policies `-policy` accepts (the one list lives with the policies).
+pub use crate::route::POLICIES;
 
 /// More worker threads than this is a typo, not a configuration.
 pub const MAX_THREADS: usize = 1024;
@@ -177,7 +177,7 @@ struct Flags {
     #[arg(long, env = "FNLB_THREADS", default_value = "0", value_name = "N")]
     threads: String,
 
-    /// Routing policy: bounded, ch, fnlb-classic, round-robin or least-conn
+    /// Routing policy (the names are filled in from `route::POLICIES` by `command()`)
     #[arg(long, env = "FNLB_POLICY", default_value = "bounded", value_name = "NAME")]
     policy: String,
 
@@ -278,15 +278,18 @@ struct Flags {
 fn command() -> clap::Command {
     // No wrapping to the terminal's width: one line per flag, the same everywhere (and the same
     // whether or not another crate in the build turned on clap's `wrap_help`).
-    Flags::command().term_width(0).mut_args(|arg| {
-        if !arg.get_action().takes_values() {
-            return arg;
-        }
-        // `-hc-interval -1` must reach our validation ("must not be negative") rather than be
-        // taken for a flag. `--help` must not print the environment's values: FNLB_DB may hold
-        // a password.
-        arg.allow_hyphen_values(true).hide_env_values(true)
-    })
+    Flags::command()
+        .term_width(0)
+        .mut_args(|arg| {
+            if !arg.get_action().takes_values() {
+                return arg;
+            }
+            // `-hc-interval -1` must reach our validation ("must not be negative") rather than be
+            // taken for a flag. `--help` must not print the environment's values: FNLB_DB may hold
+            // a password.
+            arg.allow_hyphen_values(true).hide_env_values(true)
+        })
+        .mut_arg("policy", |arg| arg.help(format!("Routing policy: {}", POLICIES.join(", "))))
 }
 
 /// Parses the command line (`args[0]` is the program name) and the `FNLB_*` environment.
@@ -1482,6 +1485,9 @@ mod tests {
             assert_eq!(parse_policy(name).as_deref(), Ok(*name));
         }
         assert!(parse_policy("Bounded").is_err());
+        let help = command().render_help().to_string();
+        let line = help.lines().find(|l| l.contains("-policy")).unwrap();
+        assert!(POLICIES.iter().all(|p| line.contains(p)), "{line}");
     }
 
     #[test]

@@ -150,8 +150,7 @@ impl Bounded {
     /// The first node of the key's order that can take the call: one where the function has
     /// an idle container and calls to spare, or one with room for a new container under the
     /// load bound; else the least loaded of the probes.
-    fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
-        let now = clock::now_ms();
+    fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize], now: u64) -> Option<usize> {
         self.warmth.tick(snap, now);
         let shares = self.shares();
         let bound = self.bound(snap, shares.floor);
@@ -212,6 +211,20 @@ impl Bounded {
     }
 }
 
+impl Bounded {
+    /// [`Policy::choose`] at `now_ms` on the policy clock (tests drive time themselves).
+    fn choose_at(&self, snap: &Snapshot, hash: u64, tried: &[usize], now_ms: u64) -> Option<usize> {
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        if self.tuning.warm {
+            self.pick_warm(snap, hash, tried, now_ms)
+        } else {
+            self.pick_by_load(snap, hash, tried)
+        }
+    }
+}
+
 /// The bounded-load rule's bound (Mirrokni, Thorup and Zadimoghaddam): `factor` × the mean calls
 /// in flight per healthy node, the call being placed included.
 pub fn mean_bound(snap: &Snapshot, factor: f64) -> u32 {
@@ -227,14 +240,7 @@ impl Policy for Bounded {
     }
 
     fn choose(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
-        if snap.healthy_count() == 0 {
-            return None;
-        }
-        if self.tuning.warm {
-            self.pick_warm(snap, hash, tried)
-        } else {
-            self.pick_by_load(snap, hash, tried)
-        }
+        self.choose_at(snap, hash, tried, clock::now_ms())
     }
 
     fn observe(&self, node: &Node, hash: u64, _wait: Option<Duration>, status: StatusCode) {
@@ -462,6 +468,45 @@ mod tests {
         assert_eq!(nodes(&_f), vec![order[0]; 4]);
         // Then home has neither an idle container of f nor room: the next node, where f is warm.
         assert_eq!(nodes(&run(&p, &snap, f, 1)), vec![order[1]]);
+    }
+
+    /// A node's rejoin, in virtual time: `functions` functions on 4 nodes of `capacity`
+    /// containers, each function called every 2 s (one call at a time, answered at once): 30 s
+    /// steady, node 0 down for 20 s, then back for 20 s. Returns the share of functions whose
+    /// last call went to node 0, and the share homed there.
+    fn rejoin(tuning: Tuning, functions: usize, capacity: u32) -> (f64, f64) {
+        let up = snapshot(4, &[]);
+        let down = crate::route::testing::with_health(&up, &[false, true, true, true]);
+        let p = Bounded::with_tuning(1.25, capacity, 1, tuning);
+        let hashes: Vec<u64> = (0..functions).map(|i| key(i).1).collect();
+        let mut last = vec![usize::MAX; functions];
+        for s in (0..70u64).step_by(2) {
+            let snap = if (30..50).contains(&s) { &down } else { &up };
+            for (f, h) in hashes.iter().enumerate() {
+                // The calls spread over the 2 s.
+                let now = 1 + s * 1000 + (f * 2000 / functions) as u64;
+                let i = p.choose_at(snap, *h, &[], now).unwrap();
+                p.warmth.finish(*h, &snap.nodes()[i], now);
+                last[f] = i;
+            }
+        }
+        let on_0 = last.iter().filter(|i| **i == 0).count() as f64 / functions as f64;
+        let homed = hashes.iter().filter(|h| up.table().home(**h) == Some(0)).count() as f64 / functions as f64;
+        (on_0, homed)
+    }
+
+    #[test]
+    fn a_rejoining_node_takes_back_about_its_own_keys() {
+        // 2,000 functions on 4 nodes of 500 containers (every slot holds a function), and 6,000
+        // on 4 × 1,600: the returned node gets back its own keys (about 1/4) and no others.
+        for (functions, capacity) in [(2000, 500), (6000, 1600)] {
+            let (on_0, homed) = rejoin(Tuning::default(), functions, capacity);
+            assert!((homed - 0.25).abs() < 0.03, "homed {homed}");
+            assert!(
+                on_0 <= homed + 0.02 && on_0 >= homed - 0.05,
+                "{functions}: {on_0} on the returned node, {homed} homed"
+            );
+        }
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! policies that pick one node of a [`Snapshot`]. Policies are pure over the snapshot plus the
 //! per-node load counters; they never block and never allocate on the common path.
 pub mod bounded;
+pub mod chrlu;
 pub mod classic;
 pub mod clock;
 pub mod goduration;
+pub mod hermod;
+pub mod openwhisk;
+pub mod sketch;
 pub mod spread;
 pub mod table;
 pub mod warmth;
@@ -159,14 +163,23 @@ pub struct PolicyConfig {
     pub load_factor: f64,
 }
 
-/// Builds the policy named on the command line (`-policy`).
+/// Every policy `-policy` accepts, in the order the help lists them: the one list that the
+/// flag's validation, its help and [`policy_by_name`] agree on (a test checks the last).
+pub const POLICIES: &[&str] =
+    &["bounded", "ch", "fnlb-classic", "round-robin", "least-conn", "openwhisk", "ch-rlu", "hermod"];
+
+/// Builds the policy named on the command line (`-policy`, one of [`POLICIES`]).
 pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> {
+    let PolicyConfig { node_capacity, balancers, load_factor } = cfg;
     Some(match name {
-        "bounded" => Box::new(bounded::Bounded::new(cfg.load_factor, cfg.node_capacity, cfg.balancers)),
+        "bounded" => Box::new(bounded::Bounded::new(load_factor, node_capacity, balancers)),
         "ch" => Box::new(ConsistentHash),
         "fnlb-classic" => Box::<classic::Classic>::default(),
         "round-robin" => Box::<spread::RoundRobin>::default(),
         "least-conn" => Box::<spread::LeastConn>::default(),
+        "openwhisk" => Box::new(openwhisk::OpenWhisk::new(node_capacity, balancers)),
+        "ch-rlu" => Box::new(chrlu::ChRlu::new(node_capacity, balancers)),
+        "hermod" => Box::new(hermod::Hermod::new(node_capacity, balancers)),
         _ => return None,
     })
 }
@@ -187,6 +200,12 @@ pub(crate) mod testing {
         let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), Arc::clone(&total))).collect();
         let healthy: Box<[bool]> = if healthy.is_empty() { vec![true; n].into() } else { healthy.into() };
         Snapshot::new(nodes, Arc::new(Table::build(&addrs)), healthy, total)
+    }
+
+    /// The same nodes and table as `snap`, healthy as given. (Its count of calls in flight is a
+    /// new one: for tests that answer each call before the next.)
+    pub fn with_health(snap: &Snapshot, healthy: &[bool]) -> Snapshot {
+        Snapshot::new(snap.nodes_arc().clone(), snap.table().clone(), healthy.into(), Arc::default())
     }
 
     pub fn key(i: usize) -> (Vec<u8>, u64) {
@@ -227,15 +246,38 @@ mod tests {
     fn no_healthy_node_means_no_pick() {
         let snap = snapshot(3, &[false, false, false]);
         let (_, h) = key(1);
-        for name in ["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"] {
+        for name in POLICIES {
             let p = policy_by_name(
                 name,
                 PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 },
             )
             .unwrap();
             assert_eq!(p.choose(&snap, h, &[]), None, "{name}");
-            assert_eq!(p.name(), name);
+            assert_eq!(p.name(), *name);
         }
+    }
+
+    #[test]
+    fn every_listed_policy_is_built_and_answers_with_a_healthy_node() {
+        assert!(policy_by_name("nope", cfg()).is_none());
+        let snap = snapshot(4, &[false, true, true, true]);
+        for name in POLICIES {
+            let p = policy_by_name(name, cfg()).unwrap_or_else(|| panic!("{name} is listed but not built"));
+            for i in 0..50 {
+                let (_, h) = key(i);
+                let picked = p.choose(&snap, h, &[]).unwrap();
+                assert_ne!(picked, 0, "{name} picked the unhealthy node");
+                p.abandon(&snap.nodes()[picked], h);
+                // With every other node tried, the last healthy one (or nothing).
+                let others: Vec<usize> = (1..4).filter(|j| *j != picked).collect();
+                assert_eq!(p.choose(&snap, h, &others), Some(picked), "{name}");
+                p.abandon(&snap.nodes()[picked], h);
+            }
+        }
+    }
+
+    fn cfg() -> PolicyConfig {
+        PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 }
     }
 
     #[test]

@@ -200,21 +200,37 @@ impl Slots {
         }
     }
 
-    /// Takes a free or spent slot of the key's window for `t`.
+    /// Takes a free or spent slot of the key's window for `t`; when every slot is live, the one
+    /// touched longest ago with no call in flight (a node evicts its least recently used idle
+    /// container first, so that is the pair least likely to be warm still).
     fn claim(&self, t: u64, node: u64, now_ms: u64) -> Option<&Entry> {
         let start = t as usize & self.mask;
+        let mut oldest: Option<(&Entry, u64, u64)> = None;
         for k in 0..WINDOW {
             let e = &self.entries[(start + k) & self.mask];
             let old = e.tag.load(Relaxed);
-            if e.is_spent() && e.tag.compare_exchange(old, t, Relaxed, Relaxed).is_ok() {
-                e.node.store(node, Relaxed);
-                e.in_flight.store(0, Relaxed);
-                e.peaks.store(0, Relaxed);
-                e.touched_ms.store(now_ms, Relaxed);
-                return Some(e);
+            if e.is_spent() {
+                if e.tag.compare_exchange(old, t, Relaxed, Relaxed).is_ok() {
+                    return Some(Self::reset(e, node, now_ms));
+                }
+                continue;
+            }
+            let touched = e.touched_ms.load(Relaxed);
+            if e.in_flight.load(Relaxed) == 0 && oldest.is_none_or(|(_, _, at)| touched < at) {
+                oldest = Some((e, old, touched));
             }
         }
-        None
+        let (e, old, _) = oldest?;
+        e.tag.compare_exchange(old, t, Relaxed, Relaxed).ok()?;
+        Some(Self::reset(e, node, now_ms))
+    }
+
+    fn reset(e: &Entry, node: u64, now_ms: u64) -> &Entry {
+        e.node.store(node, Relaxed);
+        e.in_flight.store(0, Relaxed);
+        e.peaks.store(0, Relaxed);
+        e.touched_ms.store(now_ms, Relaxed);
+        e
     }
 
     /// A table of `size` entries holding every live entry of `self` whose node is in `live`
@@ -401,6 +417,86 @@ mod tests {
         w.tick(&snap, 1 + 8 * 1000);
         assert_eq!(w.get(42, n), Warm { in_flight: 1, containers: 1 });
         assert_eq!(n.containers(), 1);
+    }
+
+    #[test]
+    fn every_container_the_cluster_holds_has_an_entry() {
+        // 4 nodes of 1,600 containers, 6,000 functions each warm on one node (a full cluster).
+        // The table follows the cluster (4 × 1,600 × 2 → 16,384 entries) and knows all of them
+        // but the few a full probing window loses (8 here);
+        // the fixed 4,096-entry table it replaces lost a third, and with them a third of each
+        // node's footprint, so cold calls went on evicting on nodes taken for half empty.
+        let snap = snapshot(4, &[]);
+        for (w, known_at_least) in [(Warmth::for_cluster(1600, 7000), 6000), (Warmth::fixed(4096, 7000), 0)] {
+            w.tick(&snap, 1);
+            for h in 0..6000u64 {
+                let n = &snap.nodes()[(h % 4) as usize];
+                w.start(h * 0x9e37_79b9, n, 2);
+                w.finish(h * 0x9e37_79b9, n, 3);
+            }
+            let known = (0..6000u64)
+                .filter(|h| w.get(h * 0x9e37_79b9, &snap.nodes()[(h % 4) as usize]).containers == 1)
+                .count();
+            w.tick(&snap, 1001);
+            let footprint: u32 = snap.nodes().iter().map(|n| n.containers()).sum();
+            if known_at_least == 6000 {
+                assert_eq!(w.len(), 16384);
+                assert!(known >= 5970 && footprint as usize == known, "knew {known}, footprint {footprint}");
+            } else {
+                assert!(known <= 4096 && footprint <= 4096, "the fixed table knew {known}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_follows_the_node_count_and_keeps_what_it_knew() {
+        let eight = snapshot(8, &[]);
+        let w = Warmth::for_cluster(64, 7000);
+        w.tick(&eight, 1);
+        assert_eq!(w.len(), 1024); // 8 × 64 × 2
+        for (i, n) in eight.nodes().iter().enumerate() {
+            w.start(i as u64, n, 2);
+        }
+        w.finish(0, &eight.nodes()[0], 3);
+        // Four of the nodes leave: a smaller table, with the four others' entries (and their
+        // calls in flight) carried over, and nothing of the nodes that left.
+        let four = Snapshot::new(
+            eight.nodes_arc()[..4].iter().cloned().collect(),
+            std::sync::Arc::new(crate::route::table::Table::build(&[])),
+            vec![true; 4].into(),
+            Default::default(),
+        );
+        w.tick(&four, 1001);
+        assert_eq!(w.len(), 512);
+        assert_eq!(w.get(0, &eight.nodes()[0]), Warm { in_flight: 0, containers: 1 });
+        assert_eq!(w.get(3, &eight.nodes()[3]), Warm { in_flight: 1, containers: 1 });
+        assert_eq!(w.get(5, &eight.nodes()[5]), Warm::default());
+        // A tick within the period does not resize; the next period grows it back.
+        w.tick(&eight, 1500);
+        assert_eq!(w.len(), 512);
+        w.tick(&eight, 2001);
+        assert_eq!(w.len(), 1024);
+        assert_eq!(w.get(3, &eight.nodes()[3]), Warm { in_flight: 1, containers: 1 });
+    }
+
+    #[test]
+    fn a_full_window_gives_way_to_the_newest_pair() {
+        // One node, a table of 8 entries (one window): 8 functions warm, then a ninth. The
+        // least recently used idle entry gives way, as the node's LRU container does.
+        let snap = snapshot(1, &[]);
+        let n = &snap.nodes()[0];
+        let w = Warmth::fixed(8, 7000);
+        for h in 1..=8u64 {
+            w.start(h, n, 10 + h);
+            if h != 1 {
+                w.finish(h, n, 10 + h);
+            }
+        }
+        // Function 1 still has its call in flight: function 2 (idle longest) gives way.
+        w.start(9, n, 30);
+        assert_eq!(w.get(9, n), Warm { in_flight: 1, containers: 1 });
+        assert_eq!(w.get(2, n), Warm::default());
+        assert_eq!(w.get(1, n).in_flight, 1);
     }
 
     #[test]
