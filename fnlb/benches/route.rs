@@ -95,3 +95,9 @@ fn bounded_pick_half_full(bencher: divan::Bencher<'_, '_>, nodes: usize) {
         decide(&*policy, &snap, keys[i].as_bytes())
     });
 }
+
+/// The literature's contenders, for comparison (pick + answer, 1,000 functions).
+#[divan::bench(args = [8, 1000], consts = [0, 1, 2], sample_size = 256, sample_count = 200)]
+fn literature_pick<const POLICY: usize>(bencher: divan::Bencher<'_, '_>, nodes: usize) {
+    time_picks(bencher, ["openwhisk", "ch-rlu", "hermod"][POLICY], nodes, 1_000);
+}

@@ -5,13 +5,16 @@
 //! same seed the two agree within a few per cent.
 //!
 //!     cargo run --release -p fnlb --example routesim -- --rho 0.45 --seeds 1,2,3 \
-//!         --policies 'bounded;bounded:warm=0;ch;oracle' [--variant steady|bursty|ramp|multi-lb]
-//!         [--warmup 10] [--duration 30] [--windows 1]
+//!         --policies 'bounded;bounded:warm=0;ch;openwhisk;ch-rlu;hermod;oracle' \
+//!         [--variant steady|bursty|ramp|churn|multi-lb] [--warmup 10] [--duration 30] [--windows 1]
 //!
-//! Policies are fnlb's (`-policy` names), `bounded:KNOB=V,...` (see `tuning`), or `oracle`: a
-//! rule that sees the nodes' containers, as no balancer can (warm node first along the key's
-//! order, else a node with a free slot, else home). Not modelled: churn (a node going down),
-//! network and proxy delays.
+//! Policies are fnlb's (`-policy` names: `route::POLICIES`, the literature's `openwhisk`,
+//! `ch-rlu` and `hermod` included; `all` runs every one), `bounded:KNOB=V,...` (see `tuning`), or
+//! `oracle`: a rule that sees the nodes' containers, as no balancer can (warm node first along
+//! the key's order, else a node with a free slot, else home). `churn`: the node that sorts first
+//! goes down (its containers lost) a third of the way through the measured window and comes back
+//! at two thirds; the line "rejoin" says how many of the functions called after its return went
+//! to it, against how many are homed there. Not modelled: network and proxy delays.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::AtomicU32;
@@ -33,6 +36,8 @@ const IDLE: Duration = Duration::from_secs(30);
 struct Lb {
     snap: Snapshot,
     policy: Box<dyn Policy>,
+    /// `snap` with node 0 down, swapped with it while node 0 is away (`churn`).
+    away: Snapshot,
 }
 
 /// A rule that sees the nodes' containers (what no balancer can): along the key's order, the
@@ -63,6 +68,7 @@ fn tuning(spec: &str) -> Tuning {
             "coldbound" => t.cold_bound = v == "1",
             "floor" => t.floor_share = v.parse().unwrap(),
             "probes" => t.probes = v.parse().unwrap(),
+            "entries" => t.entries = v.parse().unwrap(),
             _ => panic!("unknown knob {k}"),
         }
     }
@@ -75,14 +81,18 @@ fn lb(policy: &str, balancers: u32) -> Lb {
         (0..NODES).map(|i| NodeAddr::parse(&format!("127.0.0.1:{}", 19001 + i)).unwrap()).collect();
     addrs.sort();
     let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), Arc::clone(&total))).collect();
-    let snap = Snapshot::new(nodes, Arc::new(Table::build(&addrs)), vec![true; NODES].into(), total);
+    let table = Arc::new(Table::build(&addrs));
+    let mut healthy = vec![true; NODES];
+    healthy[0] = false;
+    let away = Snapshot::new(Arc::clone(&nodes), Arc::clone(&table), healthy.into(), Arc::clone(&total));
+    let snap = Snapshot::new(nodes, table, vec![true; NODES].into(), total);
     let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers: Balancers::new(balancers), load_factor: 1.25 };
     if let Some(spec) = policy.strip_prefix("bounded:") {
         let t = tuning(spec);
-        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)) };
+        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)), away };
     }
     let name = if policy == "oracle" { "ch" } else { policy };
-    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy") }
+    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy"), away }
 }
 
 /// A call in the node's hands.
@@ -111,6 +121,9 @@ struct Report {
     spilled: usize,
     /// Per 5 s of the trace: (calls, cold starts).
     windows: Vec<(usize, usize)>,
+    /// `churn`: functions called from 5 s after node 0's return, and how many of them last went
+    /// to node 0 and are homed there.
+    rejoin: (usize, usize, usize),
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -124,6 +137,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: u64) -> Report {
     let tv = match variant {
         "bursty" => Variant::Bursty,
+        "churn" => Variant::Churn,
         "ramp" => Variant::Ramp,
         _ => Variant::Steady,
     };
@@ -137,7 +151,16 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
     };
     let tr = trace::generate(&cfg);
     let n_lbs = if variant == "multi-lb" { 3 } else { 1 };
-    let lbs: Vec<Lb> = (0..n_lbs).map(|_| lb(policy, n_lbs as u32)).collect();
+    let mut lbs: Vec<Lb> = (0..n_lbs).map(|_| lb(policy, n_lbs as u32)).collect();
+    // churn: node 0 away for the middle third of the measured window (ms of the trace).
+    let away_ms = if variant == "churn" {
+        let third = duration as f64 * 1000.0 / 3.0;
+        (warmup as f64 * 1000.0 + third, warmup as f64 * 1000.0 + 2.0 * third)
+    } else {
+        (f64::MAX, f64::MAX)
+    };
+    let mut away = false;
+    let mut last_node: HashMap<u32, usize> = HashMap::new();
     let base = Instant::now();
     let at = |ms: f64| base + Duration::from_secs_f64(ms / 1000.0);
     let mut models: Vec<NodeModel> = (0..NODES).map(|_| NodeModel::new(SLOTS, IDLE, QueueMode::Queue)).collect();
@@ -174,6 +197,16 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
     while let Some(Reverse((t_us, _, ei))) = heap.pop() {
         let now = t_us as f64 / 1000.0;
         fnlb::route::clock::set_virtual_ms(now as u64 + 1);
+        if away != (now >= away_ms.0 && now < away_ms.1) {
+            away = !away;
+            for l in &mut lbs {
+                std::mem::swap(&mut l.snap, &mut l.away);
+            }
+            if away {
+                // The node restarts: its containers are gone.
+                models[0].reset();
+            }
+        }
         match evs[ei].take().unwrap() {
             Ev::Arrive(ci) => {
                 let c = &tr.calls[ci];
@@ -194,6 +227,9 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                 };
                 if Some(node) != lbr.snap.table().home(*hash) {
                     rep.spilled += 1;
+                }
+                if now >= away_ms.1 + 5000.0 {
+                    last_node.insert(c.func, node);
                 }
                 let guard = lbr.snap.nodes()[node].start_call();
                 let r = Running { call: ci, lb: l, node, guard, arrived: now };
@@ -244,6 +280,9 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
         rep.evictions += m.stats(at(1e9)).evictions;
     }
     rep.bound = fnsim::bound::cold_starts(&tr.calls, IDLE);
+    let homed = |f: &u32| lbs[0].snap.table().home(keys[*f as usize].1) == Some(0);
+    rep.rejoin =
+        (last_node.len(), last_node.values().filter(|n| **n == 0).count(), last_node.keys().filter(|f| homed(f)).count());
     rep
 }
 
@@ -263,6 +302,7 @@ fn main() {
             "--seeds" => seeds = v.split(',').map(|s| s.parse().unwrap()).collect(),
             "--windows" => windows = v == "1",
             "--sep" => sep = v.chars().next().unwrap(),
+            "--policies" if v == "all" => policies = fnlb::route::POLICIES.iter().map(|p| p.to_string()).collect(),
             "--policies" => policies = v.split(sep).map(String::from).collect(),
             "--variant" => variant = v.clone(),
             "--warmup" => warmup = v.parse().unwrap(),
@@ -282,6 +322,10 @@ fn main() {
                 let ts: Vec<String> =
                     r.windows.iter().map(|(n, c)| format!("{:.0}", 100.0 * *c as f64 / (*n).max(1) as f64)).collect();
                 println!("cold % per 5 s: {}", ts.join(" "));
+            }
+            if variant == "churn" {
+                let (called, on_0, homed) = r.rejoin;
+                println!("rejoin: {on_0} of {called} functions called after node 0 returned went to it ({homed} homed there)");
             }
             let mean = r.busy.iter().sum::<f64>() / NODES as f64;
             let max = r.busy.iter().cloned().fold(0.0, f64::max);
