@@ -731,6 +731,34 @@ mod tests {
     }
 
     #[test]
+    fn spike_reports_when_the_cold_ratio_is_back() {
+        let mut t = trace(Vec::new());
+        t.config.variant = Variant::Spike;
+        t.config.measured = Duration::from_secs(30); // spike from 11 s to 21 s
+        t.calls = (0..400).map(|i| call(i * 100)).collect();
+        // Cold during the spike and for 3 s after it, warm otherwise (but the very first call).
+        let outcomes: Vec<_> = (0..400u64)
+            .map(|i| {
+                let at = i * 100;
+                answered(200, at == 0 || (11_000..24_000).contains(&at), 0, 150)
+            })
+            .collect();
+        let r = summarize(&t, Duration::from_secs(30), &outcomes, None);
+        let s = r.spike.clone().expect("spike report");
+        assert_eq!((s.start_s, s.end_s), (11.0, 21.0));
+        assert_eq!(s.before_ratio, 0.0);
+        assert_eq!(s.during_ratio, 1.0);
+        assert_eq!(s.recovered_after_s, Some(3.0));
+        // The bound: one function called every 100 ms stays warm after its first call.
+        let b = r.bound_spike.clone().expect("bound's spike report");
+        assert_eq!(b.recovered_after_s, Some(0.0));
+        assert!(r.render().contains("back to it 3 s after the spike"), "{}", r.render());
+        // Other variants have no spike report.
+        t.config.variant = Variant::Steady;
+        assert!(summarize(&t, Duration::from_secs(30), &outcomes, None).spike.is_none());
+    }
+
+    #[test]
     fn cold_timeline_buckets_the_measured_window() {
         let mut t = trace(Vec::new());
         t.config.measured = Duration::from_secs(12);

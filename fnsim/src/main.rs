@@ -1,6 +1,7 @@
 //! The `fnsim` command line: `serve` runs simulated Fn nodes, `drive` replays the benchmark
 //! workload against balancers.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -319,6 +320,8 @@ async fn run_drive(a: DriveArgs) -> Result<(), String> {
         let ratio = if n == 0 { 0.0 } else { bound as f64 / n as f64 };
         // The trace's own config: for azure it holds the ρ reached and the replay's length.
         let workload = &trace.config;
+        // A closed pipe (`| head -1`) ends the output, not the process with a panic.
+        let mut out = std::io::stdout().lock();
         if a.json {
             let v = serde_json::json!({
                 "workload": workload,
@@ -332,15 +335,17 @@ async fn run_drive(a: DriveArgs) -> Result<(), String> {
                 "bound_cold_starts": bound,
                 "bound_cold_ratio": ratio,
             });
-            println!("{v}");
+            let _ = writeln!(out, "{v}");
         } else {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:?} seed {} rho {:.2}: {n} calls over {:.0} s, {:.1} calls/s, E[exec] {:.0} ms, {} functions, bound {bound} cold starts ({:.2}%)",
                 workload.variant, workload.seed, workload.rho, trace.duration().as_secs_f64(), trace.rate,
                 trace.mean_exec_ms, trace.functions.len(), ratio * 100.0
             );
             if let Some(az) = &trace.azure {
-                println!(
+                let _ = writeln!(
+                    out,
                     "azure window {}:{}, speed {:.3}, {:?} arrivals, {} functions called, {} executions clipped",
                     az.start_minute, az.minutes, az.speed, az.arrivals, az.active_functions, az.clipped
                 );
@@ -358,11 +363,12 @@ async fn run_drive(a: DriveArgs) -> Result<(), String> {
         method: a.method,
     };
     let report = fnsim::drive::drive(&cfg, &trace).await;
-    if a.json {
-        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    let mut out = std::io::stdout().lock();
+    let _ = if a.json {
+        writeln!(out, "{}", serde_json::to_string(&report).map_err(|e| e.to_string())?)
     } else {
-        print!("{}", report.render());
-    }
+        write!(out, "{}", report.render())
+    };
     Ok(())
 }
 
