@@ -9,9 +9,16 @@ and prints one table per scenario. Contenders: fnlb with each policy, nginx with
     bench/routing.py                                  # the full default run (long: ~10 min a scenario)
     bench/routing.py --scenarios steady:0.3 --seeds 1 --warmup 10s --duration 30s
     bench/routing.py --contenders fnlb-bounded,nginx-hash --json out.json
+    bench/routing.py --scenario azure --rho 0.45 --window 120:10,300:10 --seeds 1
+    bench/routing.py --scenarios steady:0.45 --seeds 1-30 --shortest 3   # the short-function seeds
+    bench/routing.py --seeds 1-30 --seed-means                            # only list the seeds' E[exec]
 
-Scenarios are VARIANT[:RHO]; variants: steady, bursty, ramp, churn, multi-lb, overload.
-nginx is installed from Debian's packages if missing.
+Scenarios are VARIANT[:RHO]; variants: steady, bursty, ramp, churn, multi-lb, overload, spike
+(2x the rate for 10 s a third of the way through the measured window; the report says when the
+cold-start ratio is back to its level before), many (5,000 functions, Zipf 1.1), azure (a replay
+of ../shared/traces/azure2019: --window START:MINUTES, one scenario per window, --rho or --speed,
+--arrivals). Every row carries the trace's calls/s and popularity-weighted mean execution time.
+Seeds: a list and/or ranges (1-30). nginx is installed from Debian's packages if missing.
 """
 import argparse
 import json
@@ -147,10 +154,57 @@ http {{
     wait_for(lambda: get(f"http://127.0.0.1:{LB_PORTS[0]}/version"), "nginx")
 
 
-def run_one(contender, variant, rho, seed, args, work):
+def drive_flags(variant, rho, seed, args, window=None):
+    """The trace-selecting flags of `fnsim drive` (shared by the runs and the dry runs)."""
+    drive_variant = "steady" if variant == "multi-lb" else variant
+    cmd = ["--variant", drive_variant, "--seed", str(seed), "--warmup", args.warmup, "--duration", args.duration,
+           "--idle-timeout", args.idle_timeout]
+    if rho is not None and not (variant == "azure" and args.speed):
+        cmd += ["--rho", str(rho)]
+    if args.functions:
+        cmd += ["--functions", str(args.functions)]
+    if variant == "azure":
+        cmd += ["--window", window or args.window.split(",")[0], "--arrivals", args.arrivals,
+                "--max-exec", args.max_exec]
+        if args.speed:
+            cmd += ["--speed", str(args.speed)]
+        if args.trace_dir:
+            cmd += ["--trace-dir", args.trace_dir]
+    return cmd
+
+
+def dry_run(variant, rho, seed, args, window=None):
+    cmd = [os.path.join(BIN, "fnsim"), "drive", "--dry-run", "--json"] + drive_flags(variant, rho, seed, args, window)
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def seed_list(spec):
+    """`1,2,3`, `1-30`, or both (`1-3,7`)."""
+    out = []
+    for part in spec.split(","):
+        a, sep, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if sep else [int(a)]
+    return out
+
+
+def seed_means(seeds, variant, rho, args):
+    """Each seed's trace: calls/s and popularity-weighted mean execution time (dry runs)."""
+    rows = []
+    for seed in seeds:
+        r = dry_run(variant, rho, seed, args)
+        rows.append((seed, r["rate"], r["mean_exec_ms"], r["bound_cold_ratio"]))
+    print(f"\n### seeds of {variant}, rho {rho}: calls/s and mean execution time\n")
+    print("| seed | calls/s | E[exec] ms | bound cold % |")
+    print("|---|---|---|---|")
+    for seed, rate, mean, bound in sorted(rows, key=lambda r: r[2]):
+        print(f"| {seed} | {rate:.0f} | {mean:.0f} | {100 * bound:.2f} |")
+    sys.stdout.flush()
+    return rows
+
+
+def run_one(contender, variant, rho, seed, args, work, window=None):
     procs = Procs()
     n_lbs = 3 if variant == "multi-lb" else 1
-    drive_variant = "steady" if variant == "multi-lb" else variant
     try:
         start_nodes(procs, work, args.idle_timeout)
         if contender.startswith("fnlb-"):
@@ -158,12 +212,9 @@ def run_one(contender, variant, rho, seed, args, work):
         else:
             start_nginx(procs, work, contender[len("nginx-"):], n_lbs)
         targets = ",".join(f"http://127.0.0.1:{LB_PORTS[k]}" for k in range(n_lbs))
-        cmd = [os.path.join(BIN, "fnsim"), "drive", "--target", targets, "--variant", drive_variant,
-               "--seed", str(seed), "--warmup", args.warmup, "--duration", args.duration,
-               "--idle-timeout", args.idle_timeout, "--json",
+        cmd = [os.path.join(BIN, "fnsim"), "drive", "--target", targets, "--json",
                "--nodes-url", ",".join(f"http://{a}" for a in node_addrs())]
-        if rho is not None:
-            cmd += ["--rho", str(rho)]
+        cmd += drive_flags(variant, rho, seed, args, window)
         if variant == "churn":
             cmd += ["--admin", f"http://127.0.0.1:{NODE_PORT + 1}"]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -173,14 +224,15 @@ def run_one(contender, variant, rho, seed, args, work):
 
 
 def fmt_table(rows):
-    head = ["contender", "cold %", "x bound", "excess p50", "p99", "p99.9", "busy max/mean", "on home %", "errors"]
+    head = ["contender", "calls/s", "E[exec]", "cold %", "x bound", "excess p50", "p99", "p99.9", "busy max/mean",
+            "on home %", "errors"]
     lines = [head]
     for name, r in rows:
         if r is None:
             lines.append([name, "failed"] + [""] * (len(head) - 2))
             continue
         e = r["excess_ms"]
-        lines.append([name, f"{100 * r['cold_ratio']:.1f}", f"{r['cold_vs_bound']:.2f}", f"{e['p50']:.0f} ms",
+        lines.append([name, f"{r['rate']:.0f}", f"{r['mean_exec_ms']:.0f} ms", f"{100 * r['cold_ratio']:.1f}", f"{r['cold_vs_bound']:.2f}", f"{e['p50']:.0f} ms",
                       f"{e['p99']:.0f} ms", f"{e['p999']:.0f} ms", f"{r['busy_max_over_mean']:.2f}",
                       f"{100 * r.get('home_share', 0):.1f}", str(r["errors"])])
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
@@ -207,10 +259,39 @@ def fmt_churn(rows):
     return "\n".join(lines)
 
 
+def fmt_spike(rows):
+    """Spike only: when the cold-start ratio was back to its level before the spike, for each
+    contender and for the lower bound on the same calls."""
+    lines = []
+    for name, r in rows:
+        sp, b = r and r.get("spike"), r and r.get("bound_spike")
+        if not sp:
+            continue
+        back = lambda x: "not back by the end" if x["recovered_after_s"] is None else f"back {x['recovered_after_s']:.0f} s after"
+        per_s = " ".join(f"{100 * x:.0f}" for x in sp["per_second"])
+        lines.append(f"- {name}: spike {sp['start_s']:.0f}-{sp['end_s']:.0f} s, cold {100 * sp['before_ratio']:.2f}% before, "
+                     f"{100 * sp['during_ratio']:.2f}% during, {back(sp)} (bound: {100 * b['before_ratio']:.2f}% / "
+                     f"{100 * b['during_ratio']:.2f}%, {back(b)}); cold % per s from 5 s before: {per_s}")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", default="steady:0.3,steady:0.45,bursty:0.3,churn:0.3,multi-lb:0.3,overload:0.7")
-    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--scenarios", default="steady:0.3,steady:0.45,bursty:0.3,churn:0.3,multi-lb:0.3,overload:0.6,"
+                    "overload:0.8,spike:0.3,many:0.3,azure:0.3,azure:0.45,azure:0.8")
+    ap.add_argument("--scenario", help="one variant (with --rho): same as --scenarios VARIANT:RHO")
+    ap.add_argument("--rho", type=float, help="with --scenario")
+    ap.add_argument("--seeds", default="1,2,3", help="a list and/or ranges: 1,2,3 or 1-30")
+    ap.add_argument("--shortest", type=int, metavar="N",
+                    help="of --seeds, run only the N whose traces have the shortest mean execution time")
+    ap.add_argument("--seed-means", action="store_true",
+                    help="print every seed's calls/s and mean execution time, then stop")
+    ap.add_argument("--functions", type=int, help="number of functions (default 200; many: 5000)")
+    ap.add_argument("--window", default="120:10", help="azure: START:MINUTES of the trace, comma-separated for several")
+    ap.add_argument("--speed", type=float, help="azure: time compression instead of --rho")
+    ap.add_argument("--arrivals", default="poisson", choices=["poisson", "uniform"], help="azure")
+    ap.add_argument("--max-exec", default="30s", help="azure: execution times are clipped to this")
+    ap.add_argument("--trace-dir", help="azure: default ../shared/traces/azure2019 beside the repository")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--warmup", default="10s")
     ap.add_argument("--duration", default="60s")
@@ -219,18 +300,34 @@ def main():
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65535), hard))
+    if args.scenario:
+        args.scenarios = args.scenario + (f":{args.rho}" if args.rho is not None else "")
+    elif args.rho is not None:
+        ap.error("--rho goes with --scenario (or write --scenarios VARIANT:RHO)")
     ensure_tools()
-    results = []
+    scenarios = []
     for scen in args.scenarios.split(","):
         variant, _, rho = scen.partition(":")
         rho = float(rho) if rho else None
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for window in (args.window.split(",") if variant == "azure" else [None]):
+            scenarios.append((variant, rho, window))
+    seeds = seed_list(args.seeds)
+    if args.seed_means or args.shortest:
+        variant, rho, _ = next(((v, r, w) for v, r, w in scenarios if v != "azure"), ("steady", None, None))
+        means = seed_means(seeds, variant, rho, args)
+        if args.seed_means:
+            return
+        seeds = [s for s, _, _, _ in sorted(means, key=lambda r: r[2])[:args.shortest]]
+        print(f"\nthe {args.shortest} with the shortest mean execution time: {','.join(map(str, seeds))}")
+    results = []
+    for variant, rho, window in scenarios:
+        for seed in seeds:
             rows = []
             for c in args.contenders.split(","):
                 work = tempfile.mkdtemp(prefix="fnlb-bench-")
                 t0 = time.time()
                 try:
-                    r = run_one(c, variant, rho, seed, args, work)
+                    r = run_one(c, variant, rho, seed, args, work, window)
                 except Exception as e:  # a contender that fails is reported, not fatal
                     print(f"  {c}: failed: {e} (logs in {work})", file=sys.stderr)
                     r = None
@@ -238,12 +335,19 @@ def main():
                     shutil.rmtree(work, ignore_errors=True)
                 print(f"  {variant} rho={rho} seed={seed} {c}: {time.time() - t0:.0f}s", file=sys.stderr)
                 rows.append((c, r))
-                results.append({"variant": variant, "rho": rho, "seed": seed, "contender": c, "result": r})
-            print(f"\n### {variant}, rho {rho}, seed {seed}\n")
+                results.append({"variant": variant, "rho": rho, "window": window, "seed": seed, "contender": c,
+                                "result": r})
+            az = next((r["azure"] for _, r in rows if r and r.get("azure")), None)
+            where = f", window {window}, speed {az['speed']:.2f}, {az['arrivals']} arrivals" if az else ""
+            reached = next((r["rho"] for _, r in rows if r), rho)
+            print(f"\n### {variant}, rho {reached if reached is None else f'{reached:.2f}'}{where}, seed {seed}\n")
             print(fmt_table(rows))
             if variant == "churn":
                 print()
                 print(fmt_churn(rows))
+            if variant == "spike":
+                print()
+                print(fmt_spike(rows))
             sys.stdout.flush()
             if args.json:
                 with open(args.json, "w") as f:

@@ -5,8 +5,17 @@
 //! same seed the two agree within a few per cent.
 //!
 //!     cargo run --release -p fnlb --example routesim -- --rho 0.45 --seeds 1,2,3 \
-//!         --policies 'bounded;bounded:warm=0;ch;openwhisk;ch-rlu;hermod;oracle' \
-//!         [--variant steady|bursty|ramp|churn|multi-lb] [--warmup 10] [--duration 30] [--windows 1]
+//!         --policies 'bounded;bounded:warm=0;ch;openwhisk;ch-rlu;hermod;oracle' [--variant steady|bursty|
+//!         ramp|churn|multi-lb|overload|spike|many|azure] [--warmup 10] [--duration 30] [--windows 1]
+//!         [--functions N]
+//!     cargo run --release -p fnlb --example routesim -- --variant azure --rho 0.45 \
+//!         --window 120:10 [--speed X] [--arrivals poisson|uniform] [--trace-dir DIR] --seeds 1-3
+//!
+//! Traces come from fnsim's `trace::build`, as `fnsim drive` makes them, so a scenario here is
+//! the same calls as in `bench/routing.py`. Every row carries the trace's calls/s and mean
+//! execution time; "> 60 s" counts calls that took longer than the driver's timeout (errors
+//! live); for `spike` a line says when the cold-start ratio was back to its level before the
+//! spike, for the policy and for the lower bound.
 //!
 //! Policies are fnlb's (`-policy` names: `route::POLICIES`, the literature's `openwhisk`,
 //! `ch-rlu` and `hermod` included; `all` runs every one), `bounded:KNOB=V,...` (see `tuning`), or
@@ -25,8 +34,10 @@ use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
 use fnlb::route::bounded::{Bounded, Tuning};
 use fnlb::route::table::{key_hash, Table};
 use fnlb::route::{policy_by_name, Balancers, Policy, PolicyConfig};
+use fnsim::azure::{self, Arrivals, AzureConfig};
+use fnsim::metrics::spike_recovery;
 use fnsim::model::{Arrival, Lease, NodeModel, QueueMode};
-use fnsim::trace::{self, Variant, WorkloadConfig};
+use fnsim::trace::{self, Trace, Variant, WorkloadConfig};
 use tokio::time::Instant;
 
 const NODES: usize = 8;
@@ -124,6 +135,54 @@ struct Report {
     /// `churn`: functions called from 5 s after node 0's return, and how many of them last went
     /// to node 0 and are homed there.
     rejoin: (usize, usize, usize),
+    /// Calls that took longer than the driver's 60 s timeout (errors in a live run).
+    late: usize,
+    /// Spike only: (scheduled s, cold) per call.
+    points: Vec<(f64, bool)>,
+}
+
+/// The driver's per-call timeout, from the scheduled time.
+const TIMEOUT_MS: f64 = 60_000.0;
+
+/// How the trace is chosen: the flags beside the policy list.
+struct Scenario {
+    variant: String,
+    rho: f64,
+    warmup: u64,
+    duration: u64,
+    functions: Option<usize>,
+    azure: AzureConfig,
+}
+
+/// The trace of `sc` for `seed`, through fnsim's library (as `fnsim drive` builds it).
+fn workload(sc: &Scenario, seed: u64) -> Trace {
+    let variant = match sc.variant.as_str() {
+        "multi-lb" => Variant::Steady,
+        v => v.parse().unwrap_or_else(|e| panic!("{e}")),
+    };
+    let cfg = WorkloadConfig {
+        seed,
+        variant,
+        rho: sc.rho,
+        nodes: NODES,
+        slots: SLOTS,
+        functions: sc.functions.unwrap_or(variant.default_functions()),
+        warmup: Duration::from_secs(sc.warmup),
+        measured: Duration::from_secs(sc.duration),
+        azure: sc.azure.clone(),
+        ..WorkloadConfig::default()
+    };
+    trace::build(&cfg).unwrap_or_else(|e| panic!("trace: {e}"))
+}
+
+/// `1,2,3` or `1-30` (or both: `1-3,7`).
+fn seeds(v: &str) -> Vec<u64> {
+    v.split(',')
+        .flat_map(|s| match s.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<u64>>(),
+            None => vec![s.parse().unwrap()],
+        })
+        .collect()
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -134,28 +193,16 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: u64) -> Report {
-    let tv = match variant {
-        "bursty" => Variant::Bursty,
-        "churn" => Variant::Churn,
-        "ramp" => Variant::Ramp,
-        _ => Variant::Steady,
-    };
-    let cfg = WorkloadConfig {
-        seed,
-        variant: tv,
-        rho,
-        warmup: Duration::from_secs(warmup),
-        measured: Duration::from_secs(duration),
-        ..WorkloadConfig::default()
-    };
-    let tr = trace::generate(&cfg);
+fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
+    let seed = tr.config.seed;
+    let warmup = tr.config.warmup.as_secs_f64();
+    let duration = tr.config.measured.as_secs_f64();
     let n_lbs = if variant == "multi-lb" { 3 } else { 1 };
     let mut lbs: Vec<Lb> = (0..n_lbs).map(|_| lb(policy, n_lbs as u32)).collect();
     // churn: node 0 away for the middle third of the measured window (ms of the trace).
     let away_ms = if variant == "churn" {
-        let third = duration as f64 * 1000.0 / 3.0;
-        (warmup as f64 * 1000.0 + third, warmup as f64 * 1000.0 + 2.0 * third)
+        let third = duration * 1000.0 / 3.0;
+        (warmup * 1000.0 + third, warmup * 1000.0 + 2.0 * third)
     } else {
         (f64::MAX, f64::MAX)
     };
@@ -181,7 +228,8 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
     let mut next_id = 0u64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
     let mut rep = Report { busy: vec![0.0; NODES], ..Default::default() };
-    let warm_ms = warmup as f64 * 1000.0;
+    let warm_ms = tr.config.warmup.as_secs_f64() * 1000.0;
+    let spike = tr.spike_window().is_some();
     let mut start = |running: &mut HashMap<u64, (Running, Lease)>,
                      heap: &mut BinaryHeap<_>,
                      evs: &mut Vec<Option<Ev>>,
@@ -269,7 +317,11 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                     rep.cold += 1;
                     rep.windows[w].1 += 1;
                 }
+                if spike {
+                    rep.points.push((c.at.as_secs_f64(), cold));
+                }
                 let sched = c.at.as_secs_f64() * 1000.0;
+                rep.late += usize::from(now - sched > TIMEOUT_MS);
                 if sched >= warm_ms {
                     rep.excess.push(now - sched - c.exec_ms);
                 }
@@ -287,19 +339,26 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
 }
 
 fn main() {
-    let mut rho = 0.3;
-    let mut seeds = vec![1u64];
+    let mut rho = None;
+    let mut seed_list = vec![1u64];
     let mut policies = vec!["bounded".to_string()];
     let mut sep = ';';
     let mut windows = false;
     let mut variant = "steady".to_string();
     let (mut warmup, mut duration) = (10u64, 30u64);
+    let mut functions = None;
+    let mut az = AzureConfig::default();
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
         let v = &w[1];
         match w[0].as_str() {
-            "--rho" => rho = v.parse().unwrap(),
-            "--seeds" => seeds = v.split(',').map(|s| s.parse().unwrap()).collect(),
+            "--rho" => rho = Some(v.parse().unwrap()),
+            "--seeds" => seed_list = seeds(v),
+            "--functions" => functions = Some(v.parse().unwrap()),
+            "--window" => (az.start_minute, az.minutes) = azure::parse_window(v).unwrap(),
+            "--speed" => az.speed = Some(v.parse().unwrap()),
+            "--trace-dir" => az.trace_dir = v.into(),
+            "--arrivals" => az.arrivals = if v == "uniform" { Arrivals::Uniform } else { Arrivals::Poisson },
             "--windows" => windows = v == "1",
             "--sep" => sep = v.chars().next().unwrap(),
             "--policies" if v == "all" => policies = fnlb::route::POLICIES.iter().map(|p| p.to_string()).collect(),
@@ -310,12 +369,28 @@ fn main() {
             a => panic!("unknown flag {a}"),
         }
     }
-    println!("{variant} rho {rho} seeds {seeds:?} {warmup}s+{duration}s");
-    println!("| policy | seed | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % |");
+    let rho = rho.unwrap_or_else(|| variant.parse::<Variant>().map_or(0.3, Variant::default_rho));
+    let sc = Scenario { variant: variant.clone(), rho, warmup, duration, functions, azure: az };
+    // One trace in memory at a time (an Azure window can be millions of calls): built per row.
+    let first = workload(&sc, seed_list[0]);
+    if let Some(a) = first.azure.as_ref() {
+        println!(
+            "azure window {}:{} of {}, speed {:.3} ({:.1} s a trace minute), {:?} arrivals, {} executions clipped",
+            a.start_minute, a.minutes, a.trace_dir, a.speed, a.minute_s, a.arrivals, a.clipped
+        );
+        let t = &first;
+        let (w, m) = (t.config.warmup.as_secs_f64(), t.config.measured.as_secs_f64());
+        println!("{variant} rho {rho} seeds {seed_list:?} {w:.0}s+{m:.0}s");
+    } else {
+        println!("{variant} rho {rho} seeds {seed_list:?} {warmup}s+{duration}s");
+    }
+    drop(first);
+    println!("| policy | seed | calls/s | E[exec] ms | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % | > 60 s |");
     for p in &policies {
         let mut xs = Vec::new();
-        for &seed in &seeds {
-            let mut r = run(p, &variant, rho, seed, warmup, duration);
+        for &seed in &seed_list {
+            let tr = &workload(&sc, seed);
+            let mut r = run(p, &variant, tr);
             let x = r.cold as f64 / r.bound as f64;
             xs.push(x);
             if windows {
@@ -330,7 +405,9 @@ fn main() {
             let mean = r.busy.iter().sum::<f64>() / NODES as f64;
             let max = r.busy.iter().cloned().fold(0.0, f64::max);
             println!(
-                "| {p} | {seed} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} |",
+                "| {p} | {seed} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {} |",
+                tr.rate,
+                tr.mean_exec_ms,
                 100.0 * r.cold as f64 / r.calls as f64,
                 x,
                 pct(&mut r.excess, 0.5),
@@ -338,9 +415,21 @@ fn main() {
                 pct(&mut r.excess, 0.999),
                 max / mean,
                 r.evictions,
-                100.0 * r.spilled as f64 / r.calls as f64
+                100.0 * r.spilled as f64 / r.calls as f64,
+                r.late
             );
+            if let Some((s, e)) = tr.spike_window() {
+                let (w, s, e) = (tr.config.warmup.as_secs_f64(), s.as_secs_f64(), e.as_secs_f64());
+                let flags = fnsim::bound::cold_flags(&tr.calls, IDLE);
+                let bound = tr.calls.iter().zip(flags).map(|(c, cold)| (c.at.as_secs_f64(), cold));
+                let mine = spike_recovery(std::mem::take(&mut r.points), w, s, e);
+                println!(
+                    "spike {p} seed {seed}: {}; bound: {}",
+                    mine.render(),
+                    spike_recovery(bound, w, s, e).render()
+                );
+            }
         }
-        println!("| {p} | mean | | {:.2} | | | | | | |", xs.iter().sum::<f64>() / xs.len() as f64);
+        println!("| {p} | mean | | | | {:.2} | | | | | | | |", xs.iter().sum::<f64>() / xs.len() as f64);
     }
 }

@@ -10,13 +10,27 @@ use crate::trace::Call;
 
 /// Cold starts the bound needs for `calls` (sorted by time).
 pub fn cold_starts(calls: &[Call], idle_timeout: Duration) -> usize {
+    let mut cold = 0;
+    replay(calls, idle_timeout, |_, c| cold += usize::from(c));
+    cold
+}
+
+/// Whether each call of `calls` starts cold in the bound, in order: the bound's own timeline
+/// (e.g. how much a rate spike costs even an ideal pool).
+pub fn cold_flags(calls: &[Call], idle_timeout: Duration) -> Vec<bool> {
+    let mut flags = Vec::with_capacity(calls.len());
+    replay(calls, idle_timeout, |_, c| flags.push(c));
+    flags
+}
+
+/// Replays `calls` against the bound's pools, telling `each` (index, cold) per call.
+fn replay(calls: &[Call], idle_timeout: Duration, mut each: impl FnMut(usize, bool)) {
     let timeout_ms = idle_timeout.as_secs_f64() * 1000.0;
     let functions = calls.iter().map(|c| c.func as usize + 1).max().unwrap_or(0);
     // Per function: the time each of its containers becomes free (ms). Functions never share
     // containers and slots are unlimited, so functions are independent.
     let mut pools: Vec<Vec<f64>> = vec![Vec::new(); functions];
-    let mut cold = 0;
-    for c in calls {
+    for (i, c) in calls.iter().enumerate() {
         let t = c.at.as_secs_f64() * 1000.0;
         let pool = &mut pools[c.func as usize];
         // Idle since `free`, expired once `free + timeout <= t` (as in the node model).
@@ -24,14 +38,16 @@ pub fn cold_starts(calls: &[Call], idle_timeout: Duration) -> usize {
         let oldest_idle =
             pool.iter().enumerate().filter(|(_, &free)| free <= t).min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
         match oldest_idle {
-            Some(i) => pool[i] = t + c.exec_ms,
+            Some(k) => {
+                pool[k] = t + c.exec_ms;
+                each(i, false);
+            }
             None => {
-                cold += 1;
                 pool.push(t + c.cold_ms + c.exec_ms);
+                each(i, true);
             }
         }
     }
-    cold
 }
 
 #[cfg(test)]
@@ -55,6 +71,7 @@ mod tests {
             call(1, 5000, 10.0, 500.0), // cold: expired long ago
         ];
         assert_eq!(cold_starts(&calls, timeout), 4);
+        assert_eq!(cold_flags(&calls, timeout), [true, true, true, false, false, false, true]);
     }
 
     #[test]

@@ -22,8 +22,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::azure::AzureReplay;
 use crate::bound;
-use crate::metrics::Summary;
+use crate::metrics::{spike_recovery, SpikeRecovery, Summary};
 use crate::server::{COLD_HEADER, COLD_RESPONSE_HEADER, EXEC_HEADER, NODE_HEADER};
 use crate::trace::{Trace, Variant};
 
@@ -70,6 +71,10 @@ pub struct Report {
     /// Steady arrival rate of the trace (calls/s).
     pub rate: f64,
     pub mean_exec_ms: f64,
+    /// Functions of the trace.
+    pub functions: usize,
+    /// The Azure replay's window and speed.
+    pub azure: Option<AzureReplay>,
     pub warmup_s: f64,
     pub measured_s: f64,
     pub targets: usize,
@@ -112,6 +117,10 @@ pub struct Report {
     pub churn: Vec<String>,
     /// Churn only: which functions changed node when the node left and when it came back.
     pub churn_keys: Option<ChurnKeys>,
+    /// Spike only: how the cold-start ratio came back after the spike (2xx calls)...
+    pub spike: Option<SpikeRecovery>,
+    /// ...and the lower bound's own, on the same calls (an ideal pool pays for a spike too).
+    pub bound_spike: Option<SpikeRecovery>,
 }
 
 /// Width of the cold-start timeline's buckets.
@@ -413,7 +422,10 @@ fn summarize(
     churn_node: Option<u32>,
 ) -> Report {
     let n = trace.calls.len();
-    let bound = bound::cold_starts(&trace.calls, idle_timeout);
+    let bound_flags = bound::cold_flags(&trace.calls, idle_timeout);
+    let bound = bound_flags.iter().filter(|&&c| c).count();
+    let spike = trace.spike_window();
+    let mut spike_calls: Vec<(f64, bool)> = Vec::new();
     let mut errors_by_kind: BTreeMap<String, usize> = BTreeMap::new();
     let (mut ok, mut cold_starts, mut measured_calls) = (0, 0, 0);
     let (mut latency, mut excess, mut lag) = (Vec::new(), Vec::new(), Vec::new());
@@ -448,6 +460,9 @@ fn summarize(
                 ok += 1;
                 let cold = cold == Some(true);
                 cold_starts += usize::from(cold);
+                if spike.is_some() {
+                    spike_calls.push((call.at.as_secs_f64(), cold));
+                }
                 if measured {
                     let ms = l.as_secs_f64() * 1000.0;
                     latency.push(ms);
@@ -487,13 +502,19 @@ fn summarize(
     let busy_mean = nodes.iter().map(|l| l.busy_seconds).sum::<f64>() / node_count as f64;
     let (on_home, placed) = placement.on_home();
     let churn_keys = churn_node.map(|n| churn_keys(n, &windows[0], &windows[1], &windows[2]));
+    let warmup_s = trace.config.warmup.as_secs_f64();
+    let recovery =
+        |calls: Vec<(f64, bool)>| spike.map(|(s, e)| spike_recovery(calls, warmup_s, s.as_secs_f64(), e.as_secs_f64()));
+    let bound_calls = trace.calls.iter().zip(&bound_flags).map(|(c, &cold)| (c.at.as_secs_f64(), cold)).collect();
     Report {
         variant: trace.config.variant,
         seed: trace.config.seed,
         rho: trace.config.rho,
         rate: trace.rate,
         mean_exec_ms: trace.mean_exec_ms,
-        warmup_s: trace.config.warmup.as_secs_f64(),
+        functions: trace.functions.len(),
+        azure: trace.azure.clone(),
+        warmup_s,
         measured_s: trace.config.measured.as_secs_f64(),
         targets: 0,
         calls: n,
@@ -518,6 +539,8 @@ fn summarize(
         cold_timeline: timeline,
         churn: Vec::new(),
         churn_keys,
+        spike: recovery(spike_calls),
+        bound_spike: if spike.is_some() { recovery(bound_calls) } else { None },
     }
 }
 
@@ -535,6 +558,14 @@ impl Report {
             self.variant, self.seed, self.rho, self.rate, self.mean_exec_ms, self.warmup_s,
             self.measured_s, self.targets
         );
+        if let Some(a) = &self.azure {
+            let _ = writeln!(
+                s,
+                "azure        window {}:{} of {}, speed {:.2} ({:.1} s a trace minute), {:?} arrivals, {} of {} functions called, {} calls' execution clipped",
+                a.start_minute, a.minutes, a.trace_dir, a.speed, a.minute_s, a.arrivals, a.active_functions,
+                self.functions, a.clipped
+            );
+        }
         let _ = writeln!(s, "calls        {} ({} measured), {} ok", self.calls, self.measured_calls, self.ok);
         let kinds: Vec<String> = self.errors_by_kind.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let _ = writeln!(
@@ -590,6 +621,10 @@ impl Report {
         for e in &self.churn {
             let _ = writeln!(s, "churn        {e}");
         }
+        if let (Some(r), Some(b)) = (&self.spike, &self.bound_spike) {
+            let _ = writeln!(s, "spike        {}", r.render());
+            let _ = writeln!(s, "  bound      {}", b.render());
+        }
         if let Some(k) = &self.churn_keys {
             let _ = writeln!(
                 s,
@@ -607,6 +642,7 @@ mod tests {
     use crate::trace::{Call, Function, WorkloadConfig};
 
     fn trace(calls: Vec<Call>) -> Trace {
+        let azure = None;
         Trace {
             config: WorkloadConfig {
                 nodes: 2,
@@ -618,6 +654,7 @@ mod tests {
             calls,
             rate: 2.0,
             mean_exec_ms: 100.0,
+            azure,
         }
     }
 
@@ -691,6 +728,34 @@ mod tests {
         assert!((r.home_share - 5.0 / 7.0).abs() < 1e-9, "{}", r.home_share);
         assert_eq!(r.cold_timeline, vec![ColdBucket { from_s: 1.0, calls: 7, cold: 0 }]);
         assert!(r.render().contains("of 3 functions, 1 moved off it, 1 others moved; back: 1 of its 1 returned"));
+    }
+
+    #[test]
+    fn spike_reports_when_the_cold_ratio_is_back() {
+        let mut t = trace(Vec::new());
+        t.config.variant = Variant::Spike;
+        t.config.measured = Duration::from_secs(30); // spike from 11 s to 21 s
+        t.calls = (0..400).map(|i| call(i * 100)).collect();
+        // Cold during the spike and for 3 s after it, warm otherwise (but the very first call).
+        let outcomes: Vec<_> = (0..400u64)
+            .map(|i| {
+                let at = i * 100;
+                answered(200, at == 0 || (11_000..24_000).contains(&at), 0, 150)
+            })
+            .collect();
+        let r = summarize(&t, Duration::from_secs(30), &outcomes, None);
+        let s = r.spike.clone().expect("spike report");
+        assert_eq!((s.start_s, s.end_s), (11.0, 21.0));
+        assert_eq!(s.before_ratio, 0.0);
+        assert_eq!(s.during_ratio, 1.0);
+        assert_eq!(s.recovered_after_s, Some(3.0));
+        // The bound: one function called every 100 ms stays warm after its first call.
+        let b = r.bound_spike.clone().expect("bound's spike report");
+        assert_eq!(b.recovered_after_s, Some(0.0));
+        assert!(r.render().contains("back to it 3 s after the spike"), "{}", r.render());
+        // Other variants have no spike report.
+        t.config.variant = Variant::Steady;
+        assert!(summarize(&t, Duration::from_secs(30), &outcomes, None).spike.is_none());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The `fnsim` command line: `serve` runs simulated Fn nodes, `drive` replays the benchmark
 //! workload against balancers.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fnsim::azure::{self, Arrivals, AzureConfig};
 use fnsim::drive::DriveConfig;
 use fnsim::godur;
 use fnsim::trace::{self, Variant, WorkloadConfig};
@@ -26,8 +28,8 @@ enum Cmd {
     /// Run simulated Fn nodes. Prints `fnsim node <i> listening on <addr>` per node, then
     /// `fnsim ready`.
     Serve(ServeArgs),
-    /// Replay the seeded FaaS workload (BENCHMARKS.md §2) open loop against --target(s) and
-    /// report cold starts versus the lower bound, latency and per-node load.
+    /// Replay the seeded FaaS workload (BENCHMARKS.md §2) or the Azure trace open loop against
+    /// --target(s) and report cold starts versus the lower bound, latency and per-node load.
     Drive(DriveArgs),
 }
 
@@ -37,11 +39,13 @@ struct DriveArgs {
     /// several balancers (each call goes to one at random).
     #[arg(long = "target", value_delimiter = ',', required_unless_present = "dry_run")]
     targets: Vec<String>,
-    /// Workload variant.
-    #[arg(long, value_enum, default_value_t = Variant::Steady)]
+    /// Workload variant (scenario): spike doubles the rate for 10 s a third of the way through
+    /// the measured window; many has 5,000 functions; azure replays the production trace.
+    #[arg(long, alias = "scenario", value_enum, default_value_t = Variant::Steady)]
     variant: Variant,
-    /// Utilisation ρ = λ·E[exec]/(nodes·slots) [default: 0.3, or 0.7 for overload].
-    #[arg(long, value_parser = non_negative)]
+    /// Utilisation ρ = λ·E[exec]/(nodes·slots) [default: 0.3, or 0.7 for overload]. For azure:
+    /// the speed is chosen so the window's nominal utilisation is ρ.
+    #[arg(long, value_parser = positive)]
     rho: Option<f64>,
     /// Trace seed.
     #[arg(long, default_value_t = 1)]
@@ -52,13 +56,32 @@ struct DriveArgs {
     /// Slots per node the utilisation is computed for (the nodes' --slots).
     #[arg(long, default_value_t = 64)]
     slots: usize,
-    /// Number of functions.
-    #[arg(long, default_value_t = 200)]
-    functions: usize,
+    /// Number of functions [default: 200, or 5000 for many; azure: the trace's].
+    #[arg(long)]
+    functions: Option<usize>,
     /// Zipf exponent of function popularity.
     #[arg(long, default_value_t = 1.1, value_parser = non_negative)]
     zipf: f64,
-    /// Warm-up before the measured window (calls run, latency not counted).
+    /// azure: the trace directory (traces/azure2019, whose 500/ set is read, or a directory
+    /// with invocations.csv and durations.csv) [default: ../shared/traces/azure2019 beside the
+    /// repository].
+    #[arg(long)]
+    trace_dir: Option<std::path::PathBuf>,
+    /// azure: the trace minutes replayed, START:MINUTES (0-479).
+    #[arg(long, default_value = "120:10", value_parser = azure::parse_window)]
+    window: (usize, usize),
+    /// azure: compress the trace's time by this factor (arrivals only) instead of choosing it
+    /// from --rho.
+    #[arg(long, value_parser = positive, conflicts_with = "rho")]
+    speed: Option<f64>,
+    /// azure: how each minute's calls are spread over it.
+    #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
+    arrivals: Arrivals,
+    /// azure: longer execution times are clipped to this (Fn's default function timeout).
+    #[arg(long, default_value = "30s", value_parser = godur::parse_flag)]
+    max_exec: Duration,
+    /// Warm-up before the measured window (calls run, latency not counted); for azure, of the
+    /// replay's time.
     #[arg(long, default_value = "10s", value_parser = godur::parse_flag)]
     warmup: Duration,
     /// Measured window.
@@ -151,6 +174,13 @@ fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("{s:?} is not a non-negative number")),
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
     }
 }
 
@@ -251,7 +281,8 @@ async fn run_serve(a: ServeArgs) -> Result<(), String> {
 }
 
 async fn run_drive(a: DriveArgs) -> Result<(), String> {
-    if a.nodes == 0 || a.slots == 0 || a.functions == 0 {
+    let functions = a.functions.unwrap_or(a.variant.default_functions());
+    if a.nodes == 0 || a.slots == 0 || functions == 0 {
         return Err("--nodes, --slots and --functions must be at least 1".into());
     }
     if a.variant == Variant::Churn && a.admin.is_none() && !a.dry_run {
@@ -263,39 +294,62 @@ async fn run_drive(a: DriveArgs) -> Result<(), String> {
             return Err(format!("bad URL {t:?}: expected http://host:port"));
         }
     }
-    let default_rho = if a.variant == Variant::Overload { 0.7 } else { 0.3 };
     let workload = WorkloadConfig {
         seed: a.seed,
         variant: a.variant,
-        rho: a.rho.unwrap_or(default_rho),
+        rho: a.rho.unwrap_or(a.variant.default_rho()),
         nodes: a.nodes,
         slots: a.slots,
-        functions: a.functions,
+        functions,
         zipf_s: a.zipf,
         warmup: a.warmup,
         measured: a.duration,
+        azure: AzureConfig {
+            trace_dir: a.trace_dir.unwrap_or_else(azure::default_trace_dir),
+            start_minute: a.window.0,
+            minutes: a.window.1,
+            speed: a.speed,
+            arrivals: a.arrivals,
+            max_exec: a.max_exec,
+        },
     };
-    let trace = trace::generate(&workload);
+    let trace = trace::build(&workload)?;
     if a.dry_run {
         let bound = fnsim::drive::bound_cold_starts(&trace, a.idle_timeout);
         let n = trace.calls.len();
         let ratio = if n == 0 { 0.0 } else { bound as f64 / n as f64 };
+        // The trace's own config: for azure it holds the ρ reached and the replay's length.
+        let workload = &trace.config;
+        // A closed pipe (`| head -1`) ends the output, not the process with a panic.
+        let mut out = std::io::stdout().lock();
         if a.json {
             let v = serde_json::json!({
                 "workload": workload,
                 "calls": n,
+                "functions": trace.functions.len(),
                 "rate": trace.rate,
                 "mean_exec_ms": trace.mean_exec_ms,
+                "duration_s": trace.duration().as_secs_f64(),
+                "azure": trace.azure,
+                "spike_window_s": trace.spike_window().map(|(s, e)| [s.as_secs_f64(), e.as_secs_f64()]),
                 "bound_cold_starts": bound,
                 "bound_cold_ratio": ratio,
             });
-            println!("{v}");
+            let _ = writeln!(out, "{v}");
         } else {
-            println!(
-                "{:?} seed {} rho {:.2}: {n} calls, {:.1} calls/s, E[exec] {:.0} ms, bound {bound} cold starts ({:.2}%)",
-                workload.variant, workload.seed, workload.rho, trace.rate, trace.mean_exec_ms,
-                ratio * 100.0
+            let _ = writeln!(
+                out,
+                "{:?} seed {} rho {:.2}: {n} calls over {:.0} s, {:.1} calls/s, E[exec] {:.0} ms, {} functions, bound {bound} cold starts ({:.2}%)",
+                workload.variant, workload.seed, workload.rho, trace.duration().as_secs_f64(), trace.rate,
+                trace.mean_exec_ms, trace.functions.len(), ratio * 100.0
             );
+            if let Some(az) = &trace.azure {
+                let _ = writeln!(
+                    out,
+                    "azure window {}:{}, speed {:.3}, {:?} arrivals, {} functions called, {} executions clipped",
+                    az.start_minute, az.minutes, az.speed, az.arrivals, az.active_functions, az.clipped
+                );
+            }
         }
         return Ok(());
     }
@@ -309,11 +363,12 @@ async fn run_drive(a: DriveArgs) -> Result<(), String> {
         method: a.method,
     };
     let report = fnsim::drive::drive(&cfg, &trace).await;
-    if a.json {
-        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    let mut out = std::io::stdout().lock();
+    let _ = if a.json {
+        writeln!(out, "{}", serde_json::to_string(&report).map_err(|e| e.to_string())?)
     } else {
-        print!("{}", report.render());
-    }
+        write!(out, "{}", report.render())
+    };
     Ok(())
 }
 

@@ -1,6 +1,9 @@
 //! The FaaS workload of BENCHMARKS.md §2, generated deterministically from a seed so every
 //! contender replays the same calls: Zipf popularity, Poisson arrivals at a target utilisation,
-//! log-normal execution and cold-start times, and the `bursty`/`ramp` variants.
+//! log-normal execution and cold-start times, the `bursty`/`ramp`/`spike`/`many` variants, and
+//! the `azure` replay of the production trace ([`crate::azure`]). [`build`] makes any of them;
+//! `fnsim drive` and fnlb's routesim both go through it, so a scenario means the same calls live
+//! and in virtual time.
 //!
 //! The generator uses ChaCha8 (a portable, version-stable stream) so a seed means the same trace
 //! on every machine and build.
@@ -10,6 +13,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+use crate::azure::{AzureConfig, AzureReplay};
 
 /// Workload shape. `Overload` and `Churn` change nothing in the trace itself (the former only
 /// raises the default ρ, the latter is carried out by the driver).
@@ -26,6 +31,41 @@ pub enum Variant {
     Churn,
     /// Steady trace at ρ 0.7 unless `--rho` says otherwise.
     Overload,
+    /// Steady trace at twice the rate for [`SPIKE_LENGTH`] from a third of the measured window.
+    Spike,
+    /// Steady trace over [`MANY_FUNCTIONS`] functions unless `--functions` says otherwise.
+    Many,
+    /// A replay of the Azure Functions 2019 trace ([`crate::azure`]).
+    Azure,
+}
+
+impl Variant {
+    /// ρ when none is given.
+    pub fn default_rho(self) -> f64 {
+        if self == Variant::Overload {
+            0.7
+        } else {
+            0.3
+        }
+    }
+
+    /// Number of functions when none is given (the Azure trace brings its own).
+    pub fn default_functions(self) -> usize {
+        if self == Variant::Many {
+            MANY_FUNCTIONS
+        } else {
+            200
+        }
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Variant, String> {
+        <Variant as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("unknown variant {s:?} (steady, bursty, ramp, churn, overload, spike, many, azure)"))
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +81,8 @@ pub struct WorkloadConfig {
     pub zipf_s: f64,
     pub warmup: Duration,
     pub measured: Duration,
+    /// The replay's window, speed and files; read only by [`Variant::Azure`].
+    pub azure: AzureConfig,
 }
 
 impl Default for WorkloadConfig {
@@ -55,6 +97,7 @@ impl Default for WorkloadConfig {
             zipf_s: 1.1,
             warmup: Duration::from_secs(10),
             measured: Duration::from_secs(60),
+            azure: AzureConfig::default(),
         }
     }
 }
@@ -96,6 +139,8 @@ pub struct Trace {
     /// Popularity-weighted mean execution time in ms (per-call factor included), the E[exec]
     /// in ρ's definition.
     pub mean_exec_ms: f64,
+    /// What the Azure replay did (window, speed); `None` for the synthetic workload.
+    pub azure: Option<AzureReplay>,
 }
 
 impl Trace {
@@ -107,6 +152,27 @@ impl Trace {
     pub fn measured(&self, call: &Call) -> bool {
         call.at >= self.config.warmup
     }
+
+    /// The spike's start and end, for [`Variant::Spike`].
+    pub fn spike_window(&self) -> Option<(Duration, Duration)> {
+        (self.config.variant == Variant::Spike).then(|| spike_window(&self.config))
+    }
+}
+
+/// Spike: the rate doubles for this long...
+pub const SPIKE_LENGTH: Duration = Duration::from_secs(10);
+/// ...by this factor.
+pub const SPIKE_FACTOR: f64 = 2.0;
+/// Functions of [`Variant::Many`].
+pub const MANY_FUNCTIONS: usize = 5000;
+/// Upper bound on a trace's calls, so a bad ρ or duration cannot take unbounded memory (the
+/// driver keeps one outcome per call).
+pub const MAX_CALLS: usize = crate::azure::MAX_CALLS;
+
+/// A third of the way through the measured window, for [`SPIKE_LENGTH`].
+fn spike_window(cfg: &WorkloadConfig) -> (Duration, Duration) {
+    let start = cfg.warmup + cfg.measured / 3;
+    (start, start + SPIKE_LENGTH)
 }
 
 const EXEC_MEDIAN_MS: f64 = 200.0;
@@ -143,8 +209,39 @@ fn pick(cdf: &[f64], u: f64) -> usize {
     cdf.partition_point(|&c| c <= u).min(cdf.len() - 1)
 }
 
-/// Builds the trace for `cfg`. Same config, same trace.
+/// A function's cold-start time (ms): LogNormal(500 ms, σ 0.4) clipped to [200 ms, 2 s].
+pub(crate) fn cold_ms(rng: &mut impl Rng) -> f64 {
+    lognormal(rng, COLD_MEDIAN_MS, COLD_SIGMA).clamp(COLD_CLIP_MS.0, COLD_CLIP_MS.1)
+}
+
+/// Builds the trace of any variant: the Azure replay reads its files, the others are generated.
+/// Same config, same trace. Errors name what is wrong (missing files, a window past the trace,
+/// more than [`MAX_CALLS`] calls).
+pub fn build(cfg: &WorkloadConfig) -> Result<Trace, String> {
+    if cfg.nodes == 0 || cfg.slots == 0 || cfg.functions == 0 {
+        return Err("nodes, slots and functions must be at least 1".into());
+    }
+    if cfg.variant == Variant::Azure {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        return crate::azure::generate(cfg, &mut rng);
+    }
+    // The expected calls, from the same rate `generate` derives (plus the spike's extra).
+    let probe = generate(&WorkloadConfig { warmup: Duration::ZERO, measured: Duration::ZERO, ..cfg.clone() });
+    let secs = (cfg.warmup + cfg.measured).as_secs_f64() + SPIKE_LENGTH.as_secs_f64();
+    let expected = probe.rate * secs;
+    if expected.is_nan() || expected >= MAX_CALLS as f64 {
+        return Err(format!(
+            "{:.0} calls/s for {secs:.0} s is more than {MAX_CALLS} calls: lower the rho or the duration",
+            probe.rate
+        ));
+    }
+    Ok(generate(cfg))
+}
+
+/// Builds the synthetic trace for `cfg` (every variant but [`Variant::Azure`], which needs
+/// [`build`]). Same config, same trace.
 pub fn generate(cfg: &WorkloadConfig) -> Trace {
+    assert!(cfg.variant != Variant::Azure, "the Azure replay reads files: use trace::build");
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let n = cfg.functions.max(1);
 
@@ -154,7 +251,7 @@ pub fn generate(cfg: &WorkloadConfig) -> Trace {
         .map(|i| Function {
             path: format!("/r/app{}/fn{:03}", i * APPS / n, i),
             exec_ms: lognormal(&mut rng, EXEC_MEDIAN_MS, EXEC_SIGMA).clamp(EXEC_CLIP_MS.0, EXEC_CLIP_MS.1),
-            cold_ms: lognormal(&mut rng, COLD_MEDIAN_MS, COLD_SIGMA).clamp(COLD_CLIP_MS.0, COLD_CLIP_MS.1),
+            cold_ms: cold_ms(&mut rng),
             popularity: 0.0,
         })
         .collect();
@@ -203,9 +300,26 @@ pub fn generate(cfg: &WorkloadConfig) -> Trace {
         }
     }
 
+    // The spike doubles the rate inside its window. Arrivals are memoryless, so a gap that
+    // crosses a boundary of the window is redrawn from the boundary at the new rate: exact.
+    let spike = (cfg.variant == Variant::Spike).then(|| {
+        let (s, e) = spike_window(cfg);
+        (s.as_secs_f64(), e.as_secs_f64())
+    });
+    let rate_at = |t: f64| match spike {
+        Some((s, e)) if (s..e).contains(&t) => (rate * SPIKE_FACTOR, e),
+        Some((s, _)) if t < s => (rate, s),
+        _ => (rate, f64::INFINITY),
+    };
     let mut t = 0.0;
     loop {
-        t += exponential(&mut rng, rate);
+        let (r, boundary) = rate_at(t);
+        let next = t + exponential(&mut rng, r);
+        if next >= boundary && boundary < total {
+            t = boundary;
+            continue;
+        }
+        t = next;
         if t >= total {
             break;
         }
@@ -221,7 +335,7 @@ pub fn generate(cfg: &WorkloadConfig) -> Trace {
         add_ramp(cfg, &mut rng, &mut functions, &mut calls, total);
     }
 
-    Trace { config: cfg.clone(), functions, calls, rate, mean_exec_ms }
+    Trace { config: cfg.clone(), functions, calls, rate, mean_exec_ms, azure: None }
 }
 
 fn call(rng: &mut impl Rng, functions: &[Function], f: usize, t: f64) -> Call {
@@ -247,7 +361,7 @@ fn add_ramp(
     functions.push(Function {
         path: "/r/app0/ramp".into(),
         exec_ms: EXEC_MEDIAN_MS,
-        cold_ms: lognormal(rng, COLD_MEDIAN_MS, COLD_SIGMA).clamp(COLD_CLIP_MS.0, COLD_CLIP_MS.1),
+        cold_ms: cold_ms(rng),
         popularity: 0.0,
     });
     let start = cfg.warmup.as_secs_f64();
