@@ -1223,6 +1223,26 @@ mod tests {
     }
 
     #[test]
+    fn balancers_given_are_fixed_else_counted() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.balancers, c.balancers_fixed), (1, false));
+        for list in [&["-balancers", "1"][..], &["-balancers=3"]] {
+            assert!(parse(list).unwrap().balancers_fixed, "{list:?}");
+        }
+        assert_eq!(parse(&["-balancers=3"]).unwrap().balancers, 3);
+        assert_eq!(parse(&["-balancer-selector", "app=fnlb"]).unwrap().balancer_selector, "app=fnlb");
+        assert_eq!(parse(&[]).unwrap().balancer_selector, "");
+    }
+
+    #[test]
+    fn function_keys_are_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().function_keys);
+        assert!(parse(&["-function-keys"]).unwrap().function_keys);
+        assert!(!parse(&["-function-keys=false"]).unwrap().function_keys);
+        assert!(error(&["-function-keys=banana"]).contains("-function-keys"));
+    }
+
+    #[test]
     fn accepts_go_and_double_dash_spellings() {
         for list in [&["-nodes", "a:1,b:2"][..], &["-nodes=a:1,b:2"], &["--nodes", "a:1,b:2"], &["--nodes=a:1,b:2"]] {
             let c = parse(list).unwrap();

@@ -143,6 +143,20 @@ impl FunctionKeys {
         Arc::new(FunctionKeys { enabled, map: ArcSwap::from_pointee(FunctionMap::default()) })
     }
 
+    /// Keys with a map given rather than learned: `(trigger path, fn id)` pairs. For tests and
+    /// benchmarks of the call engine.
+    pub fn with_triggers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Arc<FunctionKeys> {
+        let mut keys = KeyMap::default();
+        let mut functions = std::collections::HashSet::new();
+        for (path, fn_id) in pairs {
+            let key = function_key(fn_id);
+            keys.insert(key_hash(path.as_bytes()), key);
+            functions.insert(key);
+        }
+        let map = FunctionMap { keys, functions: functions.len(), truncated: false, learned: None };
+        Arc::new(FunctionKeys { enabled: true, map: ArcSwap::from_pointee(map) })
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled
     }

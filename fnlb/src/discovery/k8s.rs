@@ -555,6 +555,28 @@ mod tests {
     }
 
     #[test]
+    fn balancer_selector_drops_per_pod_labels() {
+        let labels = BTreeMap::from(
+            [("role", "fn-lb"), ("app", "fn"), ("controller-revision-hash", "7c9d"), ("pod-template-generation", "2")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        assert_eq!(selector_of(&labels), "app=fn,role=fn-lb");
+        assert_eq!(selector_of(&BTreeMap::new()), "");
+    }
+
+    #[test]
+    fn only_ready_running_pods_count_as_balancers() {
+        assert!(pod_counts(&pod("Running", Some("10.1.2.3"), Some(true))));
+        // Unlike a node, a balancer with no Ready condition is not counted: it may not serve yet.
+        assert!(!pod_counts(&pod("Running", Some("10.1.2.3"), None)));
+        assert!(!pod_counts(&pod("Running", Some("10.1.2.3"), Some(false))));
+        assert!(!pod_counts(&pod("Pending", None, Some(true))));
+        let mut terminating = pod("Running", Some("10.1.2.3"), Some(true));
+        terminating.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert!(!pod_counts(&terminating));
+    }
+
+    #[test]
     fn tracker_dedups_and_forgets_what_a_relist_misses() {
         let addr = |s: &str| NodeAddr::parse(s).unwrap();
         let mut t = Tracker::default();
