@@ -8,14 +8,16 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DbUrl};
-use crate::discovery::{self, k8s::K8sSource, sql::SqlStore, Store};
+use crate::discovery::fnapi::{self, FunctionKeys};
+use crate::discovery::{self, balancers, k8s::K8sSource, sql::SqlStore, Store};
 use crate::health::{probe::Prober, Thresholds};
 use crate::mgmt::{Access, Mgmt};
 use crate::node::manager::{self, HealthConfig, NodesHandle};
 use crate::proxy::Proxy;
 use crate::route;
 use crate::server::{accept_loop, Listeners, Role, Services};
-use crate::stats::{scale::Capacity, Stats};
+use crate::stats::scale::{Capacity, CountedBy};
+use crate::stats::Stats;
 use crate::telemetry::{zipkin::Tracer, Observers};
 
 /// Runs the balancer until a shutdown signal; returns the process exit code.
@@ -46,13 +48,18 @@ pub fn main(cfg: Config) -> i32 {
 async fn run(cfg: Config) -> Result<(), String> {
     // Kubernetes mode: the pods are the nodes, watched rather than polled; -nodes does not apply.
     let mut k8s = None;
+    let mut sql = None;
     let store: Arc<dyn Store> = match &cfg.db {
         DbUrl::K8s => {
             let source = Arc::new(K8sSource::connect(&cfg).await?);
             k8s = Some(source.clone());
             source
         }
-        db => Arc::new(SqlStore::connect(db).await?),
+        db => {
+            let s = Arc::new(SqlStore::connect(db).await?);
+            sql = Some(s.clone());
+            s
+        }
     };
     if k8s.is_some() && !cfg.nodes.is_empty() {
         warn!("-nodes is ignored with -db=k8s: the nodes are the selected pods");
@@ -76,16 +83,57 @@ async fn run(cfg: Config) -> Result<(), String> {
     if tokio::time::timeout(cfg.hc_timeout + Duration::from_millis(500), nodes.when_checked()).await.is_err() {
         warn!("first health checks still running; serving anyway");
     }
-    match k8s {
-        Some(source) => tokio::spawn(source.watch(nodes.clone())),
+    match &k8s {
+        Some(source) => tokio::spawn(source.clone().watch(nodes.clone())),
         None => tokio::spawn(discovery::poll_store(store.clone(), nodes.clone(), cfg.hc_interval)),
     };
+
+    // How many balancers share the nodes: -balancers when given, else counted live.
+    let balancers = route::Balancers::new(cfg.balancers);
+    let (leave_tx, leave_rx) = watch::channel(false);
+    let mut heartbeat = None;
+    let counted_by = if cfg.balancers_fixed {
+        CountedBy::Flag
+    } else if let Some(source) = &k8s {
+        match source.balancer_selector(&cfg.balancer_selector).await {
+            Ok(selector) => {
+                let every = cfg.hc_interval.max(Duration::from_secs(2));
+                tokio::spawn(source.clone().count_balancers(selector, balancers.clone(), every));
+                CountedBy::Pods
+            }
+            Err(why) => {
+                warn!(
+                    reason = %why,
+                    balancers = cfg.balancers,
+                    "cannot tell which pods are the balancers; set -balancer-selector (or -balancers N)"
+                );
+                CountedBy::Flag
+            }
+        }
+    } else if let Some(sql) = &sql {
+        let id = balancers::balancer_id();
+        heartbeat = Some(tokio::spawn(balancers::keep_heartbeat(
+            sql.clone(),
+            id,
+            balancers.clone(),
+            cfg.hc_interval,
+            leave_rx,
+        )));
+        CountedBy::Heartbeats
+    } else {
+        CountedBy::Flag
+    };
+
+    // Routing keys by function: the trigger map, learned in the background from the nodes' API.
+    // The call engine keys each call with `function_keys.key(path)`.
+    let function_keys = FunctionKeys::new(cfg.function_keys);
+    tokio::spawn(fnapi::refresh(function_keys.clone(), nodes.clone(), fnapi::Refresh::default()));
 
     let policy = route::policy_by_name(
         &cfg.policy,
         route::PolicyConfig {
             node_capacity: cfg.node_capacity,
-            balancers: route::Balancers::new(cfg.balancers),
+            balancers: balancers.clone(),
             load_factor: cfg.load_factor,
         },
     )
@@ -96,7 +144,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()),
         mgmt: Mgmt::new(store.clone(), nodes.clone())
             .guarded(Access { token: cfg.mgmt_token.clone(), max_body: cfg.limits.mgmt_max_body })
-            .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers }),
+            .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers, counted_by })
+            .counting(balancers.clone(), counted_by)
+            .keyed_by(function_keys.clone()),
     });
 
     if cfg.shares_listener() && cfg.mgmt_token.is_none() && cfg.db != crate::config::DbUrl::K8s {
@@ -134,6 +184,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     let signal = shutdown_signal().await;
     info!(signal, "shutting down: no new connections; finishing calls in flight");
     let _ = stop_tx.send(true);
+    // Leave the count at once: the other balancers take over this one's share while it drains.
+    let _ = leave_tx.send(true);
     // Every accept loop and connection holds a receiver: closed() resolves when all are done.
     match cfg.shutdown_timeout {
         None => stop_tx.closed().await,
@@ -142,6 +194,10 @@ async fn run(cfg: Config) -> Result<(), String> {
                 warn!(?limit, "calls still in flight at the shutdown timeout; closing them");
             }
         }
+    }
+    if let Some(task) = heartbeat {
+        // Bounded by the store's own query timeouts; this one only guards against a stuck task.
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     info!("stopped");
     Ok(())

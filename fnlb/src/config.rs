@@ -66,6 +66,12 @@ pub struct Config {
     pub access_log: bool,
     /// `-tls-cert` and `-tls-key`, read and checked: every listener speaks TLS.
     pub tls: Option<crate::tls::ServerTls>,
+    /// `-balancers` was given (flag or environment): the count is fixed, not counted live.
+    pub balancers_fixed: bool,
+    /// `-balancer-selector`: the balancers' own pods with `-db=k8s` (empty: the own pod's labels).
+    pub balancer_selector: String,
+    /// `-function-keys`: key calls by their Fn function, learned from the nodes' API.
+    pub function_keys: bool,
 }
 
 impl Config {
@@ -272,6 +278,22 @@ struct Flags {
     /// PEM private key of -tls-cert (PKCS#8, RSA or EC)
     #[arg(long, env = "FNLB_TLS_KEY", default_value = "", value_name = "PATH")]
     tls_key: String,
+
+    /// With -db=k8s and no -balancers: label selector of the balancers' own pods, whose Ready pods are counted (empty: the own pod's labels)
+    #[arg(long, env = "FNLB_BALANCER_SELECTOR", default_value = "", value_name = "SELECTOR")]
+    balancer_selector: String,
+
+    /// Key each call by its Fn function (trigger paths learned from the nodes' /v2 API) rather than by its path; Go bool
+    #[arg(
+        long,
+        env = "FNLB_FUNCTION_KEYS",
+        default_value = "true",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    function_keys: String,
 }
 
 /// The clap command, with what applies to every flag set in one place.
@@ -365,6 +387,9 @@ impl Config {
             log_format: src.parse("log-format", &f.log_format, parse_log_format)?,
             access_log: src.parse("access-log", &f.access_log, parse_bool)?,
             tls: tls_files(src, &f.tls_cert, &f.tls_key)?,
+            balancers_fixed: src.is_given("balancers", &f.balancers),
+            balancer_selector: src.value("balancer-selector", &f.balancer_selector),
+            function_keys: src.parse("function-keys", &f.function_keys, parse_bool)?,
         };
         check_listeners(&config)?;
         Ok(config)
@@ -402,6 +427,16 @@ impl Sources<'_> {
             }
         }
         raw.to_owned()
+    }
+
+    /// The flag was set on the command line, or by a non-empty variable.
+    fn is_given(&self, flag: &str, raw: &str) -> bool {
+        let id = flag.replace('-', "_");
+        match self.matches.value_source(&id) {
+            Some(ValueSource::CommandLine) => true,
+            Some(ValueSource::EnvVariable) => !raw.is_empty(),
+            _ => false,
+        }
     }
 
     fn is_from_env(&self, id: &str) -> bool {
@@ -1188,6 +1223,26 @@ mod tests {
         assert_eq!(c.target_port, 8080);
         assert!(c.threads >= 1);
         assert_eq!(c.policy, "bounded");
+    }
+
+    #[test]
+    fn balancers_given_are_fixed_else_counted() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.balancers, c.balancers_fixed), (1, false));
+        for list in [&["-balancers", "1"][..], &["-balancers=3"]] {
+            assert!(parse(list).unwrap().balancers_fixed, "{list:?}");
+        }
+        assert_eq!(parse(&["-balancers=3"]).unwrap().balancers, 3);
+        assert_eq!(parse(&["-balancer-selector", "app=fnlb"]).unwrap().balancer_selector, "app=fnlb");
+        assert_eq!(parse(&[]).unwrap().balancer_selector, "");
+    }
+
+    #[test]
+    fn function_keys_are_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().function_keys);
+        assert!(parse(&["-function-keys"]).unwrap().function_keys);
+        assert!(!parse(&["-function-keys=false"]).unwrap().function_keys);
+        assert!(error(&["-function-keys=banana"]).contains("-function-keys"));
     }
 
     #[test]

@@ -243,6 +243,16 @@ fn handle(req: &Request<Incoming>, state: &Mutex<ApiState>) -> Response<ApiBody>
     let mut st = state.lock().unwrap();
     st.requests.push(recorded.clone());
     let parts: Vec<&str> = recorded.path.trim_matches('/').split('/').collect();
+    // One pod by name (a balancer reading its own pod for its labels).
+    if let ["api", "v1", "namespaces", ns, "pods", name] = parts[..] {
+        if st.forbidden.contains("get") {
+            return json_response(403, &status(403, "Forbidden", "pods is forbidden: cannot get resource \"pods\""));
+        }
+        return match st.pods.get(&(ns.to_string(), name.to_string())) {
+            Some(pod) => json_response(200, pod),
+            None => json_response(404, &status(404, "NotFound", &format!("pods \"{name}\" not found"))),
+        };
+    }
     let ["api", "v1", "namespaces", ns, "pods"] = parts[..] else {
         return json_response(404, &status(404, "NotFound", "the server could not find the requested resource"));
     };
@@ -408,7 +418,13 @@ impl FakeApi {
         self.state.lock().unwrap().forbidden.insert(verb);
     }
 
+    /// The lists and watches of pods (what the node set comes from, and balancer counting).
     fn requests(&self) -> Vec<Req> {
+        self.all_requests().into_iter().filter(|r| r.path.ends_with("/pods")).collect()
+    }
+
+    /// Every request, reads of one pod included.
+    fn all_requests(&self) -> Vec<Req> {
         self.state.lock().unwrap().requests.clone()
     }
 
@@ -764,6 +780,104 @@ async fn namespace_defaults_to_the_kubeconfig_context_then_default() {
     assert!(lb.log().contains("-label-selector is empty"), "{}", lb.log());
     let last = api.requests().pop().unwrap();
     assert!(!last.query.contains_key("labelSelector") || last.query["labelSelector"].is_empty(), "{last:?}");
+}
+
+/// A balancer started as pod `pod_name` (`POD_NAME`, as the manifests set it from the downward API).
+fn start_lb_as(kubeconfig: &Path, pod_name: &str, args: &[&str]) -> Fnlb {
+    let mut all =
+        vec!["-listen", "127.0.0.1:0", "-mgmt-listen", "127.0.0.1:0", "-hc-interval", "0.2", "-hc-timeout", "1"];
+    all.extend_from_slice(&["-db", "k8s"]);
+    all.extend_from_slice(args);
+    Fnlb::start_raw(&all, &[("KUBECONFIG", kubeconfig.to_str().unwrap()), ("POD_NAME", pod_name)])
+}
+
+/// `GET /1/lb/cluster`: the balancer count and who counted it.
+async fn count_of(lb: &Fnlb) -> (u64, String) {
+    let c = send("GET", &lb.mgmt_url("/1/lb/cluster"), "").await.json();
+    (c["balancers"].as_u64().unwrap(), c["balancers_counted_by"].as_str().unwrap().to_string())
+}
+
+async fn wait_count(lb: &Fnlb, want: u64, by: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = (0, String::new());
+    while Instant::now() < deadline {
+        last = count_of(lb).await;
+        if last == (want, by.to_string()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("count never became {want} by {by}; last {last:?}; log:\n{}", lb.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancers_count_their_ready_pods() {
+    let ips = ["127.0.0.2"];
+    let (port, _nodes) = pod_nodes(&ips).await;
+    let port_s = port.to_string();
+    let api = FakeApi::start().await;
+    api.put_pod("fn", fn_pod("fn-a", ips[0]));
+    // A Deployment's balancer pods: the same app label, a per-revision pod-template-hash.
+    let lb_pod = |name: &str, hash: &str, ready: bool| {
+        pod(name, &[("app", "fnlb"), ("pod-template-hash", hash)], "Running", Some("10.0.0.1"), ready)
+    };
+    api.put_pod("fn", lb_pod("fnlb-a", "r1", true));
+    api.put_pod("fn", lb_pod("fnlb-b", "r1", true));
+    api.put_pod("fn", lb_pod("fnlb-c", "r2", true));
+    // Not counted: not Ready, Pending, another namespace, another app.
+    api.put_pod("fn", lb_pod("fnlb-d", "r1", false));
+    api.put_pod("fn", pod("fnlb-e", &[("app", "fnlb"), ("pod-template-hash", "r2")], "Pending", None, false));
+    api.put_pod("elsewhere", lb_pod("fnlb-x", "r1", true));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), Some("fn"));
+    let args = ["-label-selector", SELECTOR, "-target-port", &port_s];
+
+    // No -balancers, no -balancer-selector: the own pod's labels, without pod-template-hash.
+    let lb = start_lb_as(&kubeconfig, "fnlb-a", &args);
+    wait_count(&lb, 3, "pods").await;
+    let reqs = api.all_requests();
+    assert!(reqs.iter().any(|r| r.path == "/api/v1/namespaces/fn/pods/fnlb-a"), "{reqs:#?}");
+    assert!(
+        reqs.iter().any(|r| r.query.get("labelSelector").map(String::as_str) == Some("app=fnlb")),
+        "the balancers' selector: {reqs:#?}"
+    );
+    // Pods come and go: the count follows.
+    api.put_pod("fn", lb_pod("fnlb-d", "r1", true));
+    wait_count(&lb, 4, "pods").await;
+    api.delete_pod("fn", "fnlb-c");
+    wait_count(&lb, 3, "pods").await;
+    let mut terminating = lb_pod("fnlb-b", "r1", true);
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:05:00Z");
+    api.put_pod("fn", terminating);
+    api.put_pod("fn", lb_pod("fnlb-d", "r1", false));
+    wait_count(&lb, 1, "pods").await;
+    // The API server away: the last count stays.
+    api.down();
+    wait_log(&lb, "cannot count balancer pods; keeping the last count").await;
+    assert_eq!(count_of(&lb).await, (1, "pods".to_string()));
+    api.up().await;
+    api.put_pod("fn", lb_pod("fnlb-f", "r3", true));
+    wait_count(&lb, 2, "pods").await;
+    drop(lb);
+
+    // An explicit selector.
+    let lb = start_lb_as(&kubeconfig, "fnlb-a", &[&args[..], &["-balancer-selector", "pod-template-hash=r3"]].concat());
+    wait_count(&lb, 1, "pods").await;
+    api.put_pod("fn", lb_pod("fnlb-g", "r3", true));
+    wait_count(&lb, 2, "pods").await;
+    drop(lb);
+
+    // -balancers given: fixed, nothing counted.
+    let lb = start_lb_as(&kubeconfig, "fnlb-a", &[&args[..], &["-balancers", "5"]].concat());
+    assert_eq!(count_of(&lb).await, (5, "flag".to_string()));
+    assert!(!lb.log().contains("counting balancers"), "{}", lb.log());
+    drop(lb);
+
+    // The own pod cannot be read: said once, at start, with the flag to set; the count stays 1.
+    let lb = start_lb_as(&kubeconfig, "not-a-pod", &args);
+    assert!(lb.log().contains("set -balancer-selector"), "{}", lb.log());
+    assert!(lb.log().contains("not-a-pod"), "{}", lb.log());
+    assert_eq!(count_of(&lb).await, (1, "flag".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

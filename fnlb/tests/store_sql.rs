@@ -114,6 +114,23 @@ impl Sql {
         r.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    async fn count(&mut self, sql: &str) -> i64 {
+        let r = match self {
+            Sql::Pg(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+            Sql::My(c) => sqlx::query_scalar(sql).fetch_one(c).await,
+        };
+        r.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The database's clock, in Unix seconds.
+    async fn now(&mut self) -> i64 {
+        let sql = match self {
+            Sql::Pg(_) => "SELECT EXTRACT(EPOCH FROM now())::bigint",
+            Sql::My(_) => "SELECT CAST(UNIX_TIMESTAMP() AS SIGNED)",
+        };
+        self.count(sql).await
+    }
+
     async fn insert_node(&mut self, row: &str) {
         let sql = format!("INSERT INTO lb_nodes (address) VALUES ('{}')", row.replace('\'', "''"));
         self.exec(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -540,6 +557,89 @@ async fn pg_balancers_share_nodes_and_routing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_balancers_share_nodes_and_routing() {
     balancers_share_nodes_and_routing(Kind::My, "mysql_balancers_share_nodes_and_routing").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Balancers count themselves
+
+/// `GET /1/lb/cluster`: the balancer count and who counted it.
+async fn count_of(lb: &Fnlb) -> (u64, String) {
+    let r = send("GET", &lb.mgmt_url("/1/lb/cluster"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    (c["balancers"].as_u64().unwrap(), c["balancers_counted_by"].as_str().unwrap().to_string())
+}
+
+/// Waits until every balancer counts `want` balancers by heartbeats.
+async fn wait_count(lbs: &[&Fnlb], want: u64) {
+    let start = Instant::now();
+    for lb in lbs {
+        loop {
+            let got = count_of(lb).await;
+            if got == (want, "heartbeats".to_string()) {
+                break;
+            }
+            assert!(start.elapsed() < RECOVER_WITHIN, "count {got:?}, want {want}\n{}", lb.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("{} balancers counted {want} within {:?}", lbs.len(), start.elapsed());
+}
+
+async fn balancers_count_themselves(kind: Kind, test: &str) {
+    let Some(mut db) = TestDb::create(kind, test).await else { return };
+    let node = FakeNode::start().await;
+    let url = db.db_url();
+    fn args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["-db", url];
+        a.extend_from_slice(extra);
+        a
+    }
+    let lb1 = Fnlb::start(&args(&url, &["-nodes", &node.name()]));
+    wait_count(&[&lb1], 1).await;
+    let mut lb2 = Fnlb::start(&args(&url, &[]));
+    let lb3 = Fnlb::start(&args(&url, &[]));
+    wait_count(&[&lb1, &lb2, &lb3], 3).await;
+    assert_eq!(db.sql.count("SELECT COUNT(*) FROM lb_balancers").await, 3);
+    // The original's table is as it was: one column, the node.
+    assert_eq!(db.sql.rows().await, set(&[&node.name()]));
+
+    // A clean shutdown removes the balancer's row: the others count one fewer at once.
+    lb2.signal("TERM");
+    assert_eq!(lb2.wait_exit(Duration::from_secs(10)), Some(0), "{}", lb2.log());
+    assert!(lb2.log().contains("balancer heartbeat removed"), "{}", lb2.log());
+    wait_count(&[&lb1, &lb3], 2).await;
+    assert_eq!(db.sql.count("SELECT COUNT(*) FROM lb_balancers").await, 2);
+
+    // A killed balancer is not counted once its row expires (the row stays until swept).
+    drop(lb3);
+    wait_count(&[&lb1], 1).await;
+
+    // -balancers given: fixed, and no heartbeat of its own.
+    let fixed = Fnlb::start(&args(&url, &["-balancers", "4"]));
+    assert_eq!(count_of(&fixed).await, (4, "flag".to_string()));
+    let since = db.sql.now().await;
+    // Two seconds of lb1's heartbeats later (on the database's clock), only lb1 is alive.
+    let start = Instant::now();
+    while db.sql.count("SELECT COALESCE(MAX(seen), 0) FROM lb_balancers").await < since + 2 {
+        assert!(start.elapsed() < RECOVER_WITHIN, "lb1 stopped its heartbeat\n{}", lb1.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = db.sql.now().await;
+    let alive = db.sql.count(&format!("SELECT COUNT(*) FROM lb_balancers WHERE expires >= {now}")).await;
+    assert_eq!(alive, 1, "only lb1 heartbeats");
+    assert_eq!(count_of(&lb1).await, (1, "heartbeats".to_string()));
+    assert!(!fixed.log().contains("counting balancers by heartbeats"), "{}", fixed.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_balancers_count_themselves() {
+    balancers_count_themselves(Kind::Pg, "pg_balancers_count_themselves").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_balancers_count_themselves() {
+    balancers_count_themselves(Kind::My, "mysql_balancers_count_themselves").await;
 }
 
 // ---------------------------------------------------------------------------------------------

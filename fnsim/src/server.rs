@@ -396,6 +396,11 @@ async fn handle(cluster: &Cluster, pos: usize, req: Request<Incoming>) -> Respon
     if path == "/version" {
         return version(node).await;
     }
+    if path.starts_with("/v2/") {
+        // Fn's management API, which fnlb reads for its trigger map: a simulated Fn has no apps
+        // (and the read is not a call of the model).
+        return json(node, StatusCode::OK, Bytes::from_static(br#"{"items":[]}"#));
+    }
     if let Some(cmd) = path.strip_prefix("/fnsim/") {
         let cmd = cmd.to_owned();
         return control(cluster, node, &cmd, req).await;

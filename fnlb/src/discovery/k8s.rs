@@ -75,6 +75,10 @@ pub fn pod_node(pod: &Pod, port: u16) -> Verdict {
 /// The Kubernetes node source: answers the management API (read-only) and runs the watch.
 pub struct K8sSource {
     api: Api<Pod>,
+    /// The client, for the balancer's own pods (its own namespace, which may differ).
+    client: kube::Client,
+    /// The balancer's own namespace: the service account's, or the kubeconfig context's.
+    own_namespace: String,
     namespace: String,
     selector: String,
     port: u16,
@@ -96,12 +100,15 @@ impl K8sSource {
                 chain(&e)
             )
         })?;
-        let namespace = cfg.namespace.clone().unwrap_or_else(|| kube_cfg.default_namespace.clone());
+        let own_namespace = kube_cfg.default_namespace.clone();
+        let namespace = cfg.namespace.clone().unwrap_or_else(|| own_namespace.clone());
         let server = kube_cfg.cluster_url.to_string();
         let client = kube::Client::try_from(kube_cfg)
             .map_err(|e| format!("-db=k8s: cannot build a client for the API server at {server}: {}", chain(&e)))?;
         let source = K8sSource {
-            api: Api::namespaced(client, &namespace),
+            api: Api::namespaced(client.clone(), &namespace),
+            client,
+            own_namespace,
             namespace,
             selector: cfg.label_selector.clone(),
             port: cfg.target_port,
@@ -298,6 +305,112 @@ impl K8sSource {
     }
 }
 
+/// Labels that differ between pods of one balancer workload (per revision, per pod): not part of
+/// the default balancer selector.
+const PER_POD_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+];
+
+/// A balancer pod counts while it is Running, not being deleted, and reports Ready `True`:
+/// what a Service would send traffic to.
+pub fn pod_counts(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else { return false };
+    pod.metadata.deletion_timestamp.is_none()
+        && status.phase.as_deref() == Some("Running")
+        && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// The selector of a pod's workload: its labels, without the per-pod ones, as `k=v,k=v`.
+pub fn selector_of(labels: &BTreeMap<String, String>) -> String {
+    let mut parts: Vec<String> =
+        labels.iter().filter(|(k, _)| !PER_POD_LABELS.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+    parts.sort();
+    parts.join(",")
+}
+
+impl K8sSource {
+    /// The balancers' own namespace.
+    pub fn own_namespace(&self) -> &str {
+        &self.own_namespace
+    }
+
+    /// The selector of this balancer's pods: `flag` when set, else the labels of its own pod
+    /// (`POD_NAME`, else the host name, in its own namespace). `Err` says why it is not known.
+    pub async fn balancer_selector(&self, flag: &str) -> Result<String, String> {
+        if !flag.is_empty() {
+            return Ok(flag.to_owned());
+        }
+        let name = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+            .ok_or("neither POD_NAME nor a host name is set")?;
+        let own: Api<Pod> = Api::namespaced(self.client.clone(), &self.own_namespace);
+        let pod = tokio::time::timeout(STARTUP_TIMEOUT, own.get(&name))
+            .await
+            .map_err(|_| format!("reading the own pod {name:?}: no answer within {}s", STARTUP_TIMEOUT.as_secs()))?
+            .map_err(|e| {
+                format!("reading the own pod {name:?} in namespace {:?}: {}", self.own_namespace, chain(&e))
+            })?;
+        let selector = selector_of(pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()));
+        if selector.is_empty() {
+            return Err(format!("the own pod {name:?} has no labels"));
+        }
+        Ok(selector)
+    }
+
+    /// Sets `count` to the Ready pods `selector` selects in the own namespace, every `interval`
+    /// (from the API server's cache: `resourceVersion=0`), forever. A failed list keeps the last
+    /// count, logged once per outage.
+    pub async fn count_balancers(
+        self: Arc<Self>,
+        selector: String,
+        count: crate::route::Balancers,
+        interval: Duration,
+    ) {
+        let own: Api<Pod> = Api::namespaced(self.client.clone(), &self.own_namespace);
+        let lp = ListParams::default().labels(&selector).match_any();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        info!(namespace = %self.own_namespace, selector = %selector, "counting balancers by their Ready pods");
+        loop {
+            tick.tick().await;
+            match tokio::time::timeout(interval.max(Duration::from_secs(5)), own.list(&lp)).await {
+                Ok(Ok(list)) => {
+                    if failing {
+                        info!("Kubernetes: counting balancer pods works again");
+                        failing = false;
+                    }
+                    // This balancer is serving, so at least one; a pod not Ready yet may be us.
+                    let n =
+                        u32::try_from(list.items.iter().filter(|p| pod_counts(p)).count()).unwrap_or(u32::MAX).max(1);
+                    let before = count.get();
+                    if n != before {
+                        info!(balancers = n, before, "balancers sharing the nodes");
+                    }
+                    count.set(n);
+                }
+                result => {
+                    if !failing {
+                        let error = match result {
+                            Ok(Err(e)) => self.explain(&e, "list"),
+                            _ => "no answer in time".to_owned(),
+                        };
+                        warn!(%error, balancers = count.get(), "Kubernetes: cannot count balancer pods; keeping the last count");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Store for K8sSource {
     fn list(&self) -> BoxFuture<'_, Result<Vec<NodeAddr>, StoreError>> {
         let nodes = self.current.lock().unwrap().clone();
@@ -439,6 +552,28 @@ mod tests {
         terminating.metadata.deletion_timestamp = Some(Time(Default::default()));
         assert_eq!(pod_node(&terminating, 8080).unwrap_err(), "terminating");
         assert!(pod_node(&pod("Running", Some("not-an-ip"), None), 8080).is_err());
+    }
+
+    #[test]
+    fn balancer_selector_drops_per_pod_labels() {
+        let labels = BTreeMap::from(
+            [("role", "fn-lb"), ("app", "fn"), ("controller-revision-hash", "7c9d"), ("pod-template-generation", "2")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        assert_eq!(selector_of(&labels), "app=fn,role=fn-lb");
+        assert_eq!(selector_of(&BTreeMap::new()), "");
+    }
+
+    #[test]
+    fn only_ready_running_pods_count_as_balancers() {
+        assert!(pod_counts(&pod("Running", Some("10.1.2.3"), Some(true))));
+        // Unlike a node, a balancer with no Ready condition is not counted: it may not serve yet.
+        assert!(!pod_counts(&pod("Running", Some("10.1.2.3"), None)));
+        assert!(!pod_counts(&pod("Running", Some("10.1.2.3"), Some(false))));
+        assert!(!pod_counts(&pod("Pending", None, Some(true))));
+        let mut terminating = pod("Running", Some("10.1.2.3"), Some(true));
+        terminating.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert!(!pod_counts(&terminating));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Discovery: where the node set comes from. A [`Store`] (SQL table shared by balancers) is
 //! polled every health-check interval and its list handed to the node manager as the desired
 //! set; the management API writes to the store. Kubernetes mode publishes the set from a watch.
+pub mod balancers;
+pub mod fnapi;
 pub mod k8s;
 pub mod sql;
 

@@ -36,6 +36,28 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Distinct invalid rows remembered so each is logged once (bounded: the table is not ours).
 const MAX_WARNED_ROWS: usize = 256;
 
+/// Old heartbeat rows deleted per sweep at most.
+pub const SWEEP_ROWS: u32 = 100;
+
+// The heartbeat statements, per database: `now` is the database's clock in Unix seconds.
+const PG_BEAT: &str = "INSERT INTO lb_balancers (id, seen, expires) \
+    VALUES ($1, EXTRACT(EPOCH FROM now())::bigint, EXTRACT(EPOCH FROM now())::bigint + $2) \
+    ON CONFLICT (id) DO UPDATE SET seen = EXCLUDED.seen, expires = EXCLUDED.expires";
+const PG_COUNT: &str = "SELECT COUNT(*) FROM lb_balancers WHERE expires >= EXTRACT(EPOCH FROM now())::bigint";
+const PG_SWEEP: &str = "DELETE FROM lb_balancers WHERE id IN (SELECT id FROM lb_balancers \
+    WHERE expires < EXTRACT(EPOCH FROM now())::bigint - 60 LIMIT 100)";
+const MYSQL_BEAT: &str =
+    "INSERT INTO lb_balancers (id, seen, expires) VALUES (?, UNIX_TIMESTAMP(), UNIX_TIMESTAMP() + ?) \
+    ON DUPLICATE KEY UPDATE seen = VALUES(seen), expires = VALUES(expires)";
+const MYSQL_COUNT: &str = "SELECT COUNT(*) FROM lb_balancers WHERE expires >= UNIX_TIMESTAMP()";
+const MYSQL_SWEEP: &str = "DELETE FROM lb_balancers WHERE expires < UNIX_TIMESTAMP() - 60 LIMIT 100";
+const SQLITE_BEAT: &str = "INSERT INTO lb_balancers (id, seen, expires) \
+    VALUES (?, CAST(strftime('%s','now') AS INTEGER), CAST(strftime('%s','now') AS INTEGER) + ?) \
+    ON CONFLICT(id) DO UPDATE SET seen = excluded.seen, expires = excluded.expires";
+const SQLITE_COUNT: &str = "SELECT COUNT(*) FROM lb_balancers WHERE expires >= CAST(strftime('%s','now') AS INTEGER)";
+const SQLITE_SWEEP: &str = "DELETE FROM lb_balancers WHERE id IN (SELECT id FROM lb_balancers \
+    WHERE expires < CAST(strftime('%s','now') AS INTEGER) - 60 LIMIT 100)";
+
 enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
@@ -46,6 +68,8 @@ pub struct SqlStore {
     pool: Pool,
     /// Invalid stored rows already logged: each is logged once, not every poll.
     warned_rows: Mutex<HashSet<String>>,
+    /// `lb_balancers` is known to exist.
+    heartbeat_table: std::sync::atomic::AtomicBool,
 }
 
 /// Connection options parsed from a `-db` URL.
@@ -142,7 +166,7 @@ impl SqlStore {
             },
             DbUrl::K8s => return Err("-db=k8s is not a SQL store".into()),
         };
-        let store = SqlStore { pool, warned_rows: Mutex::new(HashSet::new()) };
+        let store = SqlStore { pool, warned_rows: Mutex::new(HashSet::new()), heartbeat_table: Default::default() };
         match tokio::time::timeout(QUERY_TIMEOUT * 2, store.ensure_table()).await {
             Ok(Ok(())) => Ok(store),
             Ok(Err(e)) => Err(format!("cannot create table lb_nodes in {redacted}: {}", scrub(&e.to_string(), db))),
@@ -237,6 +261,87 @@ impl SqlStore {
             Pool::MySql(p) => {
                 on_server!(p, |c| sqlx::query("DELETE FROM lb_nodes WHERE address = ?").bind(node).execute(c)).map(drop)
             }
+        }
+    }
+
+    /// Writes this balancer's heartbeat row (`lb_balancers`, created if missing), good for
+    /// `ttl`, and counts the rows that are still good: the balancers alive now, this one
+    /// included. Times are the database's clock (whole seconds), so balancers whose clocks
+    /// disagree still agree on who is alive.
+    pub async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<u32, StoreError> {
+        if !self.heartbeat_table.load(std::sync::atomic::Ordering::Relaxed) {
+            self.ensure_heartbeat_table().await?;
+            self.heartbeat_table.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let ttl = i64::try_from(ttl.as_secs_f64().ceil() as u64).unwrap_or(i64::MAX).max(1);
+        let count: i64 = match &self.pool {
+            Pool::Sqlite(p) => {
+                bounded(sqlx::query(SQLITE_BEAT).bind(id).bind(ttl).execute(p)).await?;
+                bounded(sqlx::query_scalar(SQLITE_COUNT).fetch_one(p)).await?
+            }
+            Pool::Postgres(p) => {
+                on_server!(p, |c| sqlx::query(PG_BEAT).bind(id).bind(ttl).execute(c))?;
+                on_server!(p, |c| sqlx::query_scalar(PG_COUNT).fetch_one(c))?
+            }
+            Pool::MySql(p) => {
+                on_server!(p, |c| sqlx::query(MYSQL_BEAT).bind(id).bind(ttl).execute(c))?;
+                on_server!(p, |c| sqlx::query_scalar(MYSQL_COUNT).fetch_one(c))?
+            }
+        };
+        // This balancer's own row was just written: it is at least one.
+        Ok(u32::try_from(count).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// Deletes up to [`SWEEP_ROWS`] heartbeat rows that expired more than a minute ago (of
+    /// balancers that were killed): bounded, so a table full of old rows costs little per sweep.
+    pub async fn sweep_heartbeats(&self) -> Result<u64, StoreError> {
+        let done = match &self.pool {
+            Pool::Sqlite(p) => bounded(sqlx::query(SQLITE_SWEEP).execute(p)).await?.rows_affected(),
+            Pool::Postgres(p) => on_server!(p, |c| sqlx::query(PG_SWEEP).execute(c))?.rows_affected(),
+            Pool::MySql(p) => on_server!(p, |c| sqlx::query(MYSQL_SWEEP).execute(c))?.rows_affected(),
+        };
+        Ok(done)
+    }
+
+    /// Removes this balancer's heartbeat row (clean shutdown): the others count one fewer at
+    /// their next heartbeat.
+    pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
+        const Q_PG: &str = "DELETE FROM lb_balancers WHERE id = $1";
+        const Q: &str = "DELETE FROM lb_balancers WHERE id = ?";
+        match &self.pool {
+            Pool::Sqlite(p) => bounded(sqlx::query(Q).bind(id).execute(p)).await.map(drop),
+            Pool::Postgres(p) => on_server!(p, |c| sqlx::query(Q_PG).bind(id).execute(c)).map(drop),
+            Pool::MySql(p) => on_server!(p, |c| sqlx::query(Q).bind(id).execute(c)).map(drop),
+        }
+    }
+
+    /// Like [`SqlStore::ensure_table`], for `lb_balancers`.
+    async fn ensure_heartbeat_table(&self) -> Result<(), StoreError> {
+        const EXISTS: &str = "SELECT id FROM lb_balancers WHERE 1 = 0";
+        const TEXT_KEY: &str = "CREATE TABLE IF NOT EXISTS lb_balancers \
+            (id text NOT NULL PRIMARY KEY, seen bigint NOT NULL, expires bigint NOT NULL)";
+        const VARCHAR_KEY: &str = "CREATE TABLE IF NOT EXISTS lb_balancers \
+            (id VARCHAR(255) NOT NULL PRIMARY KEY, seen BIGINT NOT NULL, expires BIGINT NOT NULL)";
+        let exists = || async {
+            match &self.pool {
+                Pool::Sqlite(p) => bounded(sqlx::query(EXISTS).fetch_optional(p)).await.is_ok(),
+                Pool::Postgres(p) => on_server!(p, |c| sqlx::query(EXISTS).fetch_optional(c)).is_ok(),
+                Pool::MySql(p) => on_server!(p, |c| sqlx::query(EXISTS).fetch_optional(c)).is_ok(),
+            }
+        };
+        if exists().await {
+            return Ok(());
+        }
+        let created = match &self.pool {
+            Pool::Sqlite(p) => bounded(sqlx::query(TEXT_KEY).execute(p)).await.map(drop),
+            Pool::Postgres(p) => on_server!(p, |c| sqlx::query(TEXT_KEY).execute(c)).map(drop),
+            Pool::MySql(p) => on_server!(p, |c| sqlx::query(VARCHAR_KEY).execute(c)).map(drop),
+        };
+        match created {
+            Ok(()) => Ok(()),
+            // Balancers starting together race to create it: one that exists now is success.
+            Err(_) if exists().await => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -35,6 +35,9 @@ pub struct Mgmt {
     access: Access,
     obs: Arc<Observers>,
     capacity: scale::Capacity,
+    /// The live balancer count (`None`: `capacity.balancers` as given).
+    balancers: Option<crate::route::Balancers>,
+    function_keys: Option<Arc<crate::discovery::fnapi::FunctionKeys>>,
 }
 
 /// Paths the management API answers. Exact matches: `/1/lb/nodes/` is a function path.
@@ -44,9 +47,17 @@ pub fn is_mgmt_path(path: &str) -> bool {
 
 impl Mgmt {
     pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
-        let capacity = scale::Capacity { per_node: 64, balancers: 1 };
+        let capacity = scale::Capacity { per_node: 64, balancers: 1, counted_by: scale::CountedBy::Flag };
         let access = Access { token: None, max_body: MAX_BODY };
-        Mgmt { store, nodes, access, obs: Arc::new(Observers::default()), capacity }
+        Mgmt {
+            store,
+            nodes,
+            access,
+            obs: Arc::new(Observers::default()),
+            capacity,
+            balancers: None,
+            function_keys: None,
+        }
     }
 
     /// Requires the token (if any) on changes, and bounds request bodies.
@@ -60,6 +71,28 @@ impl Mgmt {
         self.obs = obs;
         self.capacity = capacity;
         self
+    }
+
+    /// Judges load with the live balancer count, counted by `counted_by`.
+    pub fn counting(mut self, balancers: crate::route::Balancers, counted_by: scale::CountedBy) -> Mgmt {
+        self.balancers = Some(balancers);
+        self.capacity.counted_by = counted_by;
+        self
+    }
+
+    /// Shows the trigger-to-function map in `/1/lb/cluster`.
+    pub fn keyed_by(mut self, keys: Arc<crate::discovery::fnapi::FunctionKeys>) -> Mgmt {
+        self.function_keys = Some(keys);
+        self
+    }
+
+    /// The capacity now: the live balancer count read at each answer.
+    fn capacity(&self) -> scale::Capacity {
+        let mut c = self.capacity;
+        if let Some(b) = &self.balancers {
+            c.balancers = b.get();
+        }
+        c
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<RespBody> {
@@ -84,7 +117,8 @@ impl Mgmt {
             },
             "/1/lb/cluster" => match *req.method() {
                 Method::GET => {
-                    let c = self.cluster(&scale::nodes_now(&self.nodes.load()));
+                    let mut c = self.cluster(&scale::nodes_now(&self.nodes.load()));
+                    c.function_keys = self.function_keys.as_ref().map(|k| k.status());
                     json_response(StatusCode::OK, serde_json::to_string(&c).unwrap_or_default())
                 }
                 _ => not_allowed("GET"),
@@ -98,13 +132,13 @@ impl Mgmt {
     }
 
     fn cluster(&self, now: &[scale::NodeNow]) -> scale::Cluster {
-        self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.capacity))
+        self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.capacity()))
     }
 
     fn dash_data(&self) -> Response<RespBody> {
         let now = scale::nodes_now(&self.nodes.load());
         let body = self.obs.stats.with_history(stats::time::now_micros(), |h| {
-            let c = scale::cluster(h, &now, self.capacity);
+            let c = scale::cluster(h, &now, self.capacity());
             stats::dash::data(h, &now, &c).to_string()
         });
         let mut r = json_response(StatusCode::OK, body);

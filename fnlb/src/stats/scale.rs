@@ -30,11 +30,25 @@ pub const IN_WAIT_SECS: f64 = 0.1;
 
 /// How many calls a node runs well, and how much of that is this balancer's: with `balancers`
 /// balancers sharing the nodes, each sees only its own calls, so it counts on 1/`balancers` of a
-/// node (the `-balancers` flag).
+/// node. `balancers` is the count at the moment of asking: the `-balancers` flag, or the live
+/// count (`route::Balancers`, read anew for every answer by the management API).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     pub per_node: u32,
     pub balancers: u32,
+    pub counted_by: CountedBy,
+}
+
+/// Who sets the balancer count, as `/1/lb/cluster` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountedBy {
+    /// `-balancers N` (or its default, 1, where nothing counts).
+    Flag,
+    /// Heartbeat rows in the shared SQL store (`lb_balancers`).
+    Heartbeats,
+    /// Ready pods of `-balancer-selector` (Kubernetes).
+    Pods,
 }
 
 impl Capacity {
@@ -97,8 +111,13 @@ pub struct Cluster {
     pub window_seconds: usize,
     /// Concurrent calls one node is taken to handle (`-node-capacity`).
     pub node_capacity: u32,
-    /// Balancers sharing the nodes (`-balancers`); this one counts on `node_capacity / balancers`.
+    /// Balancers sharing the nodes; this one counts on `node_capacity / balancers`.
     pub balancers: u32,
+    /// Where that count comes from: `flag`, `heartbeats` or `pods`.
+    pub balancers_counted_by: CountedBy,
+    /// The trigger-to-function map the routing keys come from (set by the management API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_keys: Option<crate::discovery::fnapi::Status>,
     pub nodes_stored: usize,
     pub nodes_healthy: usize,
     pub calls_per_second: f64,
@@ -317,6 +336,8 @@ pub fn cluster(history: &History, now: &[NodeNow], capacity: Capacity) -> Cluste
         window_seconds: secs,
         node_capacity: capacity.per_node,
         balancers: capacity.balancers,
+        balancers_counted_by: capacity.counted_by,
+        function_keys: None,
         nodes_stored: now.len(),
         nodes_healthy: healthy,
         calls_per_second: round(per_sec(calls as f64)),
@@ -406,7 +427,7 @@ mod tests {
 
     fn signal(st: &Stats, now: &[NodeNow], cap: u32) -> Cluster {
         // Read at the last tick's time: later reads would add idle seconds.
-        st.with_history(0, |h| cluster(h, now, Capacity { per_node: cap, balancers: 1 }))
+        st.with_history(0, |h| cluster(h, now, Capacity { per_node: cap, balancers: 1, counted_by: CountedBy::Flag }))
     }
 
     #[test]
@@ -470,7 +491,9 @@ mod tests {
         // 16 calls in flight per node from this balancer, one of 4 sharing 64-call nodes: 100 %.
         let st = history(60, &["a:1", "b:1"], 16, 10, 5, 0);
         let now = [node("a:1", true), node("b:1", true)];
-        let c = st.with_history(0, |h| cluster(h, &now, Capacity { per_node: 64, balancers: 4 }));
+        let c = st.with_history(0, |h| {
+            cluster(h, &now, Capacity { per_node: 64, balancers: 4, counted_by: CountedBy::Heartbeats })
+        });
         assert_eq!(c.utilisation, 1.0);
         assert_eq!(c.recommendation, Recommendation::ScaleOut);
         assert_eq!(c.balancers, 4);

@@ -2,6 +2,7 @@
 //! fnlb binary as a child process, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod fnapi;
 pub mod fnsim;
 
 use std::convert::Infallible;
@@ -37,11 +38,13 @@ pub struct NodeOpts {
     pub delay: Duration,
     pub wait_header: Option<&'static str>,
     pub status: u16,
+    /// Fn's v2 API (`/v2/...`); `None`: an Fn with no apps. API requests are not calls.
+    pub fn_api: Option<fnapi::FakeFnApi>,
 }
 
 impl Default for NodeOpts {
     fn default() -> Self {
-        NodeOpts { version: "0.3.753", delay: Duration::ZERO, wait_header: Some("1.5ms"), status: 200 }
+        NodeOpts { version: "0.3.753", delay: Duration::ZERO, wait_header: Some("1.5ms"), status: 200, fn_api: None }
     }
 }
 
@@ -132,6 +135,18 @@ async fn answer(
         }
         let body = format!(r#"{{"version":"{}"}}"#, opts.version);
         return Response::builder().header("content-type", "application/json").body(Full::new(body.into())).unwrap();
+    }
+    if req.uri().path().starts_with("/v2/") {
+        let (status, body) = match &opts.fn_api {
+            Some(api) => api.answer(req.uri().path(), req.uri().query(), &me.to_string()),
+            None if req.uri().path() == "/v2/apps" => (200, r#"{"items":[]}"#.to_string()),
+            None => (404, r#"{"message":"Path not found"}"#.to_string()),
+        };
+        return Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap();
     }
     calls.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
