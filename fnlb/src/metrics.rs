@@ -1,4 +1,4 @@
-//! Prometheus metrics (`GET /metrics` on the management listener), Prometheus text format 0.0.4,
+//! Prometheus metrics (`GET /1/lb/metrics`; `/metrics` too on a separate management listener), Prometheus text format 0.0.4,
 //! every name prefixed `fnlb_`. Counters and histograms live in one process-wide [`Metrics`]
 //! that the data path updates through per-node handles (resolved once per attempt, so a call costs
 //! a few atomic adds and one histogram lock); gauges about nodes, the cluster, stats and tracing
