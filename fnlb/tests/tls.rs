@@ -397,3 +397,34 @@ async fn tls_flags_from_the_environment() {
     let r = send_h1(lb.mgmt, &certs, "GET", "/1/lb/nodes", &[], "").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connection_runs_at_most_100_calls_at_once() {
+    let certs = Certs::new();
+    let node = FakeNode::start_with(NodeOpts { delay: Duration::from_secs(3), ..Default::default() }).await;
+    let lb = start(&certs, &["-nodes", &node.name()]);
+    wait_online(&lb, &certs, &node.name()).await;
+    let (sender, _conn) = h2(lb.traffic, &certs).await;
+    let url = format!("https://localhost:{}/r/app/many", lb.traffic.port());
+    // 150 calls on one connection: the server allows 100 streams, the client queues the rest.
+    let calls: Vec<_> = (0..150)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let url = url.clone();
+            tokio::spawn(async move { send_h2(&mut sender, "GET", &url, "").await.status })
+        })
+        .collect();
+    let calls_at_node = || node.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + LIMIT;
+    while calls_at_node() < 100 {
+        assert!(Instant::now() < deadline, "only {} calls reached the node", calls_at_node());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each call takes 3 s at the node: for now, no more may have started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls_at_node(), 100, "one HTTP/2 connection had more than 100 calls in flight");
+    for c in calls {
+        assert_eq!(tokio::time::timeout(LIMIT, c).await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(calls_at_node(), 150);
+}
