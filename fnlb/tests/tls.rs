@@ -428,3 +428,60 @@ async fn one_http2_connection_runs_at_most_100_calls_at_once() {
     }
     assert_eq!(calls_at_node(), 150);
 }
+
+/// A request body that sends one byte, then nothing, forever; or (`Stalled::Empty`) none.
+enum Stalled {
+    Fresh,
+    Sent,
+    Empty,
+}
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match *self {
+            Stalled::Fresh => {
+                *self = Stalled::Sent;
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))))
+            }
+            Stalled::Sent => std::task::Poll::Pending,
+            Stalled::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Stalled::Empty)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_body_stops_fails_alone_after_the_client_body_timeout() {
+    let certs = Certs::new();
+    let node = FakeNode::start().await;
+    let lb = start(&certs, &["-nodes", &node.name(), "-client-body-timeout", "1"]);
+    wait_online(&lb, &certs, &node.name()).await;
+    let tls = connect(lb.traffic, &certs, &[b"h2"]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let url = format!("https://localhost:{}/r/app/upload", lb.traffic.port());
+    let stalled = Request::post(&url).body(Stalled::Fresh).unwrap();
+    let started = Instant::now();
+    let answer =
+        tokio::time::timeout(LIMIT, sender.send_request(stalled)).await.expect("a stalled body was never cut off");
+    // Answered with an error, or the stream reset: either way the call ended, and not early.
+    if let Ok(resp) = answer {
+        assert_ne!(resp.status(), 200);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off too early: {:?}", started.elapsed());
+    // Only that stream: the connection still carries calls.
+    tokio::time::timeout(LIMIT, sender.ready()).await.unwrap().unwrap();
+    let next = Request::get(&url).body(Stalled::Empty).unwrap();
+    let resp = tokio::time::timeout(LIMIT, sender.send_request(next)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+}
