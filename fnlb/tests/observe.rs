@@ -1,6 +1,6 @@
-//! Observing the balancer end to end: `/1/lb/stats`, `/1/lb/metrics` (and `/metrics`, proxied on a shared listener), `/1/lb/cluster`, the dashboard's
-//! feed, Zipkin export against a fake collector, and the access log. The real binary in front of
-//! fake nodes on loopback.
+//! Observing the balancer end to end: `/1/lb/stats`, `/1/lb/metrics` (and `/metrics`, proxied on a
+//! shared listener), `/1/lb/cluster`, the dashboard's feed, Zipkin export against a fake collector,
+//! and the access log. The real binary in front of fake nodes on loopback.
 mod support;
 
 use std::collections::HashMap;
