@@ -36,7 +36,7 @@ impl Error for ClientBodyTimeout {}
 pub fn is_client_body_timeout(error: &(dyn Error + 'static)) -> bool {
     let mut e = Some(error);
     while let Some(err) = e {
-        if err.is::<ClientBodyTimeout>() {
+        if err.is::<ClientBodyTimeout>() || matches!(err.downcast_ref::<TimedError>(), Some(TimedError::Timeout(_))) {
             return true;
         }
         e = err.source();
@@ -60,11 +60,13 @@ impl fmt::Display for TimedError {
     }
 }
 
+/// Displays what it wraps, so its source is what that one's is (an error chain printed link by
+/// link then says each thing once).
 impl Error for TimedError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            TimedError::Client(e) => Some(e),
-            TimedError::Timeout(t) => Some(t),
+            TimedError::Client(e) => e.source(),
+            TimedError::Timeout(_) => None,
         }
     }
 }
@@ -139,8 +141,22 @@ mod tests {
         assert!(t.to_string().starts_with("client body timeout"));
         let wrapped = TimedError::Timeout(t);
         assert!(is_client_body_timeout(&wrapped));
-        let io = std::io::Error::other(wrapped);
-        assert!(is_client_body_timeout(&io));
+        assert_eq!(wrapped.to_string(), t.to_string());
+        assert!(wrapped.source().is_none(), "said twice in a printed chain");
+        // As hyper wraps a body's error: the error is the source of the send's.
+        #[derive(Debug)]
+        struct Send(TimedError);
+        impl fmt::Display for Send {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("error from user's Body stream")
+            }
+        }
+        impl Error for Send {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(is_client_body_timeout(&Send(wrapped)));
         assert!(!is_client_body_timeout(&std::io::Error::other("reset")));
     }
 }
