@@ -157,6 +157,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         services: services.clone(),
         limits: cfg.limits.clone(),
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+        shed: Arc::default(),
         stop: stop_rx,
         tls: cfg.tls.as_ref().map(crate::tls::ServerTls::acceptor),
     };

@@ -1,9 +1,9 @@
-//! Prometheus metrics (`GET /metrics` on the management listener), Prometheus text format 0.0.4,
-//! every name prefixed `fnlb_`. Counters and histograms live in one process-wide [`Metrics`]
-//! that the data path updates through per-node handles (resolved once per attempt, so a call costs
-//! a few atomic adds and one histogram lock); gauges about nodes, the cluster, stats and tracing
-//! are read from their owners at scrape time. A node that leaves the node set leaves the output at
-//! the next scrape, so labels stay bounded by membership.
+//! Prometheus metrics (`GET /1/lb/metrics`; `/metrics` too on a separate management listener),
+//! Prometheus text format 0.0.4, every name prefixed `fnlb_`. Counters and histograms live in one
+//! process-wide [`Metrics`] that the data path updates through per-node handles (resolved once per
+//! attempt, so a call costs a few atomic adds and one histogram lock); gauges about nodes, the
+//! cluster, stats and tracing are read from their owners at scrape time. A node that leaves the
+//! node set leaves the output at the next scrape, so labels stay bounded by membership.
 //!
 //! [`spill`] is for routing policies: call it when a call goes to a node other than its key's home.
 use std::collections::{HashMap, HashSet};

@@ -15,19 +15,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tracing::{debug, warn};
 
 use crate::config::Limits;
-use crate::mgmt::{is_mgmt_path, Mgmt};
+use crate::mgmt::{is_mgmt_only_path, is_mgmt_path, Mgmt};
 use crate::node::clock_ms;
+use crate::proxy::timed::TimedBody;
 use crate::proxy::{h1, json_msg, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,9 @@ pub struct Listeners {
     pub services: Arc<Services>,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
+    /// Rung when `connections` ran out and a client waits: every connection with no request in
+    /// flight closes, so that kept-alive idle clients cannot lock new ones out.
+    pub shed: Arc<Notify>,
     pub stop: watch::Receiver<bool>,
     /// Set by `-tls-cert`/`-tls-key`: every listener speaks TLS.
     pub tls: Option<TlsAcceptor>,
@@ -62,11 +68,6 @@ pub struct Listeners {
 pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
     let mut stop = shared.stop.clone();
     loop {
-        // Waiting for a permit first leaves further clients in the kernel's backlog.
-        let permit = tokio::select! {
-            p = shared.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -78,6 +79,15 @@ pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
                 }
             },
             _ = stop.changed() => return,
+        };
+        // At the limit, the client accepted waits here (one per listener; the rest stay in the
+        // kernel's backlog) while idle connections are asked to make room.
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match make_room(&shared, &mut stop).await {
+                Some(p) => p,
+                None => return,
+            },
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
@@ -92,12 +102,28 @@ pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
     }
 }
 
+/// Waits for a permit while asking idle connections to close. The request is repeated while the
+/// wait lasts: a connection that was busy at the first ring may be idle at the next.
+async fn make_room(shared: &Listeners, stop: &mut watch::Receiver<bool>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let mut ring = tokio::time::interval(SHED_EVERY);
+    loop {
+        tokio::select! {
+            p = shared.connections.clone().acquire_owned() => return p.ok(),
+            _ = ring.tick() => shared.shed.notify_waiters(),
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+/// How often a waiting client asks again for idle connections to close.
+const SHED_EVERY: Duration = Duration::from_millis(100);
+
 /// Serves one client connection (HTTP/1.x) until it ends, times out, or shutdown closes it.
 pub async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_http(io, peer, role, shared, Http::Plain).await
+    serve_http(io, peer, role, shared, Http::Plain, None).await
 }
 
 /// Serves a plain-TCP traffic connection on the proxy's HTTP/1.1 fast path
@@ -105,10 +131,20 @@ where
 /// the bytes already read, for the rest of the connection.
 async fn serve_fast(mut stream: TcpStream, peer: SocketAddr, role: Role, shared: Listeners) {
     let mut stop = shared.stop.clone();
-    let outcome =
-        h1::serve(&shared.services.proxy, &mut stream, peer, role == Role::Both, &shared.limits, &mut stop).await;
-    if let h1::Outcome::Fallback(read) = outcome {
-        serve_connection(Rewind { read, at: 0, inner: stream }, peer, role, shared).await;
+    let outcome = h1::serve(
+        &shared.services.proxy,
+        &mut stream,
+        peer,
+        role == Role::Both,
+        &shared.limits,
+        &mut stop,
+        &shared.shed,
+    )
+    .await;
+    if let h1::Outcome::Fallback(read, head_since) = outcome {
+        // The head that started on the fast path keeps its deadline.
+        let io = Rewind { read, at: 0, inner: stream };
+        serve_http(io, peer, role, shared, Http::Plain, Some(head_since)).await;
     }
 }
 
@@ -192,7 +228,7 @@ async fn serve_tls(tls: &TlsAcceptor, stream: TcpStream, peer: SocketAddr, role:
         _ = stop.changed() => return,
     };
     let http = if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) { Http::Tls2 } else { Http::Tls1 };
-    serve_http(stream, peer, role, shared, http).await
+    serve_http(stream, peer, role, shared, http, None).await
 }
 
 /// Accepts the TLS handshake. A plain HTTP client (its first byte a letter where a TLS handshake
@@ -244,18 +280,27 @@ async fn answer_plain_http(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
-async fn serve_http<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners, http: Http)
-where
+/// Serves a connection with hyper. `head_since`: when the first byte of a request head that is
+/// not complete yet arrived (a connection handed over by the fast path), so its deadline runs on.
+async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    role: Role,
+    shared: Listeners,
+    http: Http,
+    head_since: Option<Instant>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new(http == Http::Tls2));
+    let activity = Arc::new(Activity::new(http == Http::Tls2, head_since));
     let services = shared.services.clone();
     let act = activity.clone();
+    let body_timeout = shared.limits.client_body_timeout;
     let svc = service_fn(move |req| {
         let services = services.clone();
         let call = act.request_started();
         async move {
-            let resp = dispatch(&services, role, req, peer).await;
+            let resp = dispatch(&services, role, req, peer, body_timeout).await;
             drop(call);
             Ok::<_, Infallible>(resp)
         }
@@ -267,7 +312,10 @@ where
         builder
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .max_buf_size(limits.max_header_size)
+            // Bounds the read buffer (a head) and the write buffer: a response body waits in at
+            // most this much (plus the chunk being written) for a slow client, and the node's
+            // stream is not read further meanwhile.
+            .max_buf_size(buf_size(limits))
             // hyper's own header timer also runs while a kept-alive connection is idle, which would
             // cap the keep-alive timeout; [`Activity`] keeps the two apart.
             .header_read_timeout(None);
@@ -277,22 +325,40 @@ where
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut builder = if http == Http::Tls2 { builder.http2_only() } else { builder.http1_only() };
     // The same HTTP/1 settings as on plain TCP.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size(limits.max_header_size)
-        .header_read_timeout(None);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).max_buf_size(buf_size(limits)).header_read_timeout(None);
+    // Bounded per connection: streams, what a client may send ahead of our reading it (the flow
+    // control windows), and what waits for a client that does not read (the send buffer, per
+    // stream). Past them a slow client slows its node reads instead of growing our memory.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_send_buf_size(H2_SEND_BUF);
     let conn = builder.serve_connection(io, svc);
     drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await
 }
 
+/// HTTP/2 streams at once on one client connection (each is a call that may hold a node
+/// connection): more are refused with `REFUSED_STREAM`, which clients retry.
+pub const H2_MAX_STREAMS: u32 = 100;
+/// Flow control: what a client may send on a stream, and on the connection, before we read it.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONN_WINDOW: u32 = 1024 * 1024;
+/// What waits per stream for a client that does not read.
+const H2_SEND_BUF: usize = 64 * 1024;
+
+/// hyper's HTTP/1 buffer limit: a request head up to `-max-header-size` must fit; hyper wants
+/// at least 8 KiB.
+fn buf_size(limits: &Limits) -> usize {
+    limits.max_header_size.max(8192)
+}
+
 /// Runs a served connection to its end, closing it gracefully on shutdown or when idle, and at
-/// once when a request head is late.
+/// once when a request head is late or the client stopped reading. When a client waits for a
+/// connection permit, an idle connection closes.
 async fn drive<C, E>(
     conn: C,
     mut graceful_shutdown: impl FnMut(Pin<&mut C>),
@@ -309,6 +375,7 @@ async fn drive<C, E>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
+        let shed = shared.shed.notified();
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(error) = r {
@@ -327,11 +394,21 @@ async fn drive<C, E>(
                     debug!(%peer, "request head not complete in time; closing");
                     return;
                 }
+                Verdict::SlowReader => {
+                    // Dropping the connection ends its calls and frees the node connections.
+                    debug!(%peer, "client has not read its answer for -send-timeout; closing");
+                    return;
+                }
                 Verdict::Idle if !closing => {
                     graceful_shutdown(conn.as_mut());
                     closing = true;
                 }
                 Verdict::Idle => {}
+            },
+            _ = shed, if !closing => if activity.is_idle() {
+                debug!(%peer, "connections at -max-connections and a client waits; closing an idle one");
+                graceful_shutdown(conn.as_mut());
+                closing = true;
             },
         }
     }
@@ -342,18 +419,24 @@ async fn dispatch(
     role: Role,
     req: http::Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    body_timeout: Duration,
 ) -> http::Response<crate::proxy::body::RespBody> {
     match role {
         Role::Both if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await,
-        Role::Both | Role::Traffic => services.proxy.forward(req, peer).await,
-        Role::Mgmt if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await,
+        Role::Both | Role::Traffic => {
+            let req = req.map(|body| TimedBody::new(body, Some(body_timeout)));
+            services.proxy.forward(req, peer).await
+        }
+        Role::Mgmt if is_mgmt_only_path(req.uri().path()) => services.mgmt.handle(req).await,
         Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command"),
     }
 }
 
-/// What a connection has been doing, for the two client timeouts: a request head must arrive
-/// within `-client-header-timeout` of its first byte (slowloris), and a connection with no
-/// request in flight and no traffic for `-keepalive-timeout` is closed.
+/// What a connection has been doing, for the client timeouts: a request head must arrive
+/// within `-client-header-timeout` of its first byte (slowloris), a connection with no
+/// request in flight and no traffic for `-keepalive-timeout` is closed, and so is one whose
+/// writes have been blocked (the client does not read) for `-send-timeout`. (A request body's
+/// own deadline, `-client-body-timeout`, is on the body: [`TimedBody`].)
 struct Activity {
     /// Last read or write, on [`clock_ms`].
     last_ms: AtomicU64,
@@ -361,6 +444,8 @@ struct Activity {
     head_since_ms: AtomicU64,
     /// Requests being served.
     active: AtomicU32,
+    /// Since when a write has been refused with no byte taken; 0: writes are flowing.
+    blocked_since_ms: AtomicU64,
     /// HTTP/2: frames (PING, WINDOW_UPDATE, SETTINGS) come and go between requests, so traffic
     /// says nothing: a read does not start a head's deadline (only the first request is owed
     /// within the timeout), and the connection is idle from the end of its last request.
@@ -370,18 +455,38 @@ struct Activity {
 enum Verdict {
     Fine,
     SlowHead,
+    SlowReader,
     Idle,
 }
 
 impl Activity {
-    /// A new connection owes its first request head from now on.
-    fn new(multiplexed: bool) -> Activity {
+    /// A new connection owes its first request head from now on, or, for a head already begun
+    /// elsewhere, from `head_since`.
+    fn new(multiplexed: bool, head_since: Option<Instant>) -> Activity {
         let now = clock_ms();
+        let begun = head_since.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
         Activity {
             last_ms: AtomicU64::new(now),
-            head_since_ms: AtomicU64::new(now),
+            head_since_ms: AtomicU64::new(now.saturating_sub(begun).max(1)),
             active: AtomicU32::new(0),
+            blocked_since_ms: AtomicU64::new(0),
             multiplexed,
+        }
+    }
+
+    /// No request in flight and none begun: closing loses nothing.
+    fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0 && self.head_since_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// A write made progress (`true`) or was refused with nothing taken (`false`).
+    fn on_write_progress(&self, progress: bool) {
+        if progress {
+            if self.blocked_since_ms.load(Ordering::Relaxed) != 0 {
+                self.blocked_since_ms.store(0, Ordering::Relaxed);
+            }
+        } else if self.blocked_since_ms.load(Ordering::Relaxed) == 0 {
+            self.blocked_since_ms.store(clock_ms(), Ordering::Relaxed);
         }
     }
 
@@ -410,6 +515,10 @@ impl Activity {
 
     fn verdict(&self, limits: &Limits) -> Verdict {
         let now = clock_ms();
+        let blocked = self.blocked_since_ms.load(Ordering::Relaxed);
+        if blocked != 0 && now.saturating_sub(blocked) > limits.send_timeout.as_millis() as u64 {
+            return Verdict::SlowReader;
+        }
         let head = self.head_since_ms.load(Ordering::Relaxed);
         if head != 0 && now.saturating_sub(head) > limits.client_header_timeout.as_millis() as u64 {
             return Verdict::SlowHead;
@@ -441,6 +550,20 @@ struct Watched<IO> {
     activity: Arc<Activity>,
 }
 
+impl<IO> Watched<IO> {
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.activity.on_write();
+                self.activity.on_write_progress(true);
+            }
+            // The socket is full: the client is not reading.
+            Poll::Pending => self.activity.on_write_progress(false),
+            _ => {}
+        }
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
@@ -455,9 +578,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
-        }
+        self.wrote(&r);
         r
     }
 
@@ -467,9 +588,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
-        }
+        self.wrote(&r);
         r
     }
 

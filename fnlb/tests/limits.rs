@@ -112,17 +112,15 @@ async fn content_length_with_chunked_is_not_smuggled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_limit_wait_their_turn() {
-    let a = FakeNode::start().await;
-    let lb = Fnlb::start(&["-nodes", &a.name(), "-max-connections", "2"]);
-    lb.wait_nodes(&[(&a.name(), "online")]).await;
+async fn connections_over_the_limit_wait_for_a_busy_one_to_finish() {
+    let slow = FakeNode::start_with(NodeOpts { delay: Duration::from_millis(1500), ..Default::default() }).await;
+    let lb = Fnlb::start(&["-nodes", &slow.name(), "-max-connections", "2"]);
+    lb.wait_nodes(&[(&slow.name(), "online")]).await;
+    // Two connections with a call in flight each: busy, so not closed to make room.
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(lb.traffic).await.unwrap();
         s.write_all(b"GET /r/app/k HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         held.push(s);
     }
     let mut third = TcpStream::connect(lb.traffic).await.unwrap();
@@ -130,10 +128,14 @@ async fn connections_over_the_limit_wait_their_turn() {
     let mut buf = vec![0u8; 4096];
     assert!(
         tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await.is_err(),
-        "a third connection was served while two were held"
+        "a third connection was served while two calls were in flight"
     );
-    drop(held.pop());
-    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap().unwrap();
+    // The held calls are answered; their connections, idle now, make room for the third.
+    for s in &mut held {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 

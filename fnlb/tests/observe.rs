@@ -1,6 +1,6 @@
-//! Observing the balancer end to end: `/1/lb/stats`, `/metrics`, `/1/lb/cluster`, the dashboard's
-//! feed, Zipkin export against a fake collector, and the access log. The real binary in front of
-//! fake nodes on loopback.
+//! Observing the balancer end to end: `/1/lb/stats`, `/1/lb/metrics` (and `/metrics`, proxied on a
+//! shared listener), `/1/lb/cluster`, the dashboard's feed, Zipkin export against a fake collector,
+//! and the access log. The real binary in front of fake nodes on loopback.
 mod support;
 
 use std::collections::HashMap;
@@ -119,22 +119,46 @@ async fn metrics_count_calls_errors_retries_and_node_state() {
     for i in 0..20 {
         assert_eq!(send("GET", &lb.url(&format!("/r/app/m{i}")), "").await.status, 200);
     }
-    let page = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
+    let page = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await.text();
     let errors = sample(&page, &format!("fnlb_upstream_errors_total{{node=\"{}\",kind=\"connect\"}}", b.name()));
     assert!(errors.unwrap_or(0.0) >= 1.0, "{page}");
     assert!(sample(&page, "fnlb_retries_total{reason=\"connect_failed\"}").unwrap() >= 1.0, "{page}");
     assert_eq!(sample(&page, "fnlb_unserved_requests_total{reason=\"no_nodes\"}"), Some(0.0));
 
-    // The traffic listener proxies /metrics like any other path.
+    // The traffic listener proxies /metrics like any other path; the management listener
+    // answers both names of fnlb's own page.
     let proxied = send("GET", &lb.url("/metrics"), "").await;
     assert_eq!(proxied.node(), a.name());
+    let own = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await;
+    assert_eq!(own.status, 200);
+    assert!(own.text().contains("# TYPE fnlb_requests_total counter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_a_shared_listener_go_to_a_node_and_ours_are_under_1_lb() {
+    let a = FakeNode::start().await;
+    let lb = balancer_with(&[&a], &[]).await;
+    // Fn nodes serve their own /metrics: on the shared listener (the default) it is a function
+    // path like any other, on the fast path and on hyper's (HTTP/1.0 falls back to it).
+    let proxied = send("GET", &lb.url("/metrics"), "").await;
+    assert_eq!(proxied.status, 200);
+    assert_eq!(proxied.node(), a.name());
+    assert!(!proxied.text().contains("fnlb_requests_total"), "{}", proxied.text());
+    let old = raw(lb.traffic, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+    assert!(old.contains(&a.name()), "{old}");
+    assert!(!old.contains("fnlb_requests_total"), "{old}");
+    // fnlb's own metrics, on the same listener.
+    let own = send("GET", &lb.url("/1/lb/metrics"), "").await;
+    assert_eq!(own.status, 200);
+    assert!(own.headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(own.text().contains("# TYPE fnlb_requests_total counter"), "{}", own.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_the_balancer_answered_itself() {
     let lb = Fnlb::start(&[]);
     assert_eq!(send("GET", &lb.url("/r/app/none"), "").await.status, 503);
-    let page = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
+    let page = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await.text();
     assert_eq!(sample(&page, "fnlb_unserved_requests_total{reason=\"no_nodes\"}"), Some(1.0), "{page}");
     assert_eq!(sample(&page, "fnlb_request_duration_seconds_count{class=\"5xx\"}"), Some(1.0));
     assert_eq!(sample(&page, "fnlb_cluster_recommendation{recommendation=\"scale_out\"}"), Some(1.0));
@@ -358,7 +382,7 @@ async fn zipkin_spans_continue_the_callers_b3_trace_and_reach_the_node() {
     // Counted once the collector has answered.
     let mut exported = 0.0;
     for _ in 0..100 {
-        let page = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
+        let page = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await.text();
         exported = sample(&page, "fnlb_trace_spans_total{outcome=\"exported\"}").unwrap();
         if exported >= 9.0 {
             break;
@@ -408,7 +432,7 @@ async fn a_dead_or_hanging_collector_costs_calls_nothing() {
             // The failed exports are counted, not retried forever.
             let mut failed = 0.0;
             for _ in 0..50 {
-                let page = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
+                let page = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await.text();
                 failed = sample(&page, "fnlb_trace_spans_total{outcome=\"export_failed\"}").unwrap();
                 if failed > 0.0 {
                     break;

@@ -62,7 +62,7 @@ async fn hot_function_spills_along_its_order_and_cool_one_stays_home() {
         let rank = hot_order.iter().position(|n| n == node).unwrap();
         assert!(rank < served.len(), "{node} (choice {rank}) served a spill before an earlier choice: {served:?}");
     }
-    let page = send("GET", &lb.url("/metrics"), "").await.text();
+    let page = send("GET", &lb.url("/1/lb/metrics"), "").await.text();
     assert!(
         page.lines().any(|l| l.starts_with("fnlb_spills_total") && !l.trim_end().ends_with(" 0")),
         "no spill counted:\n{page}"

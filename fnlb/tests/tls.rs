@@ -397,3 +397,91 @@ async fn tls_flags_from_the_environment() {
     let r = send_h1(lb.mgmt, &certs, "GET", "/1/lb/nodes", &[], "").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connection_runs_at_most_100_calls_at_once() {
+    let certs = Certs::new();
+    let node = FakeNode::start_with(NodeOpts { delay: Duration::from_secs(3), ..Default::default() }).await;
+    let lb = start(&certs, &["-nodes", &node.name()]);
+    wait_online(&lb, &certs, &node.name()).await;
+    let (sender, _conn) = h2(lb.traffic, &certs).await;
+    let url = format!("https://localhost:{}/r/app/many", lb.traffic.port());
+    // 150 calls on one connection: the server allows 100 streams, the client queues the rest.
+    let calls: Vec<_> = (0..150)
+        .map(|_| {
+            let mut sender = sender.clone();
+            let url = url.clone();
+            tokio::spawn(async move { send_h2(&mut sender, "GET", &url, "").await.status })
+        })
+        .collect();
+    let calls_at_node = || node.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + LIMIT;
+    while calls_at_node() < 100 {
+        assert!(Instant::now() < deadline, "only {} calls reached the node", calls_at_node());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each call takes 3 s at the node: for now, no more may have started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls_at_node(), 100, "one HTTP/2 connection had more than 100 calls in flight");
+    for c in calls {
+        assert_eq!(tokio::time::timeout(LIMIT, c).await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(calls_at_node(), 150);
+}
+
+/// A request body that sends one byte, then nothing, forever; or (`Stalled::Empty`) none.
+enum Stalled {
+    Fresh,
+    Sent,
+    Empty,
+}
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match *self {
+            Stalled::Fresh => {
+                *self = Stalled::Sent;
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))))
+            }
+            Stalled::Sent => std::task::Poll::Pending,
+            Stalled::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Stalled::Empty)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_body_stops_fails_alone_after_the_client_body_timeout() {
+    let certs = Certs::new();
+    let node = FakeNode::start().await;
+    let lb = start(&certs, &["-nodes", &node.name(), "-client-body-timeout", "1"]);
+    wait_online(&lb, &certs, &node.name()).await;
+    let tls = connect(lb.traffic, &certs, &[b"h2"]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let url = format!("https://localhost:{}/r/app/upload", lb.traffic.port());
+    let stalled = Request::post(&url).body(Stalled::Fresh).unwrap();
+    let started = Instant::now();
+    let answer =
+        tokio::time::timeout(LIMIT, sender.send_request(stalled)).await.expect("a stalled body was never cut off");
+    // Answered with an error, or the stream reset: either way the call ended, and not early.
+    if let Ok(resp) = answer {
+        assert_ne!(resp.status(), 200);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off too early: {:?}", started.elapsed());
+    // Only that stream: the connection still carries calls.
+    tokio::time::timeout(LIMIT, sender.ready()).await.unwrap().unwrap();
+    let next = Request::get(&url).body(Stalled::Empty).unwrap();
+    let resp = tokio::time::timeout(LIMIT, sender.send_request(next)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -1,5 +1,5 @@
 //! The management API (`/1/lb/*`): list, add and remove nodes, stats, the scale signal, the
-//! dashboard, and `/metrics`. It writes through the [`Store`] and tells the node manager; it never
+//! dashboard, and the metrics (`/1/lb/metrics`; `/metrics` too on a management-only listener). It writes through the [`Store`] and tells the node manager; it never
 //! touches routing state.
 use std::sync::Arc;
 
@@ -40,9 +40,18 @@ pub struct Mgmt {
     function_keys: Option<Arc<crate::discovery::fnapi::FunctionKeys>>,
 }
 
-/// Paths the management API answers. Exact matches: `/1/lb/nodes/` is a function path.
+/// Paths the management API answers on a listener shared with traffic. Exact matches:
+/// `/1/lb/nodes/` is a function path. `/metrics` is not one of them: Fn nodes serve their own
+/// `/metrics`, and the original balancer proxied it like any other path; fnlb's own metrics are
+/// at `/1/lb/metrics` there.
 pub fn is_mgmt_path(path: &str) -> bool {
-    matches!(path, "/1/lb/nodes" | "/1/lb/stats" | "/1/lb/dash" | "/1/lb/dash/data" | "/1/lb/cluster" | "/metrics")
+    matches!(path, "/1/lb/nodes" | "/1/lb/stats" | "/1/lb/dash" | "/1/lb/dash/data" | "/1/lb/cluster" | "/1/lb/metrics")
+}
+
+/// Paths a management-only listener answers: those of [`is_mgmt_path`], and `/metrics` (nothing
+/// else could claim it there, and it is where Prometheus looks by default).
+pub fn is_mgmt_only_path(path: &str) -> bool {
+    is_mgmt_path(path) || path == "/metrics"
 }
 
 impl Mgmt {
@@ -123,7 +132,7 @@ impl Mgmt {
                 }
                 _ => not_allowed("GET"),
             },
-            "/metrics" => match *req.method() {
+            "/1/lb/metrics" | "/metrics" => match *req.method() {
                 Method::GET => self.metrics(),
                 _ => not_allowed("GET"),
             },
@@ -322,8 +331,11 @@ mod tests {
     #[test]
     fn only_exact_paths_are_management() {
         assert!(is_mgmt_path("/1/lb/nodes"));
-        assert!(is_mgmt_path("/1/lb/cluster") && is_mgmt_path("/metrics") && is_mgmt_path("/1/lb/dash/data"));
-        assert!(!is_mgmt_path("/metrics/"));
+        assert!(is_mgmt_path("/1/lb/cluster") && is_mgmt_path("/1/lb/metrics") && is_mgmt_path("/1/lb/dash/data"));
+        // Fn nodes serve their own /metrics: on a shared listener it is a function path.
+        assert!(!is_mgmt_path("/metrics"));
+        assert!(is_mgmt_only_path("/metrics") && is_mgmt_only_path("/1/lb/metrics"));
+        assert!(!is_mgmt_only_path("/metrics/") && !is_mgmt_path("/1/lb/metrics/"));
         assert!(!is_mgmt_path("/1/lb/nodes/"));
         assert!(!is_mgmt_path("/r/app/fn"));
     }

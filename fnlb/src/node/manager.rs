@@ -108,14 +108,28 @@ impl NodesHandle {
         }
         let snap = self.snapshot.load();
         let skipped = snap.nodes().iter().filter(|n| n.is_suspect()).count();
-        let allowed = (self.max_ejected * snap.len() as f64).floor() as usize;
-        if skipped < allowed && node.set_suspect(true) {
+        if may_skip_another(skipped, snap.len(), self.max_ejected) && node.set_suspect(true) {
             warn!(node = %node.addr, "node unreachable; skipping it until a check passes");
         } else {
             debug!(node = %node.addr, skipped, "node unreachable; not skipped: too many nodes skipped already");
         }
         let _ = self.tx.send(Command::Suspect(node.addr.clone()));
     }
+}
+
+/// Whether one more node may be skipped as unreachable when `skipped` of `nodes` already are:
+/// at most `max_ejected` of them (rounded down) at once. A single node is never skipped unless
+/// `-max-ejected` is 1: with nowhere else to go, a call is better tried than refused.
+fn may_skip_another(skipped: usize, nodes: usize, max_ejected: f64) -> bool {
+    let allowed = (max_ejected * nodes as f64).floor() as usize;
+    skipped < allowed
+}
+
+/// Whether a store read taken when the local mutation counter was `read_at` predates the last
+/// local add or delete the manager applied (`last_local`): such a read may not show it yet, and
+/// applying it would undo that change.
+fn is_stale_read(read_at: u64, last_local: u64) -> bool {
+    read_at < last_local
 }
 
 pub struct HealthConfig {
@@ -206,7 +220,7 @@ impl Manager {
     fn command(&mut self, cmd: Command, waiting: &mut Vec<oneshot::Sender<()>>) {
         match cmd {
             Command::Desired { addrs, seq } => {
-                if seq < self.last_local_seq {
+                if is_stale_read(seq, self.last_local_seq) {
                     debug!("ignoring a store read that raced with a local change");
                     return;
                 }
@@ -335,5 +349,204 @@ impl Manager {
         self.snapshot.store(Arc::new(Snapshot::new(nodes, self.table.clone(), healthy, self.total_in_flight.clone())));
         self.membership_changed = false;
         self.health_changed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn at_most_max_ejected_of_the_nodes_are_skipped() {
+        // Half of 4: two may be skipped, a third may not.
+        assert!(may_skip_another(0, 4, 0.5));
+        assert!(may_skip_another(1, 4, 0.5));
+        assert!(!may_skip_another(2, 4, 0.5));
+        // Rounded down: half of 3 is one.
+        assert!(may_skip_another(0, 3, 0.5));
+        assert!(!may_skip_another(1, 3, 0.5));
+        // A lone node stays routable unless every node may go.
+        assert!(!may_skip_another(0, 1, 0.5));
+        assert!(may_skip_another(0, 1, 1.0));
+        assert!(!may_skip_another(1, 1, 1.0));
+        // Zero: passive ejection off.
+        assert!(!may_skip_another(0, 10, 0.0));
+        assert!(!may_skip_another(0, 0, 0.5));
+    }
+
+    #[test]
+    fn a_read_older_than_a_local_change_is_stale() {
+        assert!(!is_stale_read(0, 0));
+        assert!(is_stale_read(0, 1));
+        assert!(!is_stale_read(1, 1));
+        assert!(!is_stale_read(2, 1));
+    }
+
+    /// A node on loopback answering its health check with a version, or 503 when not `up`.
+    async fn version_node(up: Arc<AtomicBool>) -> NodeAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { continue };
+                let up = up.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let (status, body) = if up.load(Ordering::SeqCst) {
+                        ("200 OK", r#"{"version":"0.3.753"}"#)
+                    } else {
+                        ("503 Busy", "{}")
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        NodeAddr::parse(&addr.to_string()).unwrap()
+    }
+
+    /// An address where nothing listens: its checks fail at once.
+    async fn dead_node() -> NodeAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        drop(listener);
+        NodeAddr::parse(&addr.to_string()).unwrap()
+    }
+
+    /// A manager whose periodic checks are far apart: checks happen when a test causes them.
+    fn manager(max_ejected: f64) -> NodesHandle {
+        manager_every(max_ejected, Duration::from_secs(3600))
+    }
+
+    fn manager_every(max_ejected: f64, interval: Duration) -> NodesHandle {
+        spawn(HealthConfig {
+            interval,
+            max_ejected,
+            thresholds: Thresholds { unhealthy: 1, healthy: 1 },
+            prober: Prober::new("/version".to_owned(), Duration::from_secs(2), semver::Version::new(0, 3, 0)),
+        })
+    }
+
+    fn members(h: &NodesHandle) -> Vec<String> {
+        h.load().nodes().iter().map(|n| n.addr.to_string()).collect()
+    }
+
+    fn sorted(mut addrs: Vec<String>) -> Vec<String> {
+        addrs.sort();
+        addrs
+    }
+
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_follows_the_store_and_local_changes() {
+        let up = Arc::new(AtomicBool::new(true));
+        let (a, b, c) = (version_node(up.clone()).await, version_node(up.clone()).await, version_node(up).await);
+        let h = manager(0.5);
+        h.set_desired(vec![a.clone(), b.clone()], h.mutation_seq());
+        tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
+        assert_eq!(members(&h), sorted(vec![a.to_string(), b.to_string()]));
+        let snap = h.load_full();
+        assert!((0..snap.len()).all(|i| snap.is_healthy(i)), "checked nodes that answer are healthy");
+
+        tokio::time::timeout(LIMIT, h.add(c.clone())).await.unwrap();
+        assert_eq!(members(&h), sorted(vec![a.to_string(), b.to_string(), c.to_string()]));
+        // Adding a member again changes nothing (the same node, its state kept).
+        let node_a = || h.load_full().nodes().iter().find(|n| n.addr == a).unwrap().clone();
+        let before = node_a();
+        tokio::time::timeout(LIMIT, h.add(a.clone())).await.unwrap();
+        assert!(Arc::ptr_eq(&before, &node_a()), "adding a member again replaced it");
+        assert_eq!(h.load().len(), 3);
+
+        tokio::time::timeout(LIMIT, h.remove(a.clone())).await.unwrap();
+        assert_eq!(members(&h), sorted(vec![b.to_string(), c.to_string()]));
+        // The store now says only c: b goes.
+        h.set_desired(vec![c.clone()], h.mutation_seq());
+        tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
+        assert_eq!(members(&h), vec![c.to_string()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_read_that_raced_with_a_local_add_does_not_undo_it() {
+        let up = Arc::new(AtomicBool::new(true));
+        let (a, b) = (version_node(up.clone()).await, version_node(up).await);
+        let h = manager(0.5);
+        h.set_desired(vec![a.clone()], h.mutation_seq());
+        // Discovery reads the store (a only), then the API adds b before that read arrives.
+        let read_at = h.mutation_seq();
+        tokio::time::timeout(LIMIT, h.add(b.clone())).await.unwrap();
+        h.set_desired(vec![a.clone()], read_at);
+        tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
+        assert_eq!(members(&h), sorted(vec![a.to_string(), b.to_string()]), "a stale read removed b");
+        // A read taken after the add is applied.
+        h.set_desired(vec![a.clone()], h.mutation_seq());
+        tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
+        assert_eq!(members(&h), vec![a.to_string()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_reports_skip_at_most_max_ejected_and_a_passing_check_clears_them() {
+        let mut addrs = Vec::new();
+        for _ in 0..4 {
+            addrs.push(dead_node().await);
+        }
+        let h = manager(0.5);
+        h.set_desired(addrs, h.mutation_seq());
+        tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
+        let snap = h.load_full();
+        assert_eq!(snap.len(), 4);
+        for n in snap.nodes() {
+            h.report_unreachable(n);
+        }
+        // Every node failed, but only half of them are skipped: the rest are still tried.
+        let suspects = snap.nodes().iter().filter(|n| n.is_suspect()).count();
+        assert_eq!(suspects, 2, "-max-ejected 0.5 of 4 nodes");
+        // A second report of the same nodes changes nothing.
+        for n in snap.nodes() {
+            h.report_unreachable(n);
+        }
+        assert_eq!(snap.nodes().iter().filter(|n| n.is_suspect()).count(), 2);
+
+        // A node reported while its checks fail: skipped at once, kept skipped by failing
+        // checks, and back when a check passes.
+        let up = Arc::new(AtomicBool::new(true));
+        let live = version_node(up.clone()).await;
+        let h = manager_every(1.0, Duration::from_millis(100));
+        h.set_desired(vec![live.clone()], h.mutation_seq());
+        tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
+        let node = h.load_full().nodes()[0].clone();
+        assert!(!node.is_suspect());
+        up.store(false, Ordering::SeqCst);
+        h.report_unreachable(&node);
+        assert!(node.is_suspect(), "a reported node is skipped at once");
+        eventually("a failing check is seen", || !h.load().is_healthy(0)).await;
+        assert!(node.is_suspect(), "a failing check cleared the suspect mark");
+        up.store(true, Ordering::SeqCst);
+        eventually("a passing check clears the suspect mark", || !node.is_suspect()).await;
+        assert!(h.load().is_healthy(0));
     }
 }

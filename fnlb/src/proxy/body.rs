@@ -12,16 +12,18 @@ use super::pool::Sender;
 use crate::node::InFlight;
 
 pub enum ReqBody {
-    Stream(Incoming),
+    // server hook (issue 12 item 4): the client's body under -client-body-timeout.
+    Stream(super::timed::TimedBody),
     /// Used to resend a bodiless request whose first attempt failed.
     Empty,
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    // server hook (issue 12 item 4): a client's failure or its body timeout.
+    type Error = super::timed::TimedError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
             ReqBody::Empty => Poll::Ready(None),

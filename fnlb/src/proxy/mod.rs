@@ -5,6 +5,7 @@ pub mod body;
 pub mod h1;
 pub mod headers;
 pub mod pool;
+pub mod timed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::node::Node;
 use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Attempt, Policy};
 use crate::telemetry::{call::CallObs, Observers};
 use body::{ReqBody, RespBody, UpstreamBody};
+use timed::TimedBody;
 
 /// Distinct nodes one call may be tried on before the client gets an error.
 const MAX_NODES_TRIED: usize = 3;
@@ -86,7 +88,8 @@ impl Proxy {
         &*self.policy
     }
 
-    pub async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+    // server hook (issue 12 item 4): the body comes wrapped in its per-read deadline.
+    pub async fn forward(&self, req: Request<TimedBody>, client: SocketAddr) -> Response<RespBody> {
         let uri = req.uri().clone();
         let headers = req.headers();
         let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -98,7 +101,7 @@ impl Proxy {
 
     async fn forward_observed(
         &self,
-        req: Request<Incoming>,
+        req: Request<TimedBody>,
         client: SocketAddr,
         obs: &mut CallObs<'_>,
     ) -> Response<RespBody> {

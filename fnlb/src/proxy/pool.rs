@@ -97,7 +97,10 @@ impl Pool {
     pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let addr = &self.addr;
         let stream = self.connect_raw(timeout).await?;
+        // server hook (issue 12 item 4): a bounded read buffer. hyper's default lets it grow to
+        // ~400 kB, and a body chunk handed to a client that does not read keeps that much alive.
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_MAX_BUF)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;
@@ -134,3 +137,6 @@ fn quiet(s: &TcpStream) -> bool {
     let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     matches!(socket2::SockRef::from(s).peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
+
+/// The hyper client's read buffer limit (the response head must fit: nodes send small ones).
+const UPSTREAM_MAX_BUF: usize = 64 * 1024;

@@ -40,8 +40,9 @@ use head::{Request, Response, ResponseHead};
 pub enum Outcome {
     /// Closed (by either side, a timeout, or shutdown).
     Done,
-    /// The general server must take over, replaying these bytes first.
-    Fallback(Vec<u8>),
+    /// The general server must take over, replaying these bytes first; the head they begin
+    /// started arriving at the instant given (its deadline runs on).
+    Fallback(Vec<u8>, Instant),
 }
 
 /// The client buffer's size: request heads are read into it (it grows up to -max-header-size
@@ -92,6 +93,8 @@ pub async fn serve(
     mgmt: bool,
     limits: &Limits,
     stop: &mut watch::Receiver<bool>,
+    // server hook (issue 12 item 4): rung at -max-connections; an idle connection closes.
+    shed: &tokio::sync::Notify,
 ) -> Outcome {
     let now = Instant::now();
     let mut c = Conn {
@@ -120,9 +123,11 @@ pub async fn serve(
                 let mut headers = [const { std::mem::MaybeUninit::uninit() }; head::MAX_HEADERS];
                 match head::parse_request(&c.cbuf[c.start..c.filled], &mut headers) {
                     Request::Partial => {}
-                    Request::Fallback => return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec()),
+                    Request::Fallback => {
+                        return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec(), head_since.unwrap_or(now))
+                    }
                     Request::Ready(h) if h.len > limits.max_header_size || (mgmt && is_mgmt_path(h.path())) => {
-                        return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec());
+                        return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec(), head_since.unwrap_or(now));
                     }
                     Request::Ready(h) => {
                         path.clear();
@@ -146,7 +151,7 @@ pub async fn serve(
                         c.compact();
                     } else if c.cbuf.len() >= limits.max_header_size {
                         // Too big for us: the general server answers 431.
-                        return Outcome::Fallback(c.cbuf[..c.filled].to_vec());
+                        return Outcome::Fallback(c.cbuf[..c.filled].to_vec(), head_since.unwrap_or(now));
                     } else {
                         let grown = (c.cbuf.len() * 2).min(limits.max_header_size);
                         c.cbuf.resize(grown, 0);
@@ -172,6 +177,8 @@ pub async fn serve(
                     return Outcome::Done;
                 }
                 _ = stop.changed() => return Outcome::Done,
+                // server hook (issue 12 item 4): idle (no head begun) at -max-connections.
+                _ = shed.notified(), if head_since.is_none() => return Outcome::Done,
             }
         };
         head_since = None;
