@@ -106,7 +106,7 @@ pub struct Request<'r> {
 
 impl Request<'_> {
     /// Whether the call may be sent again after a node failed under it.
-    pub fn resendable(&self, retry_idempotent: bool) -> bool {
+    fn resendable(&self, retry_idempotent: bool) -> bool {
         let safe_method = matches!(*self.method, Method::GET | Method::HEAD | Method::OPTIONS);
         self.replayable && ((retry_idempotent && self.bodiless && safe_method) || self.idempotency_key)
     }
@@ -190,6 +190,7 @@ impl<'a> Call<'a> {
 
     /// Where the call goes now. A later step (waiting at the balancer for a warm container) fits
     /// between two picks here.
+    #[allow(clippy::should_implement_trait)] // Not an iterator: each step depends on what the shell reports.
     pub fn next(&mut self) -> Next<'a> {
         if self.same_node {
             self.same_node = false;

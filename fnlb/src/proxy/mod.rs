@@ -119,10 +119,9 @@ impl Proxy {
             // A streamed body is gone once sent.
             replayable: bodiless,
         };
-        // What to resend when a node failed under a call that may be resent: its head.
-        let replay = facts
-            .resendable(self.retry_idempotent)
-            .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        // A bodiless call can be written again (after a reset that shows the node never read it,
+        // or a resend the engine allows): its head is kept. The engine decides whether it is.
+        let replay = bodiless.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
         let mut call = Call::new(self.rules(), &snap, hash, facts, obs);
         let (body, ended) = ClientBody::new(body, self.client_body_timeout);
         let mut req = Some(Request::from_parts(parts, ReqBody::Stream(body)));
@@ -131,7 +130,7 @@ impl Proxy {
                 Next::Send { node, fresh } => (node, fresh),
                 Next::Answer { status, msg, .. } => return json_msg(status, &msg),
             };
-            let mut conn = match self.connection(node, fresh).await {
+            let (mut conn, reused) = match self.connection(node, fresh).await {
                 Ok(c) => c,
                 Err(error) => match call.failed(Failure::Connect(error)) {
                     None => continue,
@@ -173,7 +172,14 @@ impl Proxy {
                             Failure::Stale
                         }
                     } else {
-                        classify(e.error())
+                        match classify(e.error()) {
+                            Failure::Broke(_) if reused && bodiless && reset(e.error(), conn.socket()) => {
+                                // As on the fast path: the node's process never read the call.
+                                debug!(node = %node.addr, "kept-alive connection closed under the call; unread");
+                                Failure::Stale
+                            }
+                            failure => failure,
+                        }
                     }
                 }
             };
@@ -193,13 +199,13 @@ impl Proxy {
     ) -> Result<Response<Incoming>, Sent> {
         let send = conn.try_send_request(r);
         let Some(limit) = self.upstream_timeout else {
-            return send.await.map_err(Sent::Failed);
+            return send.await.map_err(|e| Sent::Failed(Box::new(e)));
         };
         tokio::pin!(send);
         let mut deadline = tokio::time::Instant::now() + limit;
         loop {
             tokio::select! {
-                r = &mut send => return r.map_err(Sent::Failed),
+                r = &mut send => return r.map_err(|e| Sent::Failed(Box::new(e))),
                 _ = tokio::time::sleep_until(deadline) => match ended.at() {
                     Some(t) if t + limit <= tokio::time::Instant::now() => return Err(Sent::Timeout(limit)),
                     Some(t) => deadline = t + limit,
@@ -211,13 +217,14 @@ impl Proxy {
     }
 
     /// A pooled connection that is open and ready, or a new one (`fresh`: always a new one).
-    async fn connection(&self, node: &Arc<Node>, fresh: bool) -> Result<pool::Conn, String> {
+    /// Also says whether the connection was reused.
+    async fn connection(&self, node: &Arc<Node>, fresh: bool) -> Result<(pool::Conn, bool), String> {
         while let Some(mut c) = node.pool.take_idle().filter(|_| !fresh) {
             if c.sender.ready().await.is_ok() {
-                return Ok(c);
+                return Ok((c, true));
             }
         }
-        node.pool.connect(self.connect_timeout).await.map_err(|e| e.to_string())
+        node.pool.connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
     }
 
     fn respond(&self, resp: Response<Incoming>, conn: pool::Conn, call: &mut Call<'_>) -> Response<RespBody> {
@@ -235,7 +242,8 @@ impl Proxy {
 /// Why a send gave no answer head.
 enum Sent {
     Timeout(Duration),
-    Failed(hyper::client::conn::TrySendError<Request<ReqBody>>),
+    /// Boxed: only failures pay for its size.
+    Failed(Box<hyper::client::conn::TrySendError<Request<ReqBody>>>),
 }
 
 /// Whose fault a hyper client error is, once the request was (at least partly) written.
@@ -260,6 +268,28 @@ fn local(answer: Next<'_>) -> Response<RespBody> {
         Next::Send { .. } => json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
+/// Whether a node's kernel reset the connection under a call (`error` is how the read ended):
+/// the node's process had closed it with the call's bytes unread, or closed it before they came.
+/// A process that read a whole bodiless call and then died closes with a FIN, not a reset. On
+/// loopback and most LANs the reset has come by the time the close is read; when it comes later
+/// the call counts as possibly run (at most once errs that way).
+fn refused(socket: &tokio::net::TcpStream, error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::ConnectionReset
+        || matches!(socket2::SockRef::from(socket).take_error(), Ok(Some(_)))
+}
+
+/// [`refused`] for a hyper error: a reset in its source chain, or one pending on the socket.
+fn reset(e: &hyper::Error, socket: &tokio::net::TcpStream) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return refused(socket, io);
+        }
+        cause = c.source();
+    }
+    refused(socket, &std::io::ErrorKind::UnexpectedEof.into())
+}
+
 /// A hyper error with its cause, which hyper keeps in the source chain.
 fn pool_error(e: &hyper::Error) -> String {
     crate::health::probe::error_chain(e)

@@ -25,6 +25,12 @@ pub struct Conn {
     socket: Arc<TcpStream>,
 }
 
+impl Conn {
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+}
+
 /// Idle connections kept per node; more than the busiest moment's concurrency is waste.
 const MAX_IDLE: usize = 512;
 

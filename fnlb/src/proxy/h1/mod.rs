@@ -240,8 +240,11 @@ async fn client_gone(client: &TcpStream) {
 
 /// Why a node gave no usable response head.
 enum UpstreamError {
-    /// Closed or failed before a whole head came.
-    Io(io::Error),
+    /// Closed or failed before a whole head came; `received`: after some bytes of an answer.
+    Io {
+        error: io::Error,
+        received: bool,
+    },
     Invalid(&'static str),
     Timeout,
     /// The client closed its connection first.
@@ -385,7 +388,17 @@ impl Conn<'_> {
                         (_, Some(error)) => Failure::Broke(error.to_string()),
                         (UpstreamError::Timeout, None) => Failure::Timeout(proxy.upstream_timeout.unwrap_or_default()),
                         (UpstreamError::Invalid(why), None) => Failure::Invalid(why.to_string()),
-                        (UpstreamError::Io(error), None) => Failure::Broke(error.to_string()),
+                        (UpstreamError::Io { error, received }, None) => {
+                            if reused && !received && req.body == Framing::None && super::refused(&up, &error) {
+                                // The node's kernel reset the call's bytes: its process had
+                                // closed the connection without reading them (an idle close
+                                // crossing the call). Nothing ran.
+                                debug!(node = %node.addr, %error, "kept-alive connection closed under the call; unread");
+                                Failure::Stale
+                            } else {
+                                Failure::Broke(error.to_string())
+                            }
+                        }
                     };
                     match call.failed(failure) {
                         None => continue,
@@ -481,6 +494,7 @@ impl Conn<'_> {
         }
         let deadline = self.proxy.upstream_timeout.map(|t| Instant::now() + t);
         let mut got = 0;
+        let mut interim = false;
         loop {
             let timer = match deadline {
                 Some(d) => Some(self.upstream_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d)))),
@@ -497,9 +511,9 @@ impl Conn<'_> {
             match n {
                 Ok(0) => {
                     let error = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response");
-                    return Err(UpstreamError::Io(error));
+                    return Err(UpstreamError::Io { error, received: got > 0 || interim });
                 }
-                Err(error) => return Err(UpstreamError::Io(error)),
+                Err(error) => return Err(UpstreamError::Io { error, received: got > 0 || interim }),
                 Ok(n) => got += n,
             }
             loop {
@@ -507,6 +521,7 @@ impl Conn<'_> {
                     Response::Ready(h) => return Ok((h, got)),
                     Response::Invalid(why) => return Err(UpstreamError::Invalid(why)),
                     Response::Interim(len) => {
+                        interim = true;
                         self.ubuf.copy_within(len..got, 0);
                         got -= len;
                         if got > 0 {
