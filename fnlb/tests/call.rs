@@ -153,7 +153,11 @@ fn status_of(answer: &str) -> u16 {
 
 /// The value of one series in the balancer's metrics (0 when absent).
 async fn metric(lb: &Fnlb, series: &str) -> f64 {
-    let text = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
+    // `/1/lb/metrics` where the balancer has it (a shared listener sends `/metrics` to the nodes).
+    let mut text = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await.text();
+    if !text.contains("# TYPE fnlb_") {
+        text = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
+    }
     text.lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
