@@ -125,7 +125,14 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, u
 
 async fn balancer(nodes: &[SocketAddr], extra: &[&str]) -> Fnlb {
     let list = nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    // A management listener of its own: `/metrics` there is the balancer's, wherever a shared
+    // listener sends it.
+    let mgmt = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let mut args = vec!["-nodes", &list, "-policy", "ch"];
+    if !extra.contains(&"-max-connections") {
+        // (Under -max-connections, one shared listener: the test counts its connections.)
+        args.extend_from_slice(&["-mgmt-listen", &mgmt]);
+    }
     args.extend_from_slice(extra);
     let lb = Fnlb::start(&args);
     let want: Vec<(String, &str)> = nodes.iter().map(|a| (a.to_string(), "online")).collect();
@@ -153,11 +160,7 @@ fn status_of(answer: &str) -> u16 {
 
 /// The value of one series in the balancer's metrics (0 when absent).
 async fn metric(lb: &Fnlb, series: &str) -> f64 {
-    // `/1/lb/metrics` where the balancer has it (a shared listener sends `/metrics` to the nodes).
-    let mut text = send("GET", &lb.mgmt_url("/1/lb/metrics"), "").await.text();
-    if !text.contains("# TYPE fnlb_") {
-        text = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
-    }
+    let text = send("GET", &lb.mgmt_url("/metrics"), "").await.text();
     text.lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))

@@ -4,8 +4,10 @@
 //! ([`head::parse_request`]), the node's copy of the head is written with the header rules of
 //! [`super::headers`], and the bodies pass through unchanged, their ends found by the framing
 //! rules ([`framing`]). Upstream connections are plain sockets kept alive per node
-//! ([`super::pool::Pool::take_raw`]). Routing, retries and observation are those of
-//! [`Proxy::forward`].
+//! ([`super::pool::Pool::take_raw`]). What happens to a call — routing, retries, the client's
+//! answer, observation — is decided by the call engine ([`super::call::Call`]), as on the hyper
+//! path: this module only does the I/O. Its deadlines (request head, idle, body, blocked write
+//! to the client) share one timer per connection, armed only when a socket would block.
 //!
 //! Anything unusual — a management path, HTTP/1.0, `Upgrade`, `Expect`, an odd target or
 //! framing, a malformed or oversized head — is not decided here: the connection, with the bytes
