@@ -333,8 +333,11 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
     }
     rep.bound = fnsim::bound::cold_starts(&tr.calls, IDLE);
     let homed = |f: &u32| lbs[0].snap.table().home(keys[*f as usize].1) == Some(0);
-    rep.rejoin =
-        (last_node.len(), last_node.values().filter(|n| **n == 0).count(), last_node.keys().filter(|f| homed(f)).count());
+    rep.rejoin = (
+        last_node.len(),
+        last_node.values().filter(|n| **n == 0).count(),
+        last_node.keys().filter(|f| homed(f)).count(),
+    );
     rep
 }
 

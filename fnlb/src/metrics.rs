@@ -96,6 +96,8 @@ pub enum UpstreamError {
     Send,
     /// The node answered something that is not HTTP.
     InvalidResponse,
+    /// The node did not start answering within -upstream-timeout.
+    Timeout,
 }
 
 impl UpstreamError {
@@ -104,14 +106,15 @@ impl UpstreamError {
     }
 }
 
-const ERROR_KINDS: [&str; 3] = ["connect", "send", "invalid_response"];
+const ERROR_KINDS: [&str; 4] = ["connect", "send", "invalid_response", "timeout"];
 
 /// Why a call moved on; the `reason` label of `fnlb_retries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
     /// The previous node could not be connected to: the call goes to the next node.
     ConnectFailed,
-    /// The previous node failed after a bodiless idempotent request was sent: resent to the next.
+    /// The previous node failed after the call was sent, and the call may be resent
+    /// (`-retry-idempotent`, or `Idempotency-Key`) and the retry budget allowed it.
     SendFailed,
     /// A pooled connection closed before the request went out: resent on a new connection.
     StaleConnection,
@@ -124,20 +127,27 @@ const RETRY_REASONS: [&str; 3] = ["connect_failed", "send_failed", "stale_connec
 pub enum Unserved {
     /// No healthy node (503).
     NoNodes,
-    /// Every node tried failed to take the call (503, or 502 when the body was already sent).
+    /// No node tried could be connected to: nothing ran (503).
     Unreachable,
     /// A node answered something that is not HTTP (502).
     BadGateway,
+    /// The node failed after the call was sent to it: the call may have run, and was not sent
+    /// again (502).
+    NodeFailed,
+    /// The node did not start answering in time (504).
+    Timeout,
+    /// A resend was refused by the retry budget (502).
+    Budget,
 }
 
-const UNSERVED_REASONS: [&str; 3] = ["no_nodes", "unreachable", "bad_gateway"];
+const UNSERVED_REASONS: [&str; 6] = ["no_nodes", "unreachable", "bad_gateway", "node_failed", "timeout", "budget"];
 
 /// The metric handles of one node, resolved once and shared.
 pub struct NodeMetrics {
     requests: [Counter; 5],
     upstream: Histogram,
     reported_wait: Histogram,
-    errors: [Counter; 3],
+    errors: [Counter; 4],
     spills: Counter,
 }
 
@@ -151,12 +161,22 @@ impl NodeMetrics {
         }
     }
 
+    /// A call counted under this node without an answer of the node's: the client left (499).
+    pub fn abandoned(&self, status: u16) {
+        self.requests[class_index(status)].inc();
+    }
+
     pub fn error(&self, kind: UpstreamError) {
         self.errors[kind.index()].inc();
     }
 
     pub fn spill(&self) {
         self.spills.inc();
+    }
+
+    #[cfg(test)]
+    pub fn errors_snapshot(&self) -> [u64; 4] {
+        self.errors.each_ref().map(|c| c.get())
     }
 }
 
@@ -168,7 +188,7 @@ pub struct Metrics {
     errors: Family<NodeKindL, Counter>,
     spills: Family<NodeL, Counter>,
     retries: [Counter; 3],
-    unserved: [Counter; 3],
+    unserved: [Counter; 6],
     duration: [Histogram; 5],
     nodes: RwLock<HashMap<NodeAddr, Arc<NodeMetrics>>>,
 }
@@ -190,7 +210,11 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("fnlb");
         let requests = Family::<NodeClassL, Counter>::default();
-        registry.register("requests", "Calls a node answered, by node and status class", requests.clone());
+        registry.register(
+            "requests",
+            "Calls a node answered, by node and status class (4xx includes 499: the client left first)",
+            requests.clone(),
+        );
         let upstream: HistFamily<NodeL> = Family::new_with_constructor(histogram);
         registry.register(
             "upstream_duration_seconds",
@@ -206,7 +230,7 @@ impl Metrics {
         let errors = Family::<NodeKindL, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Attempts a node failed: connect, send (broke after sending) or invalid_response",
+            "Attempts a node failed: connect, send (broke after sending), invalid_response or timeout",
             errors.clone(),
         );
         let spills = Family::<NodeL, Counter>::default();
@@ -221,7 +245,7 @@ impl Metrics {
         let unserved = Family::<ReasonL, Counter>::default();
         registry.register(
             "unserved_requests",
-            "Calls the balancer answered itself because no node could (no_nodes, unreachable, bad_gateway)",
+            "Calls the balancer answered itself because no node could (no_nodes, unreachable, bad_gateway, node_failed, timeout, budget)",
             unserved.clone(),
         );
         let duration: HistFamily<ClassL> = Family::new_with_constructor(histogram);

@@ -30,7 +30,6 @@ use tracing::{debug, warn};
 use crate::config::Limits;
 use crate::mgmt::{is_mgmt_only_path, is_mgmt_path, Mgmt};
 use crate::node::clock_ms;
-use crate::proxy::timed::TimedBody;
 use crate::proxy::{h1, json_msg, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,12 +294,11 @@ async fn serve_http<IO>(
     let activity = Arc::new(Activity::new(http == Http::Tls2, head_since));
     let services = shared.services.clone();
     let act = activity.clone();
-    let body_timeout = shared.limits.client_body_timeout;
     let svc = service_fn(move |req| {
         let services = services.clone();
         let call = act.request_started();
         async move {
-            let resp = dispatch(&services, role, req, peer, body_timeout).await;
+            let resp = dispatch(&services, role, req, peer).await;
             drop(call);
             Ok::<_, Infallible>(resp)
         }
@@ -419,14 +417,10 @@ async fn dispatch(
     role: Role,
     req: http::Request<hyper::body::Incoming>,
     peer: SocketAddr,
-    body_timeout: Duration,
 ) -> http::Response<crate::proxy::body::RespBody> {
     match role {
         Role::Both if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await,
-        Role::Both | Role::Traffic => {
-            let req = req.map(|body| TimedBody::new(body, Some(body_timeout)));
-            services.proxy.forward(req, peer).await
-        }
+        Role::Both | Role::Traffic => services.proxy.forward(req, peer).await,
         Role::Mgmt if is_mgmt_only_path(req.uri().path()) => services.mgmt.handle(req).await,
         Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command"),
     }
@@ -436,7 +430,7 @@ async fn dispatch(
 /// within `-client-header-timeout` of its first byte (slowloris), a connection with no
 /// request in flight and no traffic for `-keepalive-timeout` is closed, and so is one whose
 /// writes have been blocked (the client does not read) for `-send-timeout`. (A request body's
-/// own deadline, `-client-body-timeout`, is on the body: [`TimedBody`].)
+/// own deadline, `-client-body-timeout`, is on the body: `proxy::body::ClientBody`.)
 struct Activity {
     /// Last read or write, on [`clock_ms`].
     last_ms: AtomicU64,

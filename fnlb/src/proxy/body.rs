@@ -1,29 +1,129 @@
 //! Body types of the data path: the request body sent upstream (the client's stream, untouched)
 //! and the response body sent back (the node's stream, or a short local answer). Streaming both
 //! ways: nothing here buffers a whole body.
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
-use super::pool::Sender;
+use super::pool::Conn;
 use crate::node::InFlight;
 
+/// A request body on its way to the node.
 pub enum ReqBody {
-    // server hook (issue 12 item 4): the client's body under -client-body-timeout.
-    Stream(super::timed::TimedBody),
+    Stream(ClientBody),
     /// Used to resend a bodiless request whose first attempt failed.
     Empty,
 }
 
+/// Why a client's body did not reach its end: always the client's fault, never the node's. The
+/// hyper client hands it back as the source of its error, where the call engine finds it.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body did not arrive within the client body timeout")]
+    Timeout,
+    #[error("request body: {0}")]
+    Client(hyper::Error),
+}
+
+impl BodyError {
+    /// The client's body error in the source chain of an upstream error, if there is one.
+    pub fn find<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e BodyError> {
+        loop {
+            if let Some(b) = e.downcast_ref::<BodyError>() {
+                return Some(b);
+            }
+            e = e.source()?;
+        }
+    }
+}
+
+/// The client's body, with a deadline between two reads (-client-body-timeout), and the moment
+/// it was read to its end (when the node's time to answer starts).
+pub struct ClientBody {
+    inner: Incoming,
+    limit: Duration,
+    /// Armed while the body waits for the client; one timer per body, reset per wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+    ended: Arc<Ended>,
+}
+
+/// When a request body was read to its end, shared with the call waiting for the answer.
+#[derive(Default)]
+pub struct Ended(std::sync::OnceLock<tokio::time::Instant>);
+
+impl Ended {
+    pub fn at(&self) -> Option<tokio::time::Instant> {
+        self.0.get().copied()
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, limit: Duration) -> (ClientBody, Arc<Ended>) {
+        let ended = Arc::new(Ended::default());
+        if inner.is_end_stream() {
+            let _ = ended.0.set(tokio::time::Instant::now());
+        }
+        (ClientBody { inner, limit, timer: None, waiting: false, ended: ended.clone() }, ended)
+    }
+
+    fn end(&self) {
+        let _ = self.ended.0.set(tokio::time::Instant::now());
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.waiting = false;
+                match &r {
+                    None => this.end(),
+                    Some(Ok(_)) if this.inner.is_end_stream() => this.end(),
+                    _ => {}
+                }
+                Poll::Ready(r.map(|f| f.map_err(BodyError::Client)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.limit;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    this.waiting = true;
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Timeout))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Body for ReqBody {
     type Data = Bytes;
-    // server hook (issue 12 item 4): a client's failure or its body timeout.
-    type Error = super::timed::TimedError;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
             ReqBody::Empty => Poll::Ready(None),
@@ -51,12 +151,12 @@ impl Body for ReqBody {
 /// and is closed with it.
 pub struct UpstreamBody {
     inner: Incoming,
-    conn: Option<Sender>,
+    conn: Option<Conn>,
     call: Option<InFlight>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, conn: Sender, call: InFlight) -> UpstreamBody {
+    pub fn new(inner: Incoming, conn: Conn, call: InFlight) -> UpstreamBody {
         let mut b = UpstreamBody { inner, conn: Some(conn), call: Some(call) };
         if b.inner.is_end_stream() {
             b.finish();

@@ -1,38 +1,40 @@
 //! The data path: forwards one client request to the node routing picks, streams both bodies,
-//! and turns failures into the client's answer. A node that cannot be reached is not the
-//! client's problem: the call moves on along the key's order while that is safe.
+//! and turns failures into the client's answer. One call engine ([`call`]) decides; two
+//! transports do the I/O: the HTTP/1.1 fast path ([`h1`]) and hyper ([`Proxy::forward`]).
 pub mod body;
+pub mod call;
 pub mod h1;
 pub mod headers;
 pub mod pool;
-pub mod timed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
-use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Attempt, Policy};
-use crate::telemetry::{call::CallObs, Observers};
-use body::{ReqBody, RespBody, UpstreamBody};
-use timed::TimedBody;
-
-/// Distinct nodes one call may be tried on before the client gets an error.
-const MAX_NODES_TRIED: usize = 3;
+use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Policy};
+use crate::telemetry::Observers;
+use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
+use call::{Call, Failure, Next, RetryBudget, Rules};
 
 pub struct Proxy {
     nodes: NodesHandle,
     policy: Box<dyn Policy>,
     connect_timeout: Duration,
-    /// How long a node may take to start answering (None: no limit).
+    /// How long a node may take to start answering once the request was sent (None: no limit).
     upstream_timeout: Option<Duration>,
+    /// Longest pause in a request body (the hyper server bounds the writes to the client).
+    client_body_timeout: Duration,
+    retry_idempotent: bool,
+    /// Bounds resends across all calls.
+    budget: RetryBudget,
     /// Metrics, stats, traces and the access log hear about every call.
     obs: Arc<Observers>,
 }
@@ -50,23 +52,6 @@ pub fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
     resp
 }
 
-fn no_nodes() -> Response<RespBody> {
-    json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"msg":"no nodes available"}"#.to_string())
-}
-
-/// Safe to send twice (RFC 9110 §9.2.2).
-fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE)
-}
-
-/// What to resend when a request failed after it was sent: only bodiless idempotent requests
-/// can be rebuilt, since a streamed body is gone once sent.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-}
-
 impl Proxy {
     pub fn new(nodes: NodesHandle, policy: Box<dyn Policy>, limits: &crate::config::Limits) -> Proxy {
         Proxy {
@@ -74,6 +59,9 @@ impl Proxy {
             policy,
             connect_timeout: limits.upstream_connect_timeout,
             upstream_timeout: limits.upstream_timeout,
+            client_body_timeout: limits.client_body_timeout,
+            retry_idempotent: limits.retry_idempotent,
+            budget: RetryBudget::default(),
             obs: Arc::new(Observers::default()),
         }
     }
@@ -88,24 +76,24 @@ impl Proxy {
         &*self.policy
     }
 
-    // server hook (issue 12 item 4): the body comes wrapped in its per-read deadline.
-    pub async fn forward(&self, req: Request<TimedBody>, client: SocketAddr) -> Response<RespBody> {
-        let uri = req.uri().clone();
-        let headers = req.headers();
-        let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let mut obs = self.obs.start(req.method().clone(), uri.path(), lookup, client);
-        let resp = self.forward_observed(req, client, &mut obs).await;
-        obs.finish(resp.status());
-        resp
+    /// What every call of this proxy shares, for the call engine.
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            policy: &*self.policy,
+            suspects: &self.nodes,
+            budget: &self.budget,
+            retry_idempotent: self.retry_idempotent,
+        }
     }
 
-    async fn forward_observed(
-        &self,
-        req: Request<TimedBody>,
-        client: SocketAddr,
-        obs: &mut CallObs<'_>,
-    ) -> Response<RespBody> {
+    /// Forwards one call on the hyper path: TLS, HTTP/2, and whatever the fast path hands over.
+    /// A thin shell around [`Call`]: the engine decides, this does the I/O. The observation
+    /// lives in the call, so a client that drops this future still gets its call observed (499).
+    pub async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+        let uri = req.uri().clone();
         let (mut parts, body) = req.into_parts();
+        let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let obs = self.obs.start(parts.method.clone(), uri.path(), lookup, client);
         headers::request(&mut parts.headers, client.ip());
         // HTTP/2 names the host in `:authority` (now the URI's authority), usually without a
         // Host header: the HTTP/1.1 node gets it as Host (any userinfo left out).
@@ -123,136 +111,183 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let hash = key_hash(parts.uri.path().as_bytes());
         let snap = self.nodes.load_full();
-
-        let mut replay = None;
-        if idempotent(&parts.method) && body.is_end_stream() {
-            replay =
-                Some(Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
-        }
+        let bodiless = body.is_end_stream();
+        let facts = call::Request {
+            method: &parts.method,
+            bodiless,
+            idempotency_key: parts.headers.contains_key("idempotency-key"),
+            // A streamed body is gone once sent.
+            replayable: bodiless,
+        };
+        // A bodiless call can be written again (after a reset that shows the node never read it,
+        // or a resend the engine allows): its head is kept. The engine decides whether it is.
+        let replay = bodiless.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let mut call = Call::new(self.rules(), &snap, hash, facts, obs);
+        let (body, ended) = ClientBody::new(body, self.client_body_timeout);
         let mut req = Some(Request::from_parts(parts, ReqBody::Stream(body)));
-        let mut tried = [usize::MAX; MAX_NODES_TRIED];
-        let mut n_tried = 0;
-        let mut last_error = String::new();
-        while n_tried < MAX_NODES_TRIED {
-            let Some(attempt) = self.policy.pick(&snap, hash, &tried[..n_tried]) else {
-                break;
+        loop {
+            let (node, fresh) = match call.next() {
+                Next::Send { node, fresh } => (node, fresh),
+                Next::Answer { status, msg, .. } => return json_msg(status, &msg),
             };
-            let (i, node) = (attempt.index(), attempt.node());
-            tried[n_tried] = i;
-            n_tried += 1;
-            obs.attempt();
-            let call = node.start_call();
-            let mut conn = match self.connection(node).await {
+            let (mut conn, reused) = match self.connection(node, fresh).await {
                 Ok(c) => c,
-                Err(error) => {
-                    // Nothing was sent: the request is intact and can go to the next node.
-                    debug!(node = %node.addr, %error, "cannot connect; trying the next node");
-                    obs.connect_failed(node, &error);
-                    last_error = error;
-                    self.nodes.report_unreachable(node);
-                    continue;
-                }
+                Err(error) => match call.failed(Failure::Connect(error)) {
+                    None => continue,
+                    Some(answer) => return local(answer),
+                },
             };
-            let Some(mut r) = req.take() else { break };
+            let mut r = match req.take() {
+                Some(r) => r,
+                None => match &replay {
+                    Some((method, uri, headers)) => {
+                        let mut again = Request::new(ReqBody::Empty);
+                        *again.method_mut() = method.clone();
+                        *again.uri_mut() = uri.clone();
+                        *again.headers_mut() = headers.clone();
+                        again
+                    }
+                    // The engine resends only what can be replayed.
+                    None => return json_msg(StatusCode::BAD_GATEWAY, "the call cannot be sent again"),
+                },
+            };
             if r.headers().get(header::HOST).is_none() {
                 if let Ok(host) = HeaderValue::from_str(node.addr.as_str()) {
                     r.headers_mut().insert(header::HOST, host);
                 }
             }
-            obs.sending(node, r.headers_mut());
-            let sent = match self.upstream_timeout {
-                None => conn.try_send_request(r).await,
-                Some(limit) => match tokio::time::timeout(limit, conn.try_send_request(r)).await {
-                    Ok(sent) => sent,
-                    Err(_) => {
-                        // Slow is not dead: the node is not skipped, and the call is not resent
-                        // (it may be running). Dropping the connection cancels it upstream.
-                        let msg = format!("node {} did not answer within {}s", node.addr, limit.as_secs_f64());
-                        obs.send_failed(node, false, &msg);
-                        return json_msg(StatusCode::GATEWAY_TIMEOUT, &msg);
-                    }
-                },
-            };
-            match sent {
-                Ok(resp) => {
-                    if snap.table().home(hash) != Some(i) {
-                        // Served away from its home: full, down, or a retry moved it.
-                        crate::metrics::spill(node);
-                    }
-                    return self.respond(resp, attempt, node, hash, conn, call, obs);
-                }
-                Err(mut e) => {
-                    let error = pool_error(e.error());
+            call.obs().sending(node, r.headers_mut());
+            let sent = self.send(&mut conn.sender, r, &ended).await;
+            let failure = match sent {
+                Ok(resp) => return self.respond(resp, conn, &mut call),
+                Err(Sent::Timeout(limit)) => Failure::Timeout(limit),
+                Err(Sent::Failed(mut e)) => {
                     if let Some(back) = e.take_message() {
-                        // The connection closed before the request went out: resend it as is.
-                        debug!(node = %node.addr, %error, "connection closed before sending; retrying");
-                        obs.stale_connection();
+                        // Not written: the request is intact, and nothing can have run.
+                        debug!(node = %node.addr, error = %pool_error(e.error()), "connection closed before sending");
                         req = Some(back);
-                        n_tried -= 1;
-                        continue;
-                    }
-                    last_error = format!("node {}: {error}", node.addr);
-                    let invalid = e.error().is_parse() || e.error().is_parse_status();
-                    obs.send_failed(node, invalid, &error);
-                    if invalid {
-                        // The node answered, but not HTTP: its answer is the error.
-                        return json_msg(StatusCode::BAD_GATEWAY, &format!("invalid response from {last_error}"));
-                    }
-                    self.nodes.report_unreachable(node);
-                    match &replay {
-                        Some(rp) => {
-                            let mut again = Request::new(ReqBody::Empty);
-                            *again.method_mut() = rp.method.clone();
-                            *again.uri_mut() = rp.uri.clone();
-                            *again.headers_mut() = rp.headers.clone();
-                            req = Some(again);
+                        if fresh {
+                            Failure::Connect(format!("node {}: {}", node.addr, pool_error(e.error())))
+                        } else {
+                            Failure::Stale
                         }
-                        None => {
-                            return json_msg(
-                                StatusCode::BAD_GATEWAY,
-                                &format!("{last_error} (request not retried: its body was sent)"),
-                            );
+                    } else {
+                        match classify(e.error()) {
+                            Failure::Broke(_) if reused && bodiless && reset(e.error(), conn.socket()) => {
+                                // As on the fast path: the node's process never read the call.
+                                debug!(node = %node.addr, "kept-alive connection closed under the call; unread");
+                                Failure::Stale
+                            }
+                            failure => failure,
                         }
                     }
                 }
+            };
+            if let Some(answer) = call.failed(failure) {
+                return local(answer);
             }
         }
-        if n_tried == 0 {
-            return no_nodes();
-        }
-        json_msg(StatusCode::SERVICE_UNAVAILABLE, &format!("no node could be reached: {last_error}"))
     }
 
-    /// A pooled connection that is ready, or a new one.
-    async fn connection(&self, node: &Arc<Node>) -> Result<pool::Sender, String> {
-        while let Some(mut c) = node.pool.take_idle() {
-            if c.ready().await.is_ok() {
-                return Ok(c);
-            }
-        }
-        node.pool.connect(self.connect_timeout).await.map_err(|e| e.to_string())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn respond(
+    /// Sends the request and waits for the node's answer head; -upstream-timeout counts from the
+    /// moment the request body was read to its end (the upload is under -client-body-timeout).
+    async fn send(
         &self,
-        resp: Response<Incoming>,
-        attempt: Attempt<'_>,
-        node: &Arc<Node>,
-        hash: u64,
-        conn: pool::Sender,
-        call: crate::node::InFlight,
-        obs: &mut CallObs<'_>,
-    ) -> Response<RespBody> {
+        conn: &mut pool::Sender,
+        r: Request<ReqBody>,
+        ended: &body::Ended,
+    ) -> Result<Response<Incoming>, Sent> {
+        let send = conn.try_send_request(r);
+        let Some(limit) = self.upstream_timeout else {
+            return send.await.map_err(|e| Sent::Failed(Box::new(e)));
+        };
+        tokio::pin!(send);
+        let mut deadline = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::select! {
+                r = &mut send => return r.map_err(|e| Sent::Failed(Box::new(e))),
+                _ = tokio::time::sleep_until(deadline) => match ended.at() {
+                    Some(t) if t + limit <= tokio::time::Instant::now() => return Err(Sent::Timeout(limit)),
+                    Some(t) => deadline = t + limit,
+                    // Still uploading: the body's own deadline governs it.
+                    None => deadline = tokio::time::Instant::now() + limit,
+                },
+            }
+        }
+    }
+
+    /// A pooled connection that is open and ready, or a new one (`fresh`: always a new one).
+    /// Also says whether the connection was reused.
+    async fn connection(&self, node: &Arc<Node>, fresh: bool) -> Result<(pool::Conn, bool), String> {
+        while let Some(mut c) = node.pool.take_idle().filter(|_| !fresh) {
+            if c.sender.ready().await.is_ok() {
+                return Ok((c, true));
+            }
+        }
+        node.pool.connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
+    }
+
+    fn respond(&self, resp: Response<Incoming>, conn: pool::Conn, call: &mut Call<'_>) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         let wait = headers::response(&mut parts.headers).and_then(|v| parse_go_duration_bytes(v.as_bytes()));
-        if let Some(w) = wait {
-            node.observe_wait(w);
+        match call.answered(parts.status, wait) {
+            Some(in_flight) => {
+                Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, conn, in_flight)))
+            }
+            None => Response::from_parts(parts, RespBody::empty()),
         }
-        attempt.answered(wait, parts.status);
-        obs.answered(node, hash, parts.status, wait);
-        Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, conn, call)))
     }
+}
+
+/// Why a send gave no answer head.
+enum Sent {
+    Timeout(Duration),
+    /// Boxed: only failures pay for its size.
+    Failed(Box<hyper::client::conn::TrySendError<Request<ReqBody>>>),
+}
+
+/// Whose fault a hyper client error is, once the request was (at least partly) written.
+fn classify(e: &hyper::Error) -> Failure {
+    if let Some(b) = BodyError::find(e) {
+        return match b {
+            BodyError::Timeout => Failure::ClientBodyTimeout,
+            BodyError::Client(c) if c.is_parse() => Failure::ClientBody("invalid request body"),
+            BodyError::Client(_) => Failure::ClientGone,
+        };
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        return Failure::Invalid(pool_error(e));
+    }
+    Failure::Broke(pool_error(e))
+}
+
+/// The balancer's own answer on the hyper path (499: the client is gone; nothing reaches it).
+fn local(answer: Next<'_>) -> Response<RespBody> {
+    match answer {
+        Next::Answer { status, msg, .. } => json_msg(status, &msg),
+        Next::Send { .. } => json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+/// Whether a node's kernel reset the connection under a call (`error` is how the read ended):
+/// the node's process had closed it with the call's bytes unread, or closed it before they came.
+/// A process that read a whole bodiless call and then died closes with a FIN, not a reset. On
+/// loopback and most LANs the reset has come by the time the close is read; when it comes later
+/// the call counts as possibly run (at most once errs that way).
+fn refused(socket: &tokio::net::TcpStream, error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::ConnectionReset
+        || matches!(socket2::SockRef::from(socket).take_error(), Ok(Some(_)))
+}
+
+/// [`refused`] for a hyper error: a reset in its source chain, or one pending on the socket.
+fn reset(e: &hyper::Error, socket: &tokio::net::TcpStream) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return refused(socket, io);
+        }
+        cause = c.source();
+    }
+    refused(socket, &std::io::ErrorKind::UnexpectedEof.into())
 }
 
 /// A hyper error with its cause, which hyper keeps in the source chain.

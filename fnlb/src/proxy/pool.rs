@@ -1,11 +1,15 @@
 //! Kept-alive HTTP/1.1 connections to one node. A connection is checked out for one call and
 //! comes back when the call's response body has been read to its end; a connection whose
 //! response was abandoned is dropped (it is mid-message and cannot be reused).
-use std::sync::Mutex;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -14,13 +18,26 @@ use crate::node::NodeAddr;
 
 pub type Sender = http1::SendRequest<ReqBody>;
 
+/// A hyper client connection and its socket, which the pool can still ask whether the node
+/// closed it before a call is written to it.
+pub struct Conn {
+    pub sender: Sender,
+    socket: Arc<TcpStream>,
+}
+
+impl Conn {
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+}
+
 /// Idle connections kept per node; more than the busiest moment's concurrency is waste.
 const MAX_IDLE: usize = 512;
 
 pub struct Pool {
     addr: NodeAddr,
     // A plain mutex held for a push or a pop, never across an await.
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Conn>>,
     /// Idle connections of the fast path ([`super::h1`]): plain sockets between two messages.
     raw: Mutex<Vec<TcpStream>>,
 }
@@ -40,14 +57,11 @@ impl Pool {
         Pool { addr, idle: Mutex::new(Vec::new()), raw: Mutex::new(Vec::new()) }
     }
 
-    /// The most recently used idle raw connection that still looks open (the node has not
-    /// closed it, and sent nothing unasked). It may still turn out closed: the caller resends
-    /// an idempotent request that got nothing back on a reused connection.
-    ///
-    /// `ask_kernel`: also ask the socket itself (one `recv(MSG_PEEK)`), not only the runtime's
-    /// readiness flags, which can lag a close the kernel has already seen. For requests that
-    /// must not be sent twice, where a stale connection costs the client a 502.
-    pub fn take_raw(&self, ask_kernel: bool) -> Option<TcpStream> {
+    /// The most recently used idle raw connection that is still open: the node has not closed
+    /// it and sent nothing unasked, asking the socket itself (one `recv(MSG_PEEK)`), not only the
+    /// runtime's readiness flags, which can lag a close the kernel has already seen. A call is
+    /// never sent twice once written, so this is the last moment a closed connection is free.
+    pub fn take_raw(&self) -> Option<TcpStream> {
         loop {
             let s = self.raw.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             // No system call unless the socket was marked readable since its last read.
@@ -55,7 +69,7 @@ impl Pool {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 _ => continue,
             }
-            if !ask_kernel || quiet(&s) {
+            if quiet(&s) {
                 return Some(s);
             }
         }
@@ -81,27 +95,27 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open. It may still be finishing its
-    /// last response: the caller waits for `ready()`.
-    pub fn take_idle(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+    /// The most recently used idle hyper connection that is still open, asked as
+    /// [`Pool::take_raw`] asks. It may still be finishing its last response: the caller waits
+    /// for `ready()`.
+    pub fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if !c.sender.is_closed() && quiet(&c.socket) {
+                return Some(c);
             }
         }
-        None
     }
 
     /// Opens a new connection; its driver runs as its own task until either side closes it.
-    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+    pub async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
         let addr = &self.addr;
-        let stream = self.connect_raw(timeout).await?;
-        // server hook (issue 12 item 4): a bounded read buffer. hyper's default lets it grow to
-        // ~400 kB, and a body chunk handed to a client that does not read keeps that much alive.
+        let socket = Arc::new(self.connect_raw(timeout).await?);
+        // A bounded read buffer: hyper's default lets it grow to ~400 kB, and a body chunk
+        // handed to a client that does not read keeps that much alive.
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(UPSTREAM_MAX_BUF)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Shared(socket.clone())))
             .await
             .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;
         let node = addr.clone();
@@ -110,24 +124,76 @@ impl Pool {
                 debug!(%node, %error, "upstream connection closed");
             }
         });
-        Ok(sender)
+        Ok(Conn { sender, socket })
     }
 
     /// Returns a connection whose last response was read to its end.
-    pub fn put_back(&self, sender: Sender) {
-        if sender.is_closed() {
+    pub fn put_back(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
+        }
+    }
+}
+
+/// A socket shared by the hyper connection driving it and the pool that peeks at it.
+struct Shared(Arc<TcpStream>);
+
+impl AsyncRead for Shared {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.0.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
         }
     }
 
-    /// Drops every idle connection (the node was removed or failed).
-    pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -27,9 +27,7 @@ pub struct CallObs<'a> {
     /// The node of the current attempt, once the request is being sent.
     node: Option<(NodeAddr, Arc<NodeMetrics>)>,
     sent_at: Option<Instant>,
-    answered: bool,
     wait: Option<Duration>,
-    bad_gateway: bool,
 }
 
 impl Observers {
@@ -68,9 +66,7 @@ impl Observers {
             failure: None,
             node: None,
             sent_at: None,
-            answered: false,
             wait: None,
-            bad_gateway: false,
         }
     }
 }
@@ -93,13 +89,31 @@ impl CallObs<'_> {
         }
     }
 
-    /// No connection to the node could be made; the call may go on to the next node.
-    pub fn connect_failed(&mut self, node: &Node, error: &str) {
-        metrics::get().node(&node.addr).error(UpstreamError::Connect);
-        self.failure = Some(Retry::ConnectFailed);
-        if let Some(t) = &self.trace {
-            self.emit(t.route_span(Instant::now(), &node.addr, self.attempts, Some(error)));
+    /// An attempt on `node` failed. `kind`: the node's fault, counted against it (None: not the
+    /// node's fault, nothing counted); `retry`: why the next attempt, if one is made, is made.
+    /// The call engine ([`crate::proxy::call`]) decides both.
+    pub fn failed(&mut self, node: &Node, kind: Option<UpstreamError>, retry: Option<Retry>, error: &str) {
+        if let Some(kind) = kind {
+            match &self.node {
+                Some((a, m)) if *a == node.addr => m.error(kind),
+                _ => metrics::get().node(&node.addr).error(kind),
+            }
         }
+        self.failure = retry;
+        if let Some(t) = &self.trace {
+            let now = Instant::now();
+            let span = if kind == Some(UpstreamError::Connect) {
+                t.route_span(now, &node.addr, self.attempts, Some(error))
+            } else {
+                t.upstream_span(now, &node.addr, None, Some(error))
+            };
+            self.emit(span);
+        }
+    }
+
+    /// When the call arrived.
+    pub fn started(&self) -> Instant {
+        self.start
     }
 
     /// The request is about to go to the node: ends the `route` span and writes the trace context
@@ -140,23 +154,6 @@ impl CallObs<'_> {
         now
     }
 
-    /// A pooled connection closed before the request went out; it is resent as it is.
-    pub fn stale_connection(&mut self) {
-        self.failure = Some(Retry::StaleConnection);
-    }
-
-    /// The node failed after the request was sent: the connection broke, or the node answered
-    /// something that is not HTTP (`invalid`).
-    pub fn send_failed(&mut self, node: &Node, invalid: bool, error: &str) {
-        let kind = if invalid { UpstreamError::InvalidResponse } else { UpstreamError::Send };
-        metrics::get().node(&node.addr).error(kind);
-        self.failure = Some(Retry::SendFailed);
-        self.bad_gateway = invalid;
-        if let Some(t) = &self.trace {
-            self.emit(t.upstream_span(Instant::now(), &node.addr, None, Some(error)));
-        }
-    }
-
     /// The node answered with `status`, reporting `wait` (if it said one). `hash` is the key's.
     pub fn answered(&mut self, node: &Node, hash: u64, status: StatusCode, wait: Option<Duration>) {
         let now = Instant::now();
@@ -166,26 +163,31 @@ impl CallObs<'_> {
             _ => metrics::get().node(&node.addr).answered(status.as_u16(), round_trip, wait),
         }
         self.obs.stats.record(node, hash, self.path, wait, status == StatusCode::SERVICE_UNAVAILABLE);
-        self.answered = true;
         self.wait = wait;
         if let Some(t) = &self.trace {
             self.emit(t.upstream_span(now, &node.addr, Some(status.as_u16()), None));
         }
     }
 
-    /// The client's answer is ready (its body may still be streaming).
-    pub fn finish(self, status: StatusCode) {
+    /// The client left before its call was answered (499): counted against the call's node (if
+    /// one was picked) in the metrics and the stats, then finished like any call.
+    pub fn abandoned(self, node: Option<&Node>, hash: u64) {
+        let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        if let Some(node) = node {
+            match &self.node {
+                Some((a, m)) if *a == node.addr => m.abandoned(status.as_u16()),
+                _ => metrics::get().node(&node.addr).abandoned(status.as_u16()),
+            }
+            self.obs.stats.record(node, hash, self.path, None, false);
+        }
+        self.finish(status, None);
+    }
+
+    /// The client's answer is ready (its body may still be streaming). `unserved`: why the
+    /// balancer answered itself, when it did.
+    pub fn finish(self, status: StatusCode, unserved: Option<Unserved>) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.start);
-        let unserved = if self.answered {
-            None
-        } else if self.attempts == 0 {
-            Some(Unserved::NoNodes)
-        } else if self.bad_gateway {
-            Some(Unserved::BadGateway)
-        } else {
-            Some(Unserved::Unreachable)
-        };
         metrics::get().finished(status.as_u16(), elapsed, unserved);
         let node = self.node.as_ref().map(|(a, _)| a);
         if let Some(t) = &self.trace {
@@ -247,7 +249,7 @@ mod tests {
                 let mut headers = http::HeaderMap::new();
                 call.sending(node, &mut headers);
                 call.answered(node, i as u64, StatusCode::OK, Some(Duration::from_micros(1500)));
-                call.finish(StatusCode::OK);
+                call.finish(StatusCode::OK, None);
             }
             let per = t.elapsed().as_nanos() as f64 / n as f64;
             println!("{name}: {per:.0} ns per call ({n} calls over 1000 functions and 3 nodes)");

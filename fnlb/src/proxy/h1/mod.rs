@@ -4,8 +4,10 @@
 //! ([`head::parse_request`]), the node's copy of the head is written with the header rules of
 //! [`super::headers`], and the bodies pass through unchanged, their ends found by the framing
 //! rules ([`framing`]). Upstream connections are plain sockets kept alive per node
-//! ([`super::pool::Pool::take_raw`]). Routing, retries and observation are those of
-//! [`Proxy::forward`].
+//! ([`super::pool::Pool::take_raw`]). What happens to a call — routing, retries, the client's
+//! answer, observation — is decided by the call engine ([`super::call::Call`]), as on the hyper
+//! path: this module only does the I/O. Its deadlines (request head, idle, body, blocked write
+//! to the client) share one timer per connection, armed only when a socket would block.
 //!
 //! Anything unusual — a management path, HTTP/1.0, `Upgrade`, `Expect`, an odd target or
 //! framing, a malformed or oversized head — is not decided here: the connection, with the bytes
@@ -18,6 +20,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +29,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::{idempotent, Proxy, MAX_NODES_TRIED};
+use super::call::{self, Call, Failure, Next};
+use super::Proxy;
 use crate::config::Limits;
 use crate::mgmt::is_mgmt_path;
 use crate::node::Node;
@@ -62,6 +66,8 @@ struct Req {
     body: Framing,
     close: bool,
     has_host: bool,
+    /// The request carries `Idempotency-Key`: it may be sent again after a node failed.
+    idempotency_key: bool,
     hash: u64,
     /// Bytes of the node-independent part of the upstream head in `out`.
     base: usize,
@@ -81,6 +87,9 @@ struct Conn<'p> {
     client_timer: Pin<Box<Sleep>>,
     upstream_timer: Option<Pin<Box<Sleep>>>,
     draining: bool,
+    /// -client-body-timeout and -send-timeout.
+    body_timeout: Duration,
+    send_timeout: Duration,
 }
 
 /// Serves a plain-TCP client connection on the fast path until it closes, or until something
@@ -108,6 +117,8 @@ pub async fn serve(
         client_timer: Box::pin(tokio::time::sleep_until(now + limits.client_header_timeout)),
         upstream_timer: None,
         draining: false,
+        body_timeout: limits.client_body_timeout,
+        send_timeout: limits.send_timeout,
     };
     let mut path = String::new();
     let mut ip = IpText::default();
@@ -134,12 +145,14 @@ pub async fn serve(
                         path.push_str(h.path());
                         let obs = proxy.obs.start(h.method.clone(), &path, |n| h.header(n), peer);
                         let has_host = h.write_upstream(&mut c.out, client_ip, obs.is_traced());
+                        let idempotency_key = h.header("idempotency-key").is_some();
                         let req = Req {
                             len: h.len,
                             method: h.method,
                             body: h.body,
                             close: h.close,
                             has_host,
+                            idempotency_key,
                             hash: key_hash(path.as_bytes()),
                             base: c.out.len(),
                         };
@@ -236,7 +249,7 @@ async fn client_gone(client: &TcpStream) {
 
 /// Why a node gave no usable response head.
 enum UpstreamError {
-    /// Closed or failed; `received` says whether any byte of a response came first.
+    /// Closed or failed before a whole head came; `received`: after some bytes of an answer.
     Io {
         error: io::Error,
         received: bool,
@@ -249,9 +262,29 @@ enum UpstreamError {
 
 /// Where a body being streamed broke.
 enum StreamError {
-    /// The client went away or sent bad framing.
-    Client,
+    Client(ClientError),
     Upstream(io::Error),
+}
+
+/// How a client failed a body (its own, or ours on the way to it).
+#[derive(Debug)]
+enum ClientError {
+    /// Closed, reset, or aborted its upload.
+    Gone,
+    /// Sent bad chunked framing.
+    Framing,
+    /// Sent nothing for -client-body-timeout, or read nothing for -send-timeout.
+    Timeout,
+}
+
+impl ClientError {
+    fn failure(&self) -> Failure {
+        match self {
+            ClientError::Gone => Failure::ClientGone,
+            ClientError::Framing => Failure::ClientBody("invalid chunked body"),
+            ClientError::Timeout => Failure::ClientBodyTimeout,
+        }
+    }
 }
 
 impl Conn<'_> {
@@ -262,88 +295,77 @@ impl Conn<'_> {
         self.start = 0;
     }
 
-    /// Forwards one request and writes its answer. Returns whether the client connection may
-    /// carry another request.
-    async fn call(&mut self, req: &Req, mut obs: CallObs<'_>) -> bool {
+    /// Forwards one request and writes its answer: a thin shell around the call engine
+    /// ([`Call`]), which decides; this does the socket I/O. Returns whether the client
+    /// connection may carry another request.
+    async fn call(&mut self, req: &Req, obs: CallObs<'_>) -> bool {
         let proxy = self.proxy;
         let snap = proxy.nodes.load_full();
-        let close = req.close || self.draining;
+        let mut close = req.close || self.draining;
         // The part of the body already here.
         let body_at = self.start + req.len;
         let mut chunks = Chunked::default();
-        let (in_buf, body_done) = match req.body {
-            Framing::None | Framing::Close => (0, true),
+        let scanned = match req.body {
+            Framing::None | Framing::Close => Ok((0, true)),
             Framing::Length(n) => {
                 let have = (self.filled - body_at) as u64;
-                (have.min(n) as usize, have >= n)
+                Ok((have.min(n) as usize, have >= n))
             }
-            Framing::Chunked => match chunks.scan(&self.cbuf[body_at..self.filled]) {
-                Ok(x) => x,
-                Err(_) => {
-                    obs.finish(StatusCode::BAD_REQUEST);
-                    self.local(StatusCode::BAD_REQUEST, "invalid chunked body", true).await;
-                    return false;
-                }
-            },
+            Framing::Chunked => chunks.scan(&self.cbuf[body_at..self.filled]),
         };
+        let (in_buf, body_done) = *scanned.as_ref().unwrap_or(&(0, false));
+        let facts = call::Request {
+            method: &req.method,
+            bodiless: req.body == Framing::None,
+            idempotency_key: req.idempotency_key,
+            // A body wholly in the buffer can be written again; one streamed through cannot.
+            replayable: body_done,
+        };
+        let mut call = Call::new(proxy.rules(), &snap, req.hash, facts, obs);
+        if scanned.is_err() {
+            let answer = call.failed(Failure::ClientBody("invalid chunked body"));
+            return self.answer(answer, true).await;
+        }
         if body_done {
             // Consumed; its bytes stay where they are until the next head is read, for resending.
             self.start = body_at + in_buf;
         }
-        // An idempotent request whose bytes are all here can be sent again when a reused
-        // connection turns out closed with nothing back (the node's idle close crossed it); one
-        // that is also bodiless even after a node failed while answering it. Anything else may
-        // have run on the node, and is not sent twice.
-        let resend_when_unanswered = body_done && idempotent(&req.method);
-        let resend_after_failure = req.body == Framing::None && idempotent(&req.method);
         let head_request = req.method == Method::HEAD;
-        let mut tried = [usize::MAX; MAX_NODES_TRIED];
-        let mut n_tried = 0;
-        let mut last_error = String::new();
-        while n_tried < MAX_NODES_TRIED {
-            let Some(attempt) = proxy.policy.pick(&snap, req.hash, &tried[..n_tried]) else {
-                break;
+        loop {
+            let (node, fresh) = match call.next() {
+                Next::Send { node, fresh } => (node, fresh),
+                // A body not read to its end is not worth reading: the connection closes.
+                answer => return self.answer(Some(answer), close || !body_done).await,
             };
-            let (i, node) = (attempt.index(), attempt.node());
-            tried[n_tried] = i;
-            n_tried += 1;
-            obs.attempt();
-            let call = node.start_call();
-            let (mut up, reused) = match node.pool.take_raw(!resend_when_unanswered) {
+            let reused = if fresh { None } else { node.pool.take_raw() };
+            let (mut up, reused) = match reused {
                 Some(s) => (s, true),
                 None => match node.pool.connect_raw(proxy.connect_timeout).await {
                     Ok(s) => (s, false),
-                    Err(error) => {
-                        let error = error.to_string();
-                        debug!(node = %node.addr, %error, "cannot connect; trying the next node");
-                        obs.connect_failed(node, &error);
-                        last_error = error;
-                        proxy.nodes.report_unreachable(node);
-                        continue;
-                    }
+                    Err(error) => match call.failed(Failure::Connect(error.to_string())) {
+                        None => continue,
+                        answer => return self.answer(answer, close || !body_done).await,
+                    },
                 },
             };
             self.out.truncate(req.base);
             head::upstream_host(&mut self.out, req.has_host, node.addr.as_str());
-            obs.sending_raw(node, &mut self.out);
+            call.obs().sending_raw(node, &mut self.out);
             self.out.extend_from_slice(b"\r\n");
-            let sent =
-                write_all(&mut up, &mut [IoSlice::new(&self.out), IoSlice::new(&self.cbuf[body_at..body_at + in_buf])])
-                    .await;
-            if let Err(error) = sent {
-                // Nothing of the client's was consumed: the request is intact.
-                if reused {
-                    debug!(node = %node.addr, %error, "kept-alive connection closed; retrying");
-                    obs.stale_connection();
-                    n_tried -= 1;
-                    continue;
+            let head = [IoSlice::new(&self.out), IoSlice::new(&self.cbuf[body_at..body_at + in_buf])];
+            if let Err((written, error)) = write_counted(&mut up, head).await {
+                let failure = match (written, reused) {
+                    // Nothing of the call reached the node: it is intact, and nothing ran.
+                    (0, true) => Failure::Stale,
+                    (0, false) => Failure::Connect(format!("node {}: {error}", node.addr)),
+                    _ => Failure::Broke(error.to_string()),
+                };
+                match call.failed(failure) {
+                    None => continue,
+                    answer => return self.answer(answer, close || !body_done).await,
                 }
-                let error = format!("node {}: {error}", node.addr);
-                obs.send_failed(node, false, &error);
-                proxy.nodes.report_unreachable(node);
-                last_error = error;
-                continue;
             }
+            let mut early = None;
             if !body_done {
                 let left = match req.body {
                     Framing::Length(n) => n - in_buf as u64,
@@ -352,98 +374,76 @@ impl Conn<'_> {
                 self.start = self.filled;
                 match self.stream_request_body(&mut up, req.body, left, &mut chunks).await {
                     Ok(()) => {}
-                    Err(StreamError::Client) => {
-                        debug!("client went away or sent bad framing while sending its body");
-                        obs.finish(StatusCode::BAD_REQUEST);
-                        return false;
+                    Err(StreamError::Client(why)) => {
+                        debug!(?why, "the client's body did not arrive whole");
+                        let answer = call.failed(why.failure());
+                        return self.answer(answer, true).await;
                     }
                     Err(StreamError::Upstream(error)) => {
-                        let error = format!("node {}: {error}", node.addr);
-                        obs.send_failed(node, false, &error);
-                        proxy.nodes.report_unreachable(node);
-                        let msg = format!("{error} (request not retried: its body was sent)");
-                        obs.finish(StatusCode::BAD_GATEWAY);
-                        self.local(StatusCode::BAD_GATEWAY, &msg, true).await;
-                        return false;
+                        // The node may have answered before reading the whole body (a 413): its
+                        // answer is the client's. The client's body is left unread: close after.
+                        debug!(node = %node.addr, %error, "node stopped reading the body; reading its answer");
+                        early = Some(error);
+                        close = true;
                     }
                 }
             }
             let (resp, got) = match self.response_head(&mut up, head_request, close).await {
                 Ok(x) => x,
-                Err(UpstreamError::Timeout) => {
-                    // Slow is not dead: the node is not skipped, and the call is not resent
-                    // (it may be running). Dropping the connection cancels it upstream.
-                    let limit = proxy.upstream_timeout.unwrap_or_default();
-                    let msg = format!("node {} did not answer within {}s", node.addr, limit.as_secs_f64());
-                    obs.send_failed(node, false, &msg);
-                    obs.finish(StatusCode::GATEWAY_TIMEOUT);
-                    return self.local(StatusCode::GATEWAY_TIMEOUT, &msg, close).await;
-                }
-                Err(UpstreamError::ClientGone) => {
-                    // Not answered, so not counted (as when the general server drops a call).
-                    debug!(node = %node.addr, "client went away during the call");
-                    return false;
-                }
-                Err(UpstreamError::Invalid(why)) => {
-                    let error = format!("node {}: {why}", node.addr);
-                    obs.send_failed(node, true, &error);
-                    obs.finish(StatusCode::BAD_GATEWAY);
-                    let msg = format!("invalid response from {error}");
-                    return self.local(StatusCode::BAD_GATEWAY, &msg, close).await;
-                }
-                Err(UpstreamError::Io { error, received }) => {
-                    if reused && !received && resend_when_unanswered {
-                        // The node closed the kept-alive connection as the request went out.
-                        debug!(node = %node.addr, %error, "kept-alive connection closed; retrying");
-                        obs.stale_connection();
-                        n_tried -= 1;
-                        continue;
+                Err(e) => {
+                    let failure = match (e, early) {
+                        (UpstreamError::ClientGone, _) => Failure::ClientGone,
+                        // No answer after a failed body write: the write's error is the news.
+                        (_, Some(error)) => Failure::Broke(error.to_string()),
+                        (UpstreamError::Timeout, None) => Failure::Timeout(proxy.upstream_timeout.unwrap_or_default()),
+                        (UpstreamError::Invalid(why), None) => Failure::Invalid(why.to_string()),
+                        (UpstreamError::Io { error, received }, None) => {
+                            if reused && !received && req.body == Framing::None && super::refused(&up, &error) {
+                                // The node's kernel reset the call's bytes: its process had
+                                // closed the connection without reading them (an idle close
+                                // crossing the call). Nothing ran.
+                                debug!(node = %node.addr, %error, "kept-alive connection closed under the call; unread");
+                                Failure::Stale
+                            } else {
+                                Failure::Broke(error.to_string())
+                            }
+                        }
+                    };
+                    match call.failed(failure) {
+                        None => continue,
+                        answer => return self.answer(answer, close).await,
                     }
-                    let error = format!("node {}: {error}", node.addr);
-                    obs.send_failed(node, false, &error);
-                    proxy.nodes.report_unreachable(node);
-                    if !resend_after_failure {
-                        obs.finish(StatusCode::BAD_GATEWAY);
-                        let msg = format!("{error} (request not retried: its body was sent)");
-                        return self.local(StatusCode::BAD_GATEWAY, &msg, close).await;
-                    }
-                    last_error = error;
-                    continue;
                 }
             };
-            if snap.table().home(req.hash) != Some(i) {
-                // Served away from its home: full, down, or a retry moved it.
-                crate::metrics::spill(node);
-            }
             let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            if let Some(w) = resp.wait {
-                node.observe_wait(w);
-            }
-            attempt.answered(resp.wait, status);
-            obs.answered(node, req.hash, status, resp.wait);
-            obs.finish(status);
+            let in_flight = call.answered(status, resp.wait);
             return match self.stream_response(up, &resp, got, node).await {
                 Ok(()) => {
-                    drop(call);
+                    drop(in_flight);
                     !close
                 }
                 Err(_) => false,
             };
         }
-        if n_tried == 0 {
-            obs.finish(StatusCode::SERVICE_UNAVAILABLE);
-            return self.local(StatusCode::SERVICE_UNAVAILABLE, "no nodes available", close || !body_done).await;
+    }
+
+    /// Writes the engine's answer. Returns whether the connection may go on.
+    async fn answer(&mut self, answer: Option<Next<'_>>, close: bool) -> bool {
+        match answer {
+            Some(Next::Answer { status, msg, close: must }) if status != call::client_closed() => {
+                self.local(status, &msg, close || must).await
+            }
+            // The client is gone: nothing to write.
+            _ => false,
         }
-        obs.finish(StatusCode::SERVICE_UNAVAILABLE);
-        let msg = format!("no node could be reached: {last_error}");
-        self.local(StatusCode::SERVICE_UNAVAILABLE, &msg, close || !body_done).await
     }
 
     /// Writes a short JSON answer of the balancer's own. Returns whether the connection may go on.
     async fn local(&mut self, status: StatusCode, msg: &str, close: bool) -> bool {
         let body = serde_json::json!({ "msg": msg }).to_string();
         head::local_response(&mut self.out, status, &body, close);
-        write_all(self.client, &mut [IoSlice::new(&self.out)]).await.is_ok() && !close
+        let limit = self.send_timeout;
+        write_client(self.client, &mut [IoSlice::new(&self.out)], &mut self.client_timer, limit).await.is_ok() && !close
     }
 
     /// Sends the rest of a request body that was not in the buffer when the head went out.
@@ -466,16 +466,15 @@ impl Conn<'_> {
                 Framing::Length(_) => self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
                 _ => self.ubuf.len(),
             };
-            let n = match self.client.read(&mut self.ubuf[..room]).await {
-                Ok(0) | Err(_) => return Err(StreamError::Client),
-                Ok(n) => n,
-            };
+            let n = read_within(self.client, &mut self.ubuf[..room], &mut self.client_timer, self.body_timeout)
+                .await
+                .map_err(StreamError::Client)?;
             let (used, done) = match body {
                 Framing::Length(_) => {
                     left -= n as u64;
                     (n, left == 0)
                 }
-                _ => chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client)?,
+                _ => chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client(ClientError::Framing))?,
             };
             up.write_all(&self.ubuf[..used]).await.map_err(StreamError::Upstream)?;
             grow(&mut self.ubuf, n);
@@ -504,7 +503,7 @@ impl Conn<'_> {
         }
         let deadline = self.proxy.upstream_timeout.map(|t| Instant::now() + t);
         let mut got = 0;
-        let mut received = false;
+        let mut interim = false;
         loop {
             let timer = match deadline {
                 Some(d) => Some(self.upstream_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d)))),
@@ -521,19 +520,17 @@ impl Conn<'_> {
             match n {
                 Ok(0) => {
                     let error = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response");
-                    return Err(UpstreamError::Io { error, received });
+                    return Err(UpstreamError::Io { error, received: got > 0 || interim });
                 }
-                Err(error) => return Err(UpstreamError::Io { error, received }),
-                Ok(n) => {
-                    got += n;
-                    received = true;
-                }
+                Err(error) => return Err(UpstreamError::Io { error, received: got > 0 || interim }),
+                Ok(n) => got += n,
             }
             loop {
                 match head::parse_response(&self.ubuf[..got], head_request, close, &mut self.out) {
                     Response::Ready(h) => return Ok((h, got)),
                     Response::Invalid(why) => return Err(UpstreamError::Invalid(why)),
                     Response::Interim(len) => {
+                        interim = true;
                         self.ubuf.copy_within(len..got, 0);
                         got -= len;
                         if got > 0 {
@@ -564,26 +561,30 @@ impl Conn<'_> {
     ) -> Result<(), StreamError> {
         let body = &self.ubuf[resp.len..got];
         let client = &mut *self.client;
+        let timer = &mut self.client_timer;
+        let limit = self.send_timeout;
         let to_client = |e: io::Error| {
-            debug!(error = %e, "client write failed");
-            StreamError::Client
+            debug!(error = %e, "client write failed or timed out");
+            StreamError::Client(ClientError::Gone)
         };
         let clean = match resp.body {
             Framing::None => {
-                write_all(client, &mut [IoSlice::new(&self.out)]).await.map_err(to_client)?;
+                write_client(client, &mut [IoSlice::new(&self.out)], timer, limit).await.map_err(to_client)?;
                 body.is_empty()
             }
             Framing::Length(n) => {
                 let first = body.len().min(usize::try_from(n).unwrap_or(usize::MAX));
                 let extra = body.len() > first;
-                write_all(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..first])])
+                write_client(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..first])], timer, limit)
                     .await
                     .map_err(to_client)?;
                 let mut left = n - first as u64;
                 while left > 0 {
                     let room = self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     let n = read_upstream(&mut up, &mut self.ubuf[..room]).await?;
-                    client.write_all(&self.ubuf[..n]).await.map_err(to_client)?;
+                    write_client(client, &mut [IoSlice::new(&self.ubuf[..n])], timer, limit)
+                        .await
+                        .map_err(to_client)?;
                     left -= n as u64;
                     grow(&mut self.ubuf, n);
                 }
@@ -593,13 +594,15 @@ impl Conn<'_> {
                 let mut chunks = Chunked::default();
                 let (used, mut done) = chunks.scan(body).map_err(|_| bad_upstream())?;
                 let mut extra = body.len() > used;
-                write_all(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..used])])
+                write_client(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..used])], timer, limit)
                     .await
                     .map_err(to_client)?;
                 while !done {
                     let n = read_upstream(&mut up, &mut self.ubuf).await?;
                     let (used, end) = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
-                    client.write_all(&self.ubuf[..used]).await.map_err(to_client)?;
+                    write_client(client, &mut [IoSlice::new(&self.ubuf[..used])], timer, limit)
+                        .await
+                        .map_err(to_client)?;
                     done = end;
                     extra = n > used;
                     grow(&mut self.ubuf, n);
@@ -611,9 +614,11 @@ impl Conn<'_> {
                 let mut size = [0u8; 20];
                 let s = chunk_size(&mut size, body.len());
                 let parts = if body.is_empty() { 1 } else { 4 };
-                write_all(
+                write_client(
                     client,
                     &mut [IoSlice::new(&self.out), IoSlice::new(s), IoSlice::new(body), IoSlice::new(b"\r\n")][..parts],
+                    timer,
+                    limit,
                 )
                 .await
                 .map_err(to_client)?;
@@ -623,13 +628,20 @@ impl Conn<'_> {
                         Err(e) => return Err(StreamError::Upstream(e)),
                     };
                     if n == 0 {
-                        client.write_all(b"0\r\n\r\n").await.map_err(to_client)?;
+                        write_client(client, &mut [IoSlice::new(b"0\r\n\r\n")], timer, limit)
+                            .await
+                            .map_err(to_client)?;
                         break;
                     }
                     let s = chunk_size(&mut size, n);
-                    write_all(client, &mut [IoSlice::new(s), IoSlice::new(&self.ubuf[..n]), IoSlice::new(b"\r\n")])
-                        .await
-                        .map_err(to_client)?;
+                    write_client(
+                        client,
+                        &mut [IoSlice::new(s), IoSlice::new(&self.ubuf[..n]), IoSlice::new(b"\r\n")],
+                        timer,
+                        limit,
+                    )
+                    .await
+                    .map_err(to_client)?;
                     grow(&mut self.ubuf, n);
                 }
                 false
@@ -680,17 +692,75 @@ fn chunk_size(buf: &mut [u8; 20], n: usize) -> &[u8] {
     &buf[i..]
 }
 
-/// Writes every slice, with as few system calls as the socket allows (one, usually).
-async fn write_all(w: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Writes every slice to the node; on failure, says how many bytes were written first (none:
+/// nothing of the call reached the node).
+async fn write_counted(w: &mut TcpStream, mut bufs: [IoSlice<'_>; 2]) -> Result<(), (usize, io::Error)> {
+    let mut bufs = &mut bufs[..];
+    let mut written = 0;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        match w.write_vectored(bufs).await {
+            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            Err(e) => return Err((written, e)),
         }
-        IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
+}
+
+/// Writes every slice to the client; a write that stays blocked for `limit` (the client does not
+/// read) fails. The wait uses the connection's timer, and only when the socket is full.
+async fn write_client(
+    w: &mut TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let deadline = Instant::now() + limit;
+                tokio::select! {
+                    biased;
+                    r = w.writable() => r?,
+                    _ = until(timer, deadline) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads part of a client's body; a client that sends nothing for `limit` fails, and so does one
+/// that closes before the body's end. The wait uses the connection's timer, and only when
+/// nothing is there to read.
+async fn read_within(
+    r: &mut TcpStream,
+    buf: &mut [u8],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+) -> Result<usize, ClientError> {
+    loop {
+        match r.try_read(buf) {
+            Ok(0) => return Err(ClientError::Gone),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(ClientError::Gone),
+        }
+        let deadline = Instant::now() + limit;
+        tokio::select! {
+            biased;
+            r = r.readable() => r.map_err(|_| ClientError::Gone)?,
+            _ = until(timer, deadline) => return Err(ClientError::Timeout),
+        }
+    }
 }
 
 #[cfg(test)]

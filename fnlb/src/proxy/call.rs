@@ -1,0 +1,664 @@
+//! The call engine: one function call's way through the balancer, as a state machine with no
+//! I/O. Both transports — the raw HTTP/1.1 fast path ([`super::h1`]) and the hyper path
+//! ([`super::Proxy::forward`]) — are thin shells around it: they ask [`Call::next`] where to send,
+//! do the I/O, and report what happened ([`Call::failed`], [`Call::answered`]). Everything that
+//! must be the same whatever the transport is decided here, once: the pick and the tried list,
+//! the attempt guard, whose fault a failure is, whether the call may move to another node, the
+//! client's status and `{"msg":...}`, the node's marks (suspect, queue wait, spill) and the
+//! observation.
+//!
+//! A function call runs at most once (SPEC, Proxying): a call moves to another node only when no
+//! node can have started it (the connection could not be made, or a reused connection was found
+//! closed before any byte was written). Once a byte of it was written, it is sent again only when
+//! the operator allowed it (`-retry-idempotent` for bodiless GET/HEAD/OPTIONS, or an
+//! `Idempotency-Key` on the request), and only within the [`RetryBudget`].
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+
+use crate::metrics::{Retry, Unserved, UpstreamError};
+use crate::node::manager::NodesHandle;
+use crate::node::{InFlight, Node, Snapshot};
+use crate::route::{Attempt, Policy};
+use crate::telemetry::call::CallObs;
+
+/// Distinct nodes one call may be tried on before the client gets an error.
+pub const MAX_NODES_TRIED: usize = 3;
+/// Reused connections one call may find closed before it gets a fresh one (each costs nothing:
+/// no byte was sent), so that a pool full of dead connections cannot keep a call looping.
+const MAX_STALE: u8 = 4;
+
+/// nginx logs a call the client gave up on as 499.
+pub fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// Whose fault a failure is (pingora's `ErrorSource`): only a node's fault counts against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Node,
+    /// Nobody's: a kept-alive connection the node closed while idle, as it may.
+    Nobody,
+}
+
+/// What went wrong in one attempt, as a transport saw it.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection could be made (refused, unreachable, connect timeout): nothing was sent.
+    Connect(String),
+    /// A reused kept-alive connection was found closed before any byte of the call was written.
+    Stale,
+    /// The node closed or failed the connection after bytes of the call were written and before
+    /// its answer: the call may have run.
+    Broke(String),
+    /// The node did not start answering within -upstream-timeout of the request being sent.
+    Timeout(Duration),
+    /// The node answered something that is not HTTP (or not HTTP we forward).
+    Invalid(String),
+    /// The client's body is malformed (bad chunked framing).
+    ClientBody(&'static str),
+    /// The client's body stopped arriving for longer than -client-body-timeout.
+    ClientBodyTimeout,
+    /// The client went away (closed, aborted its upload, or stopped the stream).
+    ClientGone,
+}
+
+impl Failure {
+    /// Whose fault it is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Failure::Connect(_) | Failure::Broke(_) | Failure::Timeout(_) | Failure::Invalid(_) => Fault::Node,
+            Failure::Stale => Fault::Nobody,
+            Failure::ClientBody(_) | Failure::ClientBodyTimeout | Failure::ClientGone => Fault::Client,
+        }
+    }
+
+    /// Whether a node may have started the call (some byte of it was written).
+    pub fn may_have_run(&self) -> bool {
+        !matches!(self, Failure::Connect(_) | Failure::Stale)
+    }
+}
+
+/// What the shell does next.
+pub enum Next<'a> {
+    /// Send the call to this node (over a fresh connection if `fresh`: the last reused one was
+    /// found closed).
+    Send { node: &'a Arc<Node>, fresh: bool },
+    /// Answer the client with this and end the call (`close`: the client connection must close,
+    /// e.g. its body was not read to its end). A status of 499 means: write nothing, close.
+    Answer { status: StatusCode, msg: String, close: bool },
+}
+
+/// The request facts the engine decides by.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'r> {
+    pub method: &'r Method,
+    /// The request has no body (nothing to replay but the head).
+    pub bodiless: bool,
+    /// The request carries `Idempotency-Key`.
+    pub idempotency_key: bool,
+    /// The transport can send the whole request again (its body, if any, is still at hand).
+    pub replayable: bool,
+}
+
+impl Request<'_> {
+    /// Whether the call may be sent again after a node failed under it.
+    fn resendable(&self, retry_idempotent: bool) -> bool {
+        let safe_method = matches!(*self.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        self.replayable && ((retry_idempotent && self.bodiless && safe_method) || self.idempotency_key)
+    }
+}
+
+/// Who hears that a node looks unreachable. The node manager in the balancer; a recorder in
+/// tests.
+pub trait Suspects: Send + Sync {
+    fn report_unreachable(&self, node: &Node);
+}
+
+impl Suspects for NodesHandle {
+    fn report_unreachable(&self, node: &Node) {
+        NodesHandle::report_unreachable(self, node);
+    }
+}
+
+/// What every call shares: the policy, the node marks, the budget and the operator's choices.
+pub struct Rules<'a> {
+    pub policy: &'a dyn Policy,
+    pub suspects: &'a dyn Suspects,
+    pub budget: &'a RetryBudget,
+    pub retry_idempotent: bool,
+}
+
+/// One function call, from its arrival to its answer.
+pub struct Call<'a> {
+    rules: Rules<'a>,
+    snap: &'a Snapshot,
+    hash: u64,
+    tried: [usize; MAX_NODES_TRIED],
+    n_tried: usize,
+    attempt: Option<Attempt<'a>>,
+    in_flight: Option<InFlight>,
+    /// Taken when the call is finished; a call dropped unfinished was abandoned (499).
+    obs: Option<CallObs<'a>>,
+    resendable: bool,
+    /// The next pick stays on the same node (a stale connection: nothing was sent).
+    same_node: bool,
+    stale: u8,
+    /// Some node may have started the call.
+    may_have_run: bool,
+    /// The last node failure, for the client's message.
+    last_error: String,
+}
+
+impl std::fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Next::Send { node, fresh } => write!(f, "Send({}, fresh: {fresh})", node.addr),
+            Next::Answer { status, msg, close } => write!(f, "Answer({status}, {msg:?}, close: {close})"),
+        }
+    }
+}
+
+impl<'a> Call<'a> {
+    pub fn new(rules: Rules<'a>, snap: &'a Snapshot, hash: u64, req: Request<'_>, obs: CallObs<'a>) -> Call<'a> {
+        rules.budget.deposit(obs.started());
+        let resendable = req.resendable(rules.retry_idempotent);
+        Call {
+            rules,
+            snap,
+            hash,
+            tried: [usize::MAX; MAX_NODES_TRIED],
+            n_tried: 0,
+            attempt: None,
+            in_flight: None,
+            obs: Some(obs),
+            resendable,
+            same_node: false,
+            stale: 0,
+            may_have_run: false,
+            last_error: String::new(),
+        }
+    }
+
+    /// The observation, while the call runs (for the shell's trace headers).
+    pub fn obs(&mut self) -> &mut CallObs<'a> {
+        self.obs.as_mut().expect("the call is not finished")
+    }
+
+    /// Where the call goes now. A later step (waiting at the balancer for a warm container) fits
+    /// between two picks here.
+    #[allow(clippy::should_implement_trait)] // Not an iterator: each step depends on what the shell reports.
+    pub fn next(&mut self) -> Next<'a> {
+        if self.same_node {
+            self.same_node = false;
+            if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
+                self.obs().attempt();
+                return Next::Send { node, fresh: true };
+            }
+        }
+        self.attempt = None;
+        self.in_flight = None;
+        if self.n_tried < MAX_NODES_TRIED {
+            if let Some(attempt) = self.rules.policy.pick(self.snap, self.hash, &self.tried[..self.n_tried]) {
+                let node = attempt.node();
+                self.tried[self.n_tried] = attempt.index();
+                self.n_tried += 1;
+                self.in_flight = Some(node.start_call());
+                self.attempt = Some(attempt);
+                self.obs().attempt();
+                return Next::Send { node, fresh: false };
+            }
+        }
+        if self.n_tried == 0 {
+            return self.end(StatusCode::SERVICE_UNAVAILABLE, "no nodes available".to_string(), Unserved::NoNodes);
+        }
+        if self.may_have_run {
+            let msg = format!("{}; the call may have run, so it was not sent again", self.last_error);
+            return self.end(StatusCode::BAD_GATEWAY, msg, Unserved::NodeFailed);
+        }
+        let msg = format!("no node could be reached: {}", self.last_error);
+        self.end(StatusCode::SERVICE_UNAVAILABLE, msg, Unserved::Unreachable)
+    }
+
+    /// The current attempt failed. The one place where a failure's fault decides the metrics, the
+    /// node's mark, whether the call goes on, and the client's answer. Returns what to do: `None`,
+    /// ask [`Call::next`]; `Some`, answer the client and end the call.
+    pub fn failed(&mut self, failure: Failure) -> Option<Next<'a>> {
+        let node = self.attempt.as_ref().map(|a| a.node());
+        let addr = node.map_or("-", |n| n.addr.as_str());
+        let error = match &failure {
+            Failure::Connect(e) => e.clone(),
+            Failure::Stale => String::new(),
+            Failure::Broke(e) => format!("node {addr}: {e}"),
+            Failure::Timeout(limit) => format!("node {addr} did not answer within {}s", limit.as_secs_f64()),
+            Failure::Invalid(why) => format!("node {addr}: {why}"),
+            Failure::ClientBody(why) => (*why).to_string(),
+            Failure::ClientBodyTimeout => "request body timed out".to_string(),
+            Failure::ClientGone => String::new(),
+        };
+        // The metrics and the node's mark: a node's fault only.
+        if let Some(node) = node {
+            let kind = match &failure {
+                Failure::Connect(_) => Some(UpstreamError::Connect),
+                Failure::Broke(_) => Some(UpstreamError::Send),
+                Failure::Invalid(_) => Some(UpstreamError::InvalidResponse),
+                Failure::Timeout(_) => Some(UpstreamError::Timeout),
+                _ => None,
+            };
+            // A node that cannot be connected to, or dropped a call, looks dead: skip it until a
+            // check passes. One that is slow or answered garbage is alive: it keeps its keys.
+            if matches!(failure, Failure::Connect(_) | Failure::Broke(_)) {
+                self.rules.suspects.report_unreachable(node);
+            }
+            let retry = match &failure {
+                Failure::Connect(_) => Some(Retry::ConnectFailed),
+                Failure::Stale => Some(Retry::StaleConnection),
+                _ => Some(Retry::SendFailed),
+            };
+            if let Some(obs) = self.obs.as_mut() {
+                if kind.is_some() || matches!(failure, Failure::Stale) {
+                    obs.failed(node, kind, retry, &error);
+                }
+            }
+        }
+        self.may_have_run |= failure.may_have_run() && failure.fault() == Fault::Node;
+        match failure {
+            Failure::Connect(_) => {
+                self.last_error = error;
+                None
+            }
+            Failure::Stale if self.stale < MAX_STALE && self.attempt.is_some() => {
+                self.stale += 1;
+                self.same_node = true;
+                None
+            }
+            Failure::Stale => None,
+            Failure::Broke(_) => {
+                if !self.resendable {
+                    let msg = format!("{error}; the call may have run, so it was not sent again");
+                    return Some(self.end(StatusCode::BAD_GATEWAY, msg, Unserved::NodeFailed));
+                }
+                if !self.rules.budget.withdraw(Instant::now()) {
+                    let msg = format!("{error}; the call may have run, and the retry budget is spent");
+                    return Some(self.end(StatusCode::BAD_GATEWAY, msg, Unserved::Budget));
+                }
+                self.last_error = error;
+                None
+            }
+            Failure::Timeout(_) => {
+                // Slow is not dead: not resent (it may be running); dropping the connection
+                // cancels it on the node.
+                let msg = format!("{error}; the call may have run");
+                Some(self.end(StatusCode::GATEWAY_TIMEOUT, msg, Unserved::Timeout))
+            }
+            Failure::Invalid(_) => {
+                let msg = format!("invalid response from {error}");
+                Some(self.end(StatusCode::BAD_GATEWAY, msg, Unserved::BadGateway))
+            }
+            Failure::ClientBody(_) => Some(self.end_client(StatusCode::BAD_REQUEST, error)),
+            Failure::ClientBodyTimeout => Some(self.end_client(StatusCode::REQUEST_TIMEOUT, error)),
+            Failure::ClientGone => Some(self.abandon()),
+        }
+    }
+
+    /// The node answered with this status, reporting this queue wait. Returns the in-flight
+    /// mark, which the shell holds until the response body has been passed on.
+    pub fn answered(&mut self, status: StatusCode, wait: Option<Duration>) -> Option<InFlight> {
+        let attempt = self.attempt.take()?;
+        let (index, node) = (attempt.index(), attempt.node());
+        if self.snap.table().home(self.hash) != Some(index) {
+            // Served away from its home: full, down, or a retry moved it.
+            crate::metrics::spill(node);
+        }
+        if let Some(w) = wait {
+            node.observe_wait(w);
+        }
+        attempt.answered(wait, status);
+        if let Some(mut obs) = self.obs.take() {
+            obs.answered(node, self.hash, status, wait);
+            obs.finish(status, None);
+        }
+        self.in_flight.take()
+    }
+
+    /// The client left before its answer: 499, observed with the time spent.
+    pub fn abandon(&mut self) -> Next<'a> {
+        if let Some(obs) = self.obs.take() {
+            obs.abandoned(self.attempt.as_ref().map(|a| &**a.node()), self.hash);
+        }
+        self.attempt = None;
+        self.in_flight = None;
+        Next::Answer { status: client_closed(), msg: String::new(), close: true }
+    }
+
+    fn end(&mut self, status: StatusCode, msg: String, why: Unserved) -> Next<'a> {
+        if let Some(obs) = self.obs.take() {
+            obs.finish(status, Some(why));
+        }
+        self.attempt = None;
+        self.in_flight = None;
+        Next::Answer { status, msg, close: false }
+    }
+
+    fn end_client(&mut self, status: StatusCode, msg: String) -> Next<'a> {
+        if let Some(obs) = self.obs.take() {
+            obs.finish(status, None);
+        }
+        self.attempt = None;
+        self.in_flight = None;
+        Next::Answer { status, msg, close: true }
+    }
+}
+
+impl Drop for Call<'_> {
+    /// A call dropped unfinished was abandoned by its client (on the hyper path: the service
+    /// future was dropped): it is still observed, as a 499.
+    fn drop(&mut self) {
+        if self.obs.is_some() {
+            self.abandon();
+        }
+    }
+}
+
+/// Bounds resends so that a failing fleet is not hit twice as hard (linkerd's and Envoy's retry
+/// budget): resends may be up to [`RetryBudget::RATIO`] of the calls of the last
+/// [`RetryBudget::WINDOW_S`] seconds, plus [`RetryBudget::FLOOR_PER_S`] per second. Lock-free:
+/// one slot per second of the window, each an epoch and two counters; a race at a slot's turn of
+/// the second loses a count or two, which a budget can afford.
+pub struct RetryBudget {
+    base: Instant,
+    /// Per slot: the second it counts (since `base`), calls, resends.
+    slots: [[AtomicU64; 3]; RetryBudget::WINDOW_S as usize],
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget::new(Instant::now())
+    }
+}
+
+impl RetryBudget {
+    pub const WINDOW_S: u64 = 10;
+    pub const RATIO: f64 = 0.2;
+    pub const FLOOR_PER_S: u64 = 10;
+
+    pub fn new(base: Instant) -> RetryBudget {
+        RetryBudget { base, slots: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]) }
+    }
+
+    fn slot(&self, now: Instant) -> &[AtomicU64; 3] {
+        let sec = now.saturating_duration_since(self.base).as_secs() + 1;
+        let slot = &self.slots[(sec % Self::WINDOW_S) as usize];
+        if slot[0].load(Relaxed) != sec && slot[0].swap(sec, Relaxed) != sec {
+            slot[1].store(0, Relaxed);
+            slot[2].store(0, Relaxed);
+        }
+        slot
+    }
+
+    /// A call arrived.
+    pub fn deposit(&self, now: Instant) {
+        self.slot(now)[1].fetch_add(1, Relaxed);
+    }
+
+    /// Asks to resend a call; true (and counted) when the budget allows it.
+    pub fn withdraw(&self, now: Instant) -> bool {
+        let current = self.slot(now);
+        let sec = current[0].load(Relaxed);
+        let (mut calls, mut resends) = (0, 0);
+        for s in &self.slots {
+            if sec.saturating_sub(s[0].load(Relaxed)) < Self::WINDOW_S {
+                calls += s[1].load(Relaxed);
+                resends += s[2].load(Relaxed);
+            }
+        }
+        let allowed = (calls as f64 * Self::RATIO) as u64 + Self::FLOOR_PER_S * Self::WINDOW_S;
+        if resends >= allowed {
+            return false;
+        }
+        current[2].fetch_add(1, Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::route::testing::{key, snapshot};
+    use crate::route::ConsistentHash;
+    use crate::telemetry::Observers;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Suspects for Recorder {
+        fn report_unreachable(&self, node: &Node) {
+            self.0.lock().unwrap().push(node.addr.to_string());
+        }
+    }
+
+    impl Recorder {
+        fn reported(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    struct World {
+        snap: Snapshot,
+        obs: Observers,
+        suspects: Recorder,
+        budget: RetryBudget,
+    }
+
+    fn world(nodes: usize) -> World {
+        World {
+            snap: snapshot(nodes, &[]),
+            obs: Observers::default(),
+            suspects: Recorder::default(),
+            budget: RetryBudget::default(),
+        }
+    }
+
+    const GET: Method = Method::GET;
+    const POST: Method = Method::POST;
+
+    fn bodiless(method: &Method) -> Request<'_> {
+        Request { method, bodiless: true, idempotency_key: false, replayable: true }
+    }
+
+    fn call<'a>(w: &'a World, req: Request<'_>, retry_idempotent: bool) -> Call<'a> {
+        let rules = Rules { policy: &ConsistentHash, suspects: &w.suspects, budget: &w.budget, retry_idempotent };
+        let client = "127.0.0.1:1".parse().unwrap();
+        let obs = w.obs.start(req.method.clone(), "/r/app/fn", |_| None, client);
+        Call::new(rules, &w.snap, key(1).1, req, obs)
+    }
+
+    fn send<'a>(next: Next<'a>) -> &'a Arc<Node> {
+        match next {
+            Next::Send { node, .. } => node,
+            other => panic!("expected a node, got {other:?}"),
+        }
+    }
+
+    fn answer(next: Option<Next<'_>>) -> (u16, String) {
+        match next {
+            Some(Next::Answer { status, msg, .. }) => (status.as_u16(), msg),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_connections_move_on_and_end_in_503_when_every_node_refused() {
+        let w = world(3);
+        let mut c = call(&w, bodiless(&POST), false);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let node = send(c.next());
+            seen.push(node.addr.to_string());
+            assert!(c.failed(Failure::Connect(format!("connect to {}: refused", node.addr))).is_none());
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "three distinct nodes");
+        let Next::Answer { status, msg, .. } = c.next() else { panic!() };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(msg.starts_with("no node could be reached: connect to"), "{msg}");
+        assert_eq!(w.suspects.reported(), seen, "each refusing node is suspect");
+    }
+
+    #[test]
+    fn no_healthy_node_is_no_nodes_available() {
+        let w = World { snap: snapshot(2, &[false, false]), ..world(0) };
+        let mut c = call(&w, bodiless(&GET), true);
+        let Next::Answer { status, msg, .. } = c.next() else { panic!() };
+        assert_eq!((status.as_u16(), msg.as_str()), (503, "no nodes available"));
+    }
+
+    #[test]
+    fn a_call_written_to_a_node_that_broke_is_not_resent_by_default() {
+        let w = world(3);
+        for method in [GET, POST, Method::HEAD] {
+            let mut c = call(&w, bodiless(&method), false);
+            let node = send(c.next());
+            let (status, msg) = answer(c.failed(Failure::Broke("connection reset".into())));
+            assert_eq!(status, 502, "{method}");
+            assert!(msg.contains("may have run") && msg.contains(node.addr.as_str()), "{msg}");
+        }
+    }
+
+    #[test]
+    fn retry_idempotent_resends_bodiless_get_head_options_only() {
+        let w = world(3);
+        let mut c = call(&w, bodiless(&GET), true);
+        let first = send(c.next()).clone();
+        assert!(c.failed(Failure::Broke("reset".into())).is_none());
+        let second = send(c.next());
+        assert_ne!(first.addr, second.addr, "resent to the next node");
+        // The second node failing too, and the third refusing: the answer says the call may have
+        // run, never that no node could be reached.
+        assert!(c.failed(Failure::Broke("reset".into())).is_none());
+        send(c.next());
+        assert!(c.failed(Failure::Connect("refused".into())).is_none());
+        let Next::Answer { status, msg, .. } = c.next() else { panic!() };
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(msg.contains("may have run"), "{msg}");
+
+        for req in [
+            bodiless(&POST),
+            Request { method: &GET, bodiless: false, idempotency_key: false, replayable: true },
+            Request { method: &GET, bodiless: true, idempotency_key: false, replayable: false },
+        ] {
+            let mut c = call(&w, req, true);
+            send(c.next());
+            assert_eq!(answer(c.failed(Failure::Broke("reset".into()))).0, 502, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn an_idempotency_key_allows_a_resend_of_any_method() {
+        let w = world(2);
+        let req = Request { method: &POST, bodiless: false, idempotency_key: true, replayable: true };
+        let mut c = call(&w, req, false);
+        send(c.next());
+        assert!(c.failed(Failure::Broke("reset".into())).is_none());
+        send(c.next());
+    }
+
+    #[test]
+    fn a_stale_connection_stays_on_its_node_with_a_fresh_connection() {
+        let w = world(3);
+        let mut c = call(&w, bodiless(&POST), false);
+        let first = send(c.next()).clone();
+        assert!(c.failed(Failure::Stale).is_none());
+        let Next::Send { node, fresh } = c.next() else { panic!() };
+        assert_eq!((node.addr.clone(), fresh), (first.addr.clone(), true));
+        assert!(w.suspects.reported().is_empty(), "an idle close is nobody's fault");
+        assert!(c.answered(StatusCode::OK, None).is_some());
+    }
+
+    #[test]
+    fn client_faults_never_count_against_the_node() {
+        let w = world(2);
+        let status = |f: Failure| {
+            let mut c = call(&w, bodiless(&POST), false);
+            send(c.next());
+            let before = metrics_text();
+            let got = answer(c.failed(f)).0;
+            assert_eq!(before, metrics_text(), "no upstream error counted");
+            got
+        };
+        assert_eq!(status(Failure::ClientBody("invalid chunked body")), 400);
+        assert_eq!(status(Failure::ClientBodyTimeout), 408);
+        assert_eq!(status(Failure::ClientGone), 499);
+        assert!(w.suspects.reported().is_empty());
+    }
+
+    fn metrics_text() -> String {
+        // The upstream error counters of the test nodes (other tests share the process).
+        let mut out = String::new();
+        for port in 9001..9004 {
+            let addr = crate::node::NodeAddr::parse(&format!("127.0.0.1:{port}")).unwrap();
+            let m = crate::metrics::get().node(&addr);
+            out.push_str(&format!("{:?};", m.errors_snapshot()));
+        }
+        out
+    }
+
+    #[test]
+    fn timeout_and_garbage_are_answered_without_a_resend_or_a_suspect() {
+        let w = world(2);
+        let mut c = call(&w, bodiless(&GET), true);
+        send(c.next());
+        let (status, msg) = answer(c.failed(Failure::Timeout(Duration::from_secs(2))));
+        assert_eq!(status, 504);
+        assert!(msg.contains("did not answer within 2s"), "{msg}");
+        let mut c = call(&w, bodiless(&GET), true);
+        send(c.next());
+        let (status, msg) = answer(c.failed(Failure::Invalid("bad status line".into())));
+        assert_eq!(status, 502);
+        assert!(msg.starts_with("invalid response from node 127.0.0.1:"), "{msg}");
+        assert!(w.suspects.reported().is_empty());
+    }
+
+    #[test]
+    fn a_dropped_call_is_abandoned_and_closes_its_pick() {
+        let w = world(2);
+        let mut c = call(&w, bodiless(&GET), false);
+        let node = send(c.next()).clone();
+        assert_eq!(node.in_flight(), 1);
+        drop(c);
+        assert_eq!(node.in_flight(), 0, "the in-flight mark ends with the call");
+    }
+
+    #[test]
+    fn the_budget_allows_a_share_of_calls_plus_a_floor() {
+        let t0 = Instant::now();
+        let b = RetryBudget::new(t0);
+        let floor = RetryBudget::FLOOR_PER_S * RetryBudget::WINDOW_S;
+        for _ in 0..1000 {
+            b.deposit(t0);
+        }
+        let allowed = (0..2000).filter(|_| b.withdraw(t0)).count() as u64;
+        assert_eq!(allowed, 200 + floor);
+        // Past the window, old calls and resends no longer count.
+        let later = t0 + Duration::from_secs(RetryBudget::WINDOW_S + 1);
+        let allowed = (0..2000).filter(|_| b.withdraw(later)).count() as u64;
+        assert_eq!(allowed, floor);
+    }
+
+    #[test]
+    fn a_budget_refusal_is_a_502() {
+        let w = world(3);
+        let now = Instant::now();
+        while w.budget.withdraw(now) {}
+        let mut c = call(&w, bodiless(&GET), true);
+        send(c.next());
+        let (status, msg) = answer(c.failed(Failure::Broke("reset".into())));
+        assert_eq!(status, 502);
+        assert!(msg.contains("retry budget"), "{msg}");
+    }
+}
