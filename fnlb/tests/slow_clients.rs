@@ -75,6 +75,7 @@ const THIRD: &[u8] = b"GET /1/lb/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\
 async fn slow_readers_free_their_permits(request: &[u8]) {
     let node = big_node(64 * 1024 * 1024).await;
     let lb = Fnlb::start(&[
+        "-function-keys=false",
         "-nodes",
         &node.to_string(),
         "-max-connections",
@@ -93,8 +94,12 @@ async fn slow_readers_free_their_permits(request: &[u8]) {
         s.write_all(request).await.unwrap();
         slow.push(s);
     }
+    let sent = tokio::time::Instant::now();
     let third = first_bytes(lb.traffic, THIRD, LIMIT).await.expect("a third client was never served");
     assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    // Reading unblocks fnlb's writes: only past every slow client's send deadline (1 s from its
+    // first blocked write) does a drained connection show whether it was cut.
+    tokio::time::sleep_until(sent + Duration::from_secs(3)).await;
     for mut s in slow {
         assert!(closed_within(&mut s, LIMIT).await, "a client that did not read kept its connection");
     }
@@ -106,7 +111,6 @@ async fn a_client_that_stops_reading_loses_its_connection_hyper_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the fast path's send deadline belongs to the call engine (issue 12 item 4); run with --ignored once it is merged"]
 async fn a_client_that_stops_reading_loses_its_connection_fast_path() {
     slow_readers_free_their_permits(b"GET /r/app/big HTTP/1.1\r\nHost: x\r\n\r\n").await;
 }
@@ -145,7 +149,6 @@ async fn a_body_that_stops_arriving_loses_its_connection_hyper_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the fast path's body deadline belongs to the call engine (issue 12 item 4); run with --ignored once it is merged"]
 async fn a_body_that_stops_arriving_loses_its_connection_fast_path() {
     slow_bodies_free_their_permits(b"POST /r/app/up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n").await;
 }
