@@ -31,7 +31,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::warmth::Warmth;
-use super::{clock, Policy};
+use super::{clock, Placement, Policy};
 use crate::node::{Node, Snapshot};
 
 /// How long a node that said 503 counts as full.
@@ -123,6 +123,16 @@ impl Bounded {
     /// an idle container and calls to spare, or one with room for a new container under the
     /// load bound; else the least loaded of the probes.
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
+        let i = match self.scan(snap, hash, tried)? {
+            Placement::Go(i) | Placement::Full(i) => i,
+        };
+        self.warmth.start(hash, &snap.nodes()[i], clock::now_ms());
+        Some(i)
+    }
+
+    /// [`pick_warm`](Self::pick_warm)'s walk, counting nothing: the first node that can take
+    /// the call, or [`Placement::Full`] with the least loaded probe.
+    fn scan(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<Placement> {
         let now = clock::now_ms();
         self.warmth.tick(snap, now);
         let bound = self.bound(snap);
@@ -151,9 +161,10 @@ impl Bounded {
                 break;
             }
         }
-        let i = chosen.or(least.map(|(i, _)| i))?;
-        self.warmth.start(hash, &snap.nodes()[i], now);
-        Some(i)
+        match chosen {
+            Some(i) => Some(Placement::Go(i)),
+            None => least.map(|(i, _)| Placement::Full(i)),
+        }
     }
 
     /// The rule before the warmth table: the first node under the load bound.
@@ -211,6 +222,29 @@ impl Policy for Bounded {
         if self.tuning.warm {
             self.warmth.finish(hash, node, clock::now_ms());
         }
+    }
+
+    /// Late binding: [`Placement::Full`] when every probe is full, counting nothing until the
+    /// call is [`commit`](Policy::commit)ted to a node.
+    fn place(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<Placement> {
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        if self.tuning.warm {
+            self.scan(snap, hash, tried)
+        } else {
+            self.pick_by_load(snap, hash, tried).map(Placement::Go)
+        }
+    }
+
+    fn commit(&self, snap: &Snapshot, hash: u64, index: usize) {
+        if self.tuning.warm {
+            self.warmth.start(hash, &snap.nodes()[index], clock::now_ms());
+        }
+    }
+
+    fn warmth(&self) -> Option<&Warmth> {
+        self.tuning.warm.then_some(&self.warmth)
     }
 }
 
@@ -404,6 +438,32 @@ mod tests {
         assert_eq!(nodes(&_f), vec![order[0]; 4]);
         // Then home has neither an idle container of f nor room: the next node, where f is warm.
         assert_eq!(nodes(&run(&p, &snap, f, 1)), vec![order[1]]);
+    }
+
+    #[test]
+    fn place_says_full_where_choose_settles_for_the_least_loaded_and_counts_nothing() {
+        let snap = snapshot(2, &[]);
+        let p = Bounded::new(1.25, 2, 1); // 2 containers a node, floor 1
+        let (_, h) = key(11);
+        let order: Vec<usize> = snap.table().order(h).collect();
+        let policy: &dyn Policy = &p;
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Go(order[0])));
+        // Other functions fill both nodes' containers; node order[1] has fewer calls.
+        let g = (0..).map(key).find(|(_, g)| *g != h).unwrap().1;
+        let _a: Vec<_> = (0..2).map(|_| policy.open(&snap, g, order[0])).collect();
+        let _b = policy.open(&snap, g, order[1]);
+        let _c = policy.open(&snap, g ^ 1, order[1]);
+        let _calls: Vec<_> = [order[0], order[0], order[1]].iter().map(|i| snap.nodes()[*i].start_call()).collect();
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Full(order[1])));
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]), Default::default(), "place counts nothing");
+        // choose, as before, sends it cold to the least loaded probe and counts it there.
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]));
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 1);
+        // open counts too, and its guard closes it.
+        let attempt = policy.open(&snap, h, order[1]);
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 2);
+        drop(attempt);
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 1);
     }
 
     #[test]
