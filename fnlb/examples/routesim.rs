@@ -8,6 +8,12 @@
 //!         --policies 'bounded;bounded:warm=0;ch;oracle' [--variant steady|bursty|ramp|multi-lb]
 //!         [--warmup 10] [--duration 30] [--windows 1]
 //!
+//! `--late-binding 1` holds a call that finds every probe full at the balancer
+//! (`fnlb::route::wait`): it is handed the node where a call of its function ends (warm), or a
+//! node with a free slot after its cold deadline, or refused (counted as "refused") when it
+//! cannot be placed in time. `--seed-stats 1-30` prints each seed's calls/s and mean execution
+//! time, shortest first.
+//!
 //! Policies are fnlb's (`-policy` names), `bounded:KNOB=V,...` (see `tuning`), or `oracle`: a
 //! rule that sees the nodes' containers, as no balancer can (warm node first along the key's
 //! order, else a node with a free slot, else home). Not modelled: churn (a node going down),
@@ -21,7 +27,8 @@ use std::time::Duration;
 use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
 use fnlb::route::bounded::{Bounded, Tuning};
 use fnlb::route::table::{key_hash, Table};
-use fnlb::route::{policy_by_name, Balancers, Policy, PolicyConfig};
+use fnlb::route::wait::{Decision, Leave, WaitConfig, WaitQueue, WaitRule, Waiter};
+use fnlb::route::{policy_by_name, Balancers, Placement, Policy, PolicyConfig};
 use fnsim::model::{Arrival, Lease, NodeModel, QueueMode};
 use fnsim::trace::{self, Variant, WorkloadConfig};
 use tokio::time::Instant;
@@ -33,6 +40,8 @@ const IDLE: Duration = Duration::from_secs(30);
 struct Lb {
     snap: Snapshot,
     policy: Box<dyn Policy>,
+    rule: WaitRule,
+    queue: WaitQueue<usize>,
 }
 
 /// A rule that sees the nodes' containers (what no balancer can): along the key's order, the
@@ -77,12 +86,25 @@ fn lb(policy: &str, balancers: u32) -> Lb {
     let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), Arc::clone(&total))).collect();
     let snap = Snapshot::new(nodes, Arc::new(Table::build(&addrs)), vec![true; NODES].into(), total);
     let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers: Balancers::new(balancers), load_factor: 1.25 };
+    let wait = wait_config(balancers);
+    let (rule, queue) = (WaitRule::new(wait), WaitQueue::new(wait));
     if let Some(spec) = policy.strip_prefix("bounded:") {
         let t = tuning(spec);
-        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)) };
+        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)), rule, queue };
     }
     let name = if policy == "oracle" { "ch" } else { policy };
-    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy") }
+    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy"), rule, queue }
+}
+
+/// Late binding's knobs: a balancer's share of a node's slots; `FNLB_SIM_WAIT=min,max,give_up`
+/// (ms) varies the deadlines for tuning.
+fn wait_config(balancers: u32) -> WaitConfig {
+    let mut w = WaitConfig::new(SLOTS as u32 / balancers.max(1));
+    if let Ok(v) = std::env::var("FNLB_SIM_WAIT") {
+        let ms: Vec<u64> = v.split(',').map(|x| x.parse().expect("FNLB_SIM_WAIT=min,max,give_up")).collect();
+        (w.min_wait_ms, w.max_wait_ms, w.give_up_ms) = (ms[0], ms[1], ms[2]);
+    }
+    w
 }
 
 /// A call in the node's hands.
@@ -93,11 +115,22 @@ struct Running {
     guard: InFlight,
     /// Virtual ms the call reached the node.
     arrived: f64,
+    /// How it was placed: 0 the policy, 1 cold at once, 2 at its deadline, 3 handed warm,
+    /// 4 handed room, 5 the policy's room for a new container.
+    why: usize,
 }
 
 enum Ev {
     Arrive(usize),
     Finish(u64),
+    /// A waiting call's cold deadline or give-up time (balancer, ticket).
+    Recheck(usize, u64),
+}
+
+/// Schedules an event (its index orders events at the same µs: first pushed, first served).
+fn push(heap: &mut BinaryHeap<Reverse<(u64, u64, usize)>>, evs: &mut Vec<Option<Ev>>, t_ms: f64, ev: Ev) {
+    evs.push(Some(ev));
+    heap.push(Reverse(((t_ms * 1000.0) as u64, evs.len() as u64, evs.len() - 1)));
 }
 
 #[derive(Default, Debug, Clone)]
@@ -111,6 +144,17 @@ struct Report {
     spilled: usize,
     /// Per 5 s of the trace: (calls, cold starts).
     windows: Vec<(usize, usize)>,
+    /// Answered after 60 s (the benchmark's timeout: an error there).
+    timeouts: usize,
+    /// Late binding: refused (503 + Retry-After), waited, handed warm / a node with room, went
+    /// on at their deadline.
+    refused: usize,
+    waits: u64,
+    handed_warm: u64,
+    handed_room: u64,
+    went_cold: u64,
+    /// (calls, cold) by how they were placed (see `Running::why`).
+    by_why: [(usize, usize); 6],
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -121,7 +165,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: u64) -> Report {
+fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: u64, late: bool) -> Report {
     let tv = match variant {
         "bursty" => Variant::Bursty,
         "ramp" => Variant::Ramp,
@@ -144,19 +188,23 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
     let keys: Vec<(String, u64)> = tr.functions.iter().map(|f| (f.path.clone(), key_hash(f.path.as_bytes()))).collect();
     let mut heap: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new(); // (time µs, seq, ev index)
     let mut evs: Vec<Option<Ev>> = Vec::new();
-    let mut seq = 0u64;
-    let mut push = |heap: &mut BinaryHeap<_>, evs: &mut Vec<Option<Ev>>, t_ms: f64, ev: Ev| {
-        evs.push(Some(ev));
-        seq += 1;
-        heap.push(Reverse(((t_ms * 1000.0) as u64, seq, evs.len() - 1)));
-    };
     for (i, c) in tr.calls.iter().enumerate() {
         push(&mut heap, &mut evs, c.at.as_secs_f64() * 1000.0, Ev::Arrive(i));
     }
     let mut running: HashMap<u64, (Running, Lease)> = HashMap::new();
     let mut queued: HashMap<(usize, u64), Running> = HashMap::new();
+    // Late binding: calls waiting at a balancer, by (balancer, ticket): the call, its waiter,
+    // its give-up time (virtual ms).
+    let mut waiting: HashMap<(usize, u64), (usize, Waiter<usize>, u64)> = HashMap::new();
+    // Calls placed on a node by this event, to send there: (call, balancer, node, counted by
+    // the policy already).
+    let mut to_send: Vec<(usize, usize, usize, bool, usize)> = Vec::new();
+    // Per function: calls, cold starts, sum of excess (FNLB_SIM_DIAG=1 prints the worst).
+    let mut diag: HashMap<u32, (usize, usize, f64)> = HashMap::new();
     let mut next_id = 0u64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    // FNLB_SIM_ROOM_WAIT=0: a call with room for a cold start never waits (for comparison).
+    let room_wait: u32 = std::env::var("FNLB_SIM_ROOM_WAIT").map_or(1, |v| v.parse().unwrap());
     let mut rep = Report { busy: vec![0.0; NODES], ..Default::default() };
     let warm_ms = warmup as f64 * 1000.0;
     let mut start = |running: &mut HashMap<u64, (Running, Lease)>,
@@ -173,8 +221,72 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
     };
     while let Some(Reverse((t_us, _, ei))) = heap.pop() {
         let now = t_us as f64 / 1000.0;
-        fnlb::route::clock::set_virtual_ms(now as u64 + 1);
+        let now_ms = now as u64 + 1;
+        fnlb::route::clock::set_virtual_ms(now_ms);
         match evs[ei].take().unwrap() {
+            Ev::Arrive(ci) if late => {
+                let c = &tr.calls[ci];
+                let hash = keys[c.func as usize].1;
+                let l = if n_lbs == 1 {
+                    0
+                } else {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % n_lbs as u64) as usize
+                };
+                let lbr = &lbs[l];
+                match lbr.policy.place(&lbr.snap, hash, &[]).expect("a node") {
+                    Placement::Go(i) => to_send.push((ci, l, i, false, 0)),
+                    Placement::Room(i) if room_wait == 0 => to_send.push((ci, l, i, false, 5)),
+                    placement => {
+                        let view = lbr.queue.view(hash);
+                        match lbr.rule.decide(&lbr.snap, lbr.policy.warmth(), hash, placement, view, now_ms) {
+                            Decision::Cold(i) => {
+                                let room = matches!(placement, Placement::Room(_));
+                                to_send.push((ci, l, i, false, if room { 5 } else { 1 }))
+                            }
+                            Decision::Refuse { .. } => rep.refused += 1,
+                            Decision::Wait { cold_at_ms, give_up_ms } => {
+                                match lbr.queue.enqueue(hash, now_ms, cold_at_ms) {
+                                    Ok(w) => {
+                                        let at = if cold_at_ms > now_ms { cold_at_ms } else { give_up_ms };
+                                        push(&mut heap, &mut evs, (at - 1) as f64, Ev::Recheck(l, w.ticket()));
+                                        waiting.insert((l, w.ticket()), (ci, w, give_up_ms));
+                                    }
+                                    Err(_) => rep.refused += 1,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ev::Recheck(l, ticket) => {
+                let Some(&(ci, _, give_up_ms)) = waiting.get(&(l, ticket)) else {
+                    continue; // handed a node before its deadline
+                };
+                let lbr = &lbs[l];
+                let hash = keys[tr.calls[ci].func as usize].1;
+                let decision = match lbr.policy.place(&lbr.snap, hash, &[]).expect("a node") {
+                    Placement::Go(i) | Placement::Room(i) => Decision::Cold(i),
+                    Placement::Full(best) => lbr.rule.at_deadline(&lbr.snap, best, give_up_ms, now_ms),
+                };
+                match decision {
+                    Decision::Cold(i) => {
+                        let (_, w, _) = waiting.remove(&(l, ticket)).unwrap();
+                        let node = w.leave(Leave::Cold, now_ms).map_or(i, |h| h.node);
+                        to_send.push((ci, l, node, false, 2));
+                    }
+                    Decision::Refuse { .. } => {
+                        let (_, w, _) = waiting.remove(&(l, ticket)).unwrap();
+                        assert!(w.leave(Leave::GaveUp, now_ms).is_none());
+                        rep.refused += 1;
+                    }
+                    Decision::Wait { give_up_ms, .. } => {
+                        push(&mut heap, &mut evs, (give_up_ms - 1) as f64, Ev::Recheck(l, ticket));
+                    }
+                }
+            }
             Ev::Arrive(ci) => {
                 let c = &tr.calls[ci];
                 let (key, hash) = &keys[c.func as usize];
@@ -192,18 +304,7 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                 } else {
                     lbr.policy.choose(&lbr.snap, *hash, &[]).expect("a node")
                 };
-                if Some(node) != lbr.snap.table().home(*hash) {
-                    rep.spilled += 1;
-                }
-                let guard = lbr.snap.nodes()[node].start_call();
-                let r = Running { call: ci, lb: l, node, guard, arrived: now };
-                match models[node].arrive(at(now), key) {
-                    Arrival::Start(lease) => start(&mut running, &mut heap, &mut evs, now, r, lease),
-                    Arrival::Queued(ticket) => {
-                        queued.insert((node, ticket), r);
-                    }
-                    Arrival::Rejected => unreachable!(),
-                }
+                to_send.push((ci, l, node, true, 0));
             }
             Ev::Finish(id) => {
                 let (r, lease) = running.remove(&id).unwrap();
@@ -223,6 +324,25 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                 node.observe_wait(wait);
                 lbr.policy.observe(node, keys[c.func as usize].1, Some(wait), http::StatusCode::OK);
                 drop(r.guard);
+                if late {
+                    lbr.rule.observe_wait(keys[c.func as usize].1, wait);
+                    // What the proxy sees: the answer's time since dispatch less the wait.
+                    let ran = (now - r.arrived - wait.as_secs_f64() * 1000.0).max(0.0);
+                    lbr.rule.observe_exec(keys[c.func as usize].1, Duration::from_secs_f64(ran / 1000.0));
+                    // A slot is free there (no call of this balancer queues on the node): the
+                    // container just idled goes to a waiter of its function, else the slot to
+                    // the oldest waiter past its cold deadline.
+                    if lbr.rule.has_slot(&lbr.snap, r.node) {
+                        let hash = keys[c.func as usize].1;
+                        let handed =
+                            lbr.queue.on_call_end(hash, &r.node, now_ms).or_else(|| lbr.queue.on_room(&r.node, now_ms));
+                        if let Some(t) = handed {
+                            let (ci, mut w, _) = waiting.remove(&(r.lb, t)).unwrap();
+                            let h = w.try_handed().expect("handed");
+                            to_send.push((ci, r.lb, h.node, false, if h.warm { 3 } else { 4 }));
+                        }
+                    }
+                }
                 rep.calls += 1;
                 let w = (c.at.as_secs_f64() / 5.0) as usize;
                 if rep.windows.len() <= w {
@@ -233,12 +353,64 @@ fn run(policy: &str, variant: &str, rho: f64, seed: u64, warmup: u64, duration: 
                     rep.cold += 1;
                     rep.windows[w].1 += 1;
                 }
+                rep.by_why[r.why].0 += 1;
+                rep.by_why[r.why].1 += cold as usize;
+                let d = diag.entry(c.func).or_insert((0, 0, 0.0));
+                d.0 += 1;
+                d.1 += cold as usize;
+                d.2 += now - c.at.as_secs_f64() * 1000.0 - c.exec_ms;
                 let sched = c.at.as_secs_f64() * 1000.0;
+                if now - sched > 60_000.0 {
+                    rep.timeouts += 1;
+                }
                 if sched >= warm_ms {
                     rep.excess.push(now - sched - c.exec_ms);
                 }
             }
         }
+        for (ci, l, node, counted, why) in to_send.drain(..) {
+            let lbr = &lbs[l];
+            let (key, hash) = &keys[tr.calls[ci].func as usize];
+            if !counted {
+                lbr.policy.commit(&lbr.snap, *hash, node);
+            }
+            if Some(node) != lbr.snap.table().home(*hash) {
+                rep.spilled += 1;
+            }
+            let guard = lbr.snap.nodes()[node].start_call();
+            let r = Running { call: ci, lb: l, node, guard, arrived: now, why };
+            match models[node].arrive(at(now), key) {
+                Arrival::Start(lease) => start(&mut running, &mut heap, &mut evs, now, r, lease),
+                Arrival::Queued(ticket) => {
+                    queued.insert((node, ticket), r);
+                }
+                Arrival::Rejected => unreachable!(),
+            }
+        }
+    }
+    assert!(waiting.is_empty(), "every waiting call was placed or refused");
+    if std::env::var("FNLB_SIM_DIAG").is_ok() {
+        let mut v: Vec<_> = diag.into_iter().collect();
+        v.sort_by_key(|(_, d)| Reverse(d.1));
+        println!("  (calls, cold) placed by policy (warm) / cold at once / deadline / handed warm / handed room / policy's room: {:?}", rep.by_why);
+        for (f, (n, cold, ex)) in v.into_iter().take(8) {
+            let fun = &tr.functions[f as usize];
+            println!(
+                "  fn {f}: pop {:.3} exec {:.0} ms cold {:.0} ms: {n} calls, {cold} cold, mean excess {:.0} ms",
+                fun.popularity,
+                fun.exec_ms,
+                fun.cold_ms,
+                ex / n as f64
+            );
+        }
+    }
+    for lbr in &lbs {
+        let s = lbr.queue.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        rep.waits += s.waits.load(Relaxed);
+        rep.handed_warm += s.handed_warm.load(Relaxed);
+        rep.handed_room += s.handed_room.load(Relaxed);
+        rep.went_cold += s.went_cold.load(Relaxed);
     }
     for m in &mut models {
         rep.evictions += m.stats(at(1e9)).evictions;
@@ -255,6 +427,8 @@ fn main() {
     let mut windows = false;
     let mut variant = "steady".to_string();
     let (mut warmup, mut duration) = (10u64, 30u64);
+    let mut late = false;
+    let mut seed_stats: Option<String> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
         let v = &w[1];
@@ -267,15 +441,33 @@ fn main() {
             "--variant" => variant = v.clone(),
             "--warmup" => warmup = v.parse().unwrap(),
             "--duration" => duration = v.parse().unwrap(),
+            "--late-binding" => late = v == "1",
+            "--seed-stats" => seed_stats = Some(v.clone()),
             a => panic!("unknown flag {a}"),
         }
     }
-    println!("{variant} rho {rho} seeds {seeds:?} {warmup}s+{duration}s");
-    println!("| policy | seed | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % |");
+    if let Some(range) = seed_stats {
+        let (a, b) = range.split_once('-').unwrap_or((&range, &range));
+        let mut rows: Vec<(f64, u64, f64)> = (a.parse().unwrap()..=b.parse().unwrap())
+            .map(|seed| {
+                let cfg = WorkloadConfig { seed, rho, measured: Duration::from_secs(1), ..WorkloadConfig::default() };
+                let tr = trace::generate(&cfg);
+                (tr.mean_exec_ms, seed, tr.rate)
+            })
+            .collect();
+        rows.sort_by(|x, y| x.0.total_cmp(&y.0));
+        println!("| seed | mean exec ms | calls/s at rho {rho} |");
+        for (exec, seed, rate) in rows {
+            println!("| {seed} | {exec:.0} | {rate:.0} |");
+        }
+        return;
+    }
+    println!("{variant} rho {rho} seeds {seeds:?} {warmup}s+{duration}s late-binding {late}");
+    println!("| policy | seed | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % | timeouts | refused | waited: warm / room / deadline |");
     for p in &policies {
         let mut xs = Vec::new();
         for &seed in &seeds {
-            let mut r = run(p, &variant, rho, seed, warmup, duration);
+            let mut r = run(p, &variant, rho, seed, warmup, duration, late);
             let x = r.cold as f64 / r.bound as f64;
             xs.push(x);
             if windows {
@@ -286,7 +478,7 @@ fn main() {
             let mean = r.busy.iter().sum::<f64>() / NODES as f64;
             let max = r.busy.iter().cloned().fold(0.0, f64::max);
             println!(
-                "| {p} | {seed} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} |",
+                "| {p} | {seed} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {} | {} | {}: {} / {} / {} |",
                 100.0 * r.cold as f64 / r.calls as f64,
                 x,
                 pct(&mut r.excess, 0.5),
@@ -294,7 +486,13 @@ fn main() {
                 pct(&mut r.excess, 0.999),
                 max / mean,
                 r.evictions,
-                100.0 * r.spilled as f64 / r.calls as f64
+                100.0 * r.spilled as f64 / r.calls as f64,
+                r.timeouts,
+                r.refused,
+                r.waits,
+                r.handed_warm,
+                r.handed_room,
+                r.went_cold
             );
         }
         println!("| {p} | mean | | {:.2} | | | | | | |", xs.iter().sum::<f64>() / xs.len() as f64);

@@ -124,14 +124,15 @@ impl Bounded {
     /// load bound; else the least loaded of the probes.
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
         let i = match self.scan(snap, hash, tried)? {
-            Placement::Go(i) | Placement::Full(i) => i,
+            Placement::Go(i) | Placement::Room(i) | Placement::Full(i) => i,
         };
         self.warmth.start(hash, &snap.nodes()[i], clock::now_ms());
         Some(i)
     }
 
     /// [`pick_warm`](Self::pick_warm)'s walk, counting nothing: the first node that can take
-    /// the call, or [`Placement::Full`] with the least loaded probe.
+    /// the call (warm: [`Placement::Go`]; in a new container: [`Placement::Room`]), or
+    /// [`Placement::Full`] with the least loaded probe.
     fn scan(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<Placement> {
         let now = clock::now_ms();
         self.warmth.tick(snap, now);
@@ -149,7 +150,7 @@ impl Bounded {
                 let warm = load < self.warm_cap && self.warmth.get(hash, node).has_idle();
                 let room = node.containers() < self.cap && (!self.tuning.cold_bound || load < bound);
                 if warm || room {
-                    chosen = Some(i);
+                    chosen = Some(if warm { Placement::Go(i) } else { Placement::Room(i) });
                     break;
                 }
             }
@@ -161,10 +162,7 @@ impl Bounded {
                 break;
             }
         }
-        match chosen {
-            Some(i) => Some(Placement::Go(i)),
-            None => least.map(|(i, _)| Placement::Full(i)),
-        }
+        chosen.or(least.map(|(i, _)| Placement::Full(i)))
     }
 
     /// The rule before the warmth table: the first node under the load bound.

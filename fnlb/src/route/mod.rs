@@ -58,8 +58,11 @@ pub trait Policy: Send + Sync + 'static {
 /// What [`Policy::place`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
-    /// This node can take the call (warm, or with room for a new container).
+    /// This node can take the call (warm, as far as the policy can tell).
     Go(usize),
+    /// This node has room for a new container: the call would start cold there (a policy that
+    /// does not tell warm from cold says [`Placement::Go`]).
+    Room(usize),
     /// No node of the probe chain can; this is the least loaded of them (where `choose` would
     /// have sent the call cold).
     Full(usize),

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::warmth::Warmth;
+use super::Placement;
 use crate::node::Snapshot;
 
 /// Late binding's knobs (defaults tuned with `examples/routesim.rs --late-binding`, see
@@ -92,7 +93,17 @@ pub struct WaitRule {
     pub cfg: WaitConfig,
     /// Decayed mean of reported waits long enough to be a cold start (µs; 0 = none seen).
     cold_us: AtomicU64,
+    /// Per function, where it is known: a direct-mapped table of [`COLD_ENTRIES`] words, each
+    /// the key hash's top 24 bits, the function's cold start and its execution time (ms, 20 bits
+    /// each). Cold starts differ by function (0.2–2 s in the benchmark); a function that lost its
+    /// entry to another uses the cluster's mean cold start and is not known to free soon.
+    cold_by_fn: Box<[AtomicU64]>,
 }
+
+/// Entries of the per-function table (8 KiB, flat in the number of paths).
+const COLD_ENTRIES: usize = 1024;
+/// A 20-bit field of an entry (ms: up to 17 minutes).
+const FIELD: u64 = (1 << 20) - 1;
 
 /// A reported wait at least this long is a cold start (a warm call reports about 0).
 const COLD_SEEN: Duration = Duration::from_millis(50);
@@ -101,11 +112,44 @@ const COLD_GUESS_MS: u64 = 500;
 
 impl WaitRule {
     pub fn new(cfg: WaitConfig) -> WaitRule {
-        WaitRule { cfg, cold_us: AtomicU64::new(0) }
+        let cold_by_fn = (0..COLD_ENTRIES).map(|_| AtomicU64::new(0)).collect();
+        WaitRule { cfg, cold_us: AtomicU64::new(0), cold_by_fn }
     }
 
-    /// A node reported this wait for a call (`XXX-FXLB-WAIT`).
-    pub fn observe_wait(&self, wait: Duration) {
+    fn entry(&self, hash: u64) -> (&AtomicU64, u64) {
+        (&self.cold_by_fn[(hash as usize) % COLD_ENTRIES], hash >> 40)
+    }
+
+    /// The function's (cold start, execution) in ms, 0 where unknown.
+    fn known(&self, hash: u64) -> (u64, u64) {
+        let (entry, tag) = self.entry(hash);
+        let word = entry.load(Relaxed);
+        if word >> 40 != tag {
+            return (0, 0);
+        }
+        ((word >> 20) & FIELD, word & FIELD)
+    }
+
+    /// Folds a sample into one of the function's fields (`shift` 20: cold, 0: execution).
+    fn fold(&self, hash: u64, shift: u32, ms: u64) {
+        let (entry, tag) = self.entry(hash);
+        let word = entry.load(Relaxed);
+        let word = if word >> 40 == tag { word } else { tag << 40 };
+        let old = (word >> shift) & FIELD;
+        let ms = ms.clamp(1, FIELD);
+        let new = if old == 0 { ms } else { old - old / 4 + ms / 4 };
+        entry.store((word & !(FIELD << shift)) | (new << shift), Relaxed);
+    }
+
+    /// A call of the function ran this long on its node (its answer's time less the wait it
+    /// reported): how soon its busy containers free.
+    pub fn observe_exec(&self, hash: u64, exec: Duration) {
+        self.fold(hash, 0, exec.as_millis().min(FIELD as u128) as u64);
+    }
+
+    /// A node reported this wait for a call of the function (`XXX-FXLB-WAIT`). A lost update
+    /// under a race is harmless: these are hints.
+    pub fn observe_wait(&self, hash: u64, wait: Duration) {
         if wait < COLD_SEEN {
             return;
         }
@@ -113,12 +157,17 @@ impl WaitRule {
         let old = self.cold_us.load(Relaxed);
         let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.cold_us.store(new, Relaxed);
+        self.fold(hash, 20, sample / 1000);
     }
 
-    /// The cold deadline: a cold start long, as the nodes report it, within the bounds.
-    pub fn cold_ms(&self) -> u64 {
-        let seen = self.cold_us.load(Relaxed) / 1000;
-        let est = if seen == 0 { COLD_GUESS_MS } else { seen };
+    /// The cold deadline for the function: a cold start long, as the nodes report it for the
+    /// function (or, unknown, for all), within the bounds.
+    pub fn cold_ms(&self, hash: u64) -> u64 {
+        let est = match (self.known(hash).0, self.cold_us.load(Relaxed) / 1000) {
+            (0, 0) => COLD_GUESS_MS,
+            (0, seen) => seen,
+            (own, _) => own,
+        };
         est.clamp(self.cfg.min_wait_ms, self.cfg.max_wait_ms)
     }
 
@@ -143,29 +192,52 @@ impl WaitRule {
         Decision::Refuse { retry_after_s: self.cfg.give_up_ms.div_ceil(1000).max(1) as u32 }
     }
 
-    /// A call for `hash` found every probe full ([`Placement::Full`](super::Placement::Full)
-    /// with `best`, the least loaded probe). Wait for one of the function's containers while
-    /// that is predicted to cost less than a cold start; else go cold to `best` if it has a free
-    /// slot, or wait for one; refuse when the queue is full and no slot is free.
+    /// How long until one of the function's containers frees for a new waiter: each waiter
+    /// ahead takes one; they free one per `gap` seen while it had waiters, or one per its
+    /// execution time ÷ its calls in flight. `None`: not known; `u64::MAX`: none will.
+    fn predicted(&self, busy: u32, view: FnView, hash: u64) -> Option<u64> {
+        let ahead = view.waiting as u64 + 1;
+        match (busy, view.gap_ms, self.known(hash).1) {
+            (0, _, _) => Some(u64::MAX),
+            (_, Some(gap), _) => Some(ahead.saturating_mul(gap)),
+            (_, None, 0) => None,
+            (b, None, exec) => Some(ahead.saturating_mul(exec) / b as u64),
+        }
+    }
+
+    /// A call for `hash` that the policy would not send warm: [`Placement::Full`] (every probe
+    /// full; `best` the least loaded) or [`Placement::Room`] (a cold start on that node).
+    ///
+    /// Full: wait for one of the function's containers while that is predicted to cost less
+    /// than a cold start (unknown: up to the deadline, a cold start long); else go cold to
+    /// `best` if it has a free slot, or wait for one; refuse when the queue is full and no slot
+    /// is free. Room: wait only when one of its containers is predicted to free within half a
+    /// cold start (for up to twice the prediction); else start the container.
     pub fn decide(
         &self,
         snap: &Snapshot,
         warmth: Option<&Warmth>,
         hash: u64,
-        best: usize,
+        placement: Placement,
         view: FnView,
         now_ms: u64,
     ) -> Decision {
-        let cold = self.cold_ms();
+        let cold = self.cold_ms(hash);
         let give_up_ms = now_ms + self.cfg.give_up_ms;
         let busy = self.busy(snap, warmth, hash);
-        // Each waiter ahead takes one freed container; the function's containers free one per
-        // `gap` (unknown: assume the wait fits the deadline, which bounds it anyway).
-        let predicted = match (busy, view.gap_ms) {
-            (0, _) => u64::MAX,
-            (_, Some(gap)) => (view.waiting as u64 + 1).saturating_mul(gap),
-            (_, None) => 0,
+        let best = match placement {
+            Placement::Go(i) => return Decision::Cold(i),
+            Placement::Room(i) => {
+                return match self.predicted(busy, view, hash) {
+                    Some(p) if !view.full && p.saturating_mul(2) <= cold => {
+                        Decision::Wait { cold_at_ms: now_ms + p.saturating_mul(2).max(1), give_up_ms }
+                    }
+                    _ => Decision::Cold(i),
+                };
+            }
+            Placement::Full(best) => best,
         };
+        let predicted = self.predicted(busy, view, hash).unwrap_or(0);
         let slot = self.has_slot(snap, best);
         if predicted > cold || view.full {
             if slot {
@@ -537,27 +609,37 @@ mod tests {
         let _calls = busy(&snap, &w, h, home, 2);
         let r = rule();
         assert_eq!(
-            r.decide(&snap, Some(&w), h, home, FnView::default(), 1000),
+            r.decide(&snap, Some(&w), h, Placement::Full(home), FnView::default(), 1000),
             Decision::Wait { cold_at_ms: 1500, give_up_ms: 5000 }
         );
         // The nodes report 1.2 s cold starts: the deadline follows, within its bounds.
         for _ in 0..64 {
-            r.observe_wait(Duration::from_millis(1200));
-            r.observe_wait(Duration::from_millis(3)); // warm: not a cold start
+            r.observe_wait(h, Duration::from_millis(1200));
+            r.observe_wait(h, Duration::from_millis(3)); // warm: not a cold start
         }
-        assert_eq!(r.cold_ms(), 1200);
+        assert_eq!(r.cold_ms(h), 1200);
         assert!(matches!(
-            r.decide(&snap, Some(&w), h, home, FnView::default(), 0),
+            r.decide(&snap, Some(&w), h, Placement::Full(home), FnView::default(), 0),
             Decision::Wait { cold_at_ms: 1200, .. }
         ));
         for _ in 0..64 {
-            r.observe_wait(Duration::from_secs(9));
+            r.observe_wait(h, Duration::from_secs(9));
         }
-        assert_eq!(r.cold_ms(), 2000);
+        assert_eq!(r.cold_ms(h), 2000);
         for _ in 0..256 {
-            r.observe_wait(Duration::from_millis(60));
+            r.observe_wait(h, Duration::from_millis(60));
         }
-        assert_eq!(r.cold_ms(), 250);
+        assert_eq!(r.cold_ms(h), 250);
+        // Another function with 800 ms cold starts has its own deadline; one never seen cold
+        // gets the cluster's mean.
+        let (_, g) = key(2);
+        for _ in 0..16 {
+            r.observe_wait(g, Duration::from_millis(800));
+        }
+        assert_eq!(r.cold_ms(g), 800);
+        assert_eq!(r.cold_ms(h), 250);
+        let (_, unseen) = key(9);
+        assert!((250..=800).contains(&r.cold_ms(unseen)), "{}", r.cold_ms(unseen));
     }
 
     #[test]
@@ -566,15 +648,15 @@ mod tests {
         let w = Warmth::new(64, 30_000);
         let (_, h) = key(2);
         let r = rule();
-        assert_eq!(r.decide(&snap, Some(&w), h, 3, FnView::default(), 10), Decision::Cold(3));
+        assert_eq!(r.decide(&snap, Some(&w), h, Placement::Full(3), FnView::default(), 10), Decision::Cold(3));
         // No slot free on the best node (4 calls, the node's share): wait for room, cold-ready now.
         let _full: Vec<_> = (0..4).map(|_| snap.nodes()[3].start_call()).collect();
         assert_eq!(
-            r.decide(&snap, Some(&w), h, 3, FnView::default(), 10),
+            r.decide(&snap, Some(&w), h, Placement::Full(3), FnView::default(), 10),
             Decision::Wait { cold_at_ms: 10, give_up_ms: 4010 }
         );
         // A policy without a warmth table: nothing known to free either.
-        assert_eq!(r.decide(&snap, None, h, 0, FnView::default(), 10), Decision::Cold(0));
+        assert_eq!(r.decide(&snap, None, h, Placement::Full(0), FnView::default(), 10), Decision::Cold(0));
     }
 
     #[test]
@@ -588,10 +670,42 @@ mod tests {
         let other = (home + 1) % 4;
         // Its containers free every 100 ms: 4 ahead means 500 ms, a cold start: still waits.
         let view = FnView { waiting: 4, gap_ms: Some(100), full: false };
-        assert!(matches!(r.decide(&snap, Some(&w), h, other, view, 0), Decision::Wait { cold_at_ms: 500, .. }));
+        assert!(matches!(
+            r.decide(&snap, Some(&w), h, Placement::Full(other), view, 0),
+            Decision::Wait { cold_at_ms: 500, .. }
+        ));
         // 5 ahead: 600 ms > 500 ms: cold now.
         let view = FnView { waiting: 5, ..view };
-        assert_eq!(r.decide(&snap, Some(&w), h, other, view, 0), Decision::Cold(other));
+        assert_eq!(r.decide(&snap, Some(&w), h, Placement::Full(other), view, 0), Decision::Cold(other));
+    }
+
+    #[test]
+    fn room_for_a_cold_start_waits_only_for_a_container_about_to_free() {
+        let snap = snapshot(4, &[]);
+        let w = Warmth::new(64, 30_000);
+        let (_, h) = key(5);
+        let home = snap.table().home(h).unwrap();
+        let r = rule();
+        let room = Placement::Room(home);
+        // Nothing known about how fast its containers free: the container starts.
+        let _calls = busy(&snap, &w, h, home, 4);
+        assert_eq!(r.decide(&snap, Some(&w), h, room, FnView::default(), 0), Decision::Cold(home));
+        // Its calls run 200 ms and 4 are in flight: one frees in about 50 ms, well within half
+        // a cold start (500 ms): wait, twice the prediction at most.
+        r.observe_exec(h, Duration::from_millis(200));
+        assert_eq!(
+            r.decide(&snap, Some(&w), h, room, FnView::default(), 0),
+            Decision::Wait { cold_at_ms: 100, give_up_ms: 4000 }
+        );
+        // With 5 already waiting (300 ms) it is not worth it.
+        let view = FnView { waiting: 5, ..FnView::default() };
+        assert_eq!(r.decide(&snap, Some(&w), h, room, view, 0), Decision::Cold(home));
+        // A function with no call in flight has nothing to wait for.
+        let (_, g) = key(6);
+        r.observe_exec(g, Duration::from_millis(10));
+        assert_eq!(r.decide(&snap, Some(&w), g, Placement::Room(1), FnView::default(), 0), Decision::Cold(1));
+        // Warm goes at once.
+        assert_eq!(r.decide(&snap, Some(&w), h, Placement::Go(2), FnView::default(), 0), Decision::Cold(2));
     }
 
     #[test]
@@ -602,8 +716,8 @@ mod tests {
         let _a: Vec<_> = (0..4).map(|_| snap.nodes()[0].start_call()).collect();
         let r = rule();
         let full = FnView { full: true, ..FnView::default() };
-        assert_eq!(r.decide(&snap, Some(&w), h, 0, full, 0), Decision::Refuse { retry_after_s: 4 });
-        assert_eq!(r.decide(&snap, Some(&w), h, 1, full, 0), Decision::Cold(1));
+        assert_eq!(r.decide(&snap, Some(&w), h, Placement::Full(0), full, 0), Decision::Refuse { retry_after_s: 4 });
+        assert_eq!(r.decide(&snap, Some(&w), h, Placement::Full(1), full, 0), Decision::Cold(1));
     }
 
     #[test]
