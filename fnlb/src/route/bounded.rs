@@ -445,7 +445,8 @@ mod tests {
         let (_, h) = key(11);
         let order: Vec<usize> = snap.table().order(h).collect();
         let policy: &dyn Policy = &p;
-        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Go(order[0])));
+        // Cold everywhere, room at home: a new container there.
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Room(order[0])));
         // Other functions fill both nodes' containers; node order[1] has fewer calls.
         let g = (0..).map(key).find(|(_, g)| *g != h).unwrap().1;
         let _a: Vec<_> = (0..2).map(|_| policy.open(&snap, g, order[0])).collect();
@@ -462,6 +463,9 @@ mod tests {
         assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 2);
         drop(attempt);
         assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 1);
+        // Where the function has an idle container, it goes warm.
+        p.observe(&snap.nodes()[order[1]], h, None, StatusCode::OK);
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Go(order[1])));
     }
 
     #[test]
