@@ -72,6 +72,7 @@ fn tuning(spec: &str) -> Tuning {
             "coldbound" => t.cold_bound = v == "1",
             "floor" => t.floor_share = v.parse().unwrap(),
             "probes" => t.probes = v.parse().unwrap(),
+            "forget" => t.forget = v == "1",
             _ => panic!("unknown knob {k}"),
         }
     }

@@ -59,11 +59,25 @@ pub struct Tuning {
     pub floor_share: f64,
     /// Nodes of a key's order looked at before settling for the least loaded of them.
     pub probes: usize,
+    /// A reported wait that is a cold start caps the function's estimate on the node at what
+    /// runs there ([`Warmth::cold_seen`]): the node had evicted its idle containers.
+    pub forget: bool,
 }
+
+/// A reported wait at least this long is a cold start (a warm call reports about 0).
+const COLD_WAIT: Duration = Duration::from_millis(50);
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { warm: true, cap_share: 1.0, warm_share: 1.0, cold_bound: true, floor_share: 0.5, probes: 8 }
+        Tuning {
+            warm: true,
+            cap_share: 1.0,
+            warm_share: 1.0,
+            cold_bound: true,
+            floor_share: 0.5,
+            probes: 8,
+            forget: false,
+        }
     }
 }
 
@@ -207,9 +221,12 @@ impl Policy for Bounded {
         }
     }
 
-    fn observe(&self, node: &Node, hash: u64, _wait: Option<Duration>, status: StatusCode) {
+    fn observe(&self, node: &Node, hash: u64, wait: Option<Duration>, status: StatusCode) {
         if self.tuning.warm {
             self.warmth.finish(hash, node, clock::now_ms());
+            if self.tuning.forget && wait.is_some_and(|w| w >= COLD_WAIT) {
+                self.warmth.cold_seen(hash, node);
+            }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             node.mark_busy(BUSY_MS);

@@ -162,6 +162,19 @@ impl Warmth {
         }
     }
 
+    /// A call of the function on the node reported a cold start: when it came, the node held no
+    /// idle container of the function (evicted, or expired), so the function holds no more there
+    /// than its calls in flight and the container of the call that just ended. Caps the peaks at
+    /// that (call after [`finish`](Self::finish)); the node's footprint follows at the next tick.
+    pub fn cold_seen(&self, hash: u64, node: &Node) {
+        if let Some(e) = self.find(tag(hash, node_id(node))) {
+            let k = (e.in_flight.load(Relaxed) + 1).min(255) as u64;
+            let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| {
+                Some((0..LANES).map(|l| ((p >> (8 * l)) & 0xff).min(k) << (8 * l)).fold(0, |a, b| a | b))
+            });
+        }
+    }
+
     /// Takes a free or spent slot of the key's window for `t`.
     fn claim(&self, t: u64, node: u64, now_ms: u64) -> Option<&Entry> {
         let start = t as usize & self.mask;
@@ -262,6 +275,26 @@ mod tests {
         w.tick(&snap, 1 + 8 * 1000);
         assert_eq!(w.get(42, n), Warm { in_flight: 1, containers: 1 });
         assert_eq!(n.containers(), 1);
+    }
+
+    #[test]
+    fn a_cold_start_reported_caps_the_estimate_at_what_runs() {
+        let snap = snapshot(1, &[]);
+        let w = Warmth::new(64, 7000);
+        let n = &snap.nodes()[0];
+        w.tick(&snap, 1);
+        for _ in 0..5 {
+            w.start(42, n, 10);
+        }
+        for _ in 0..4 {
+            w.finish(42, n, 20);
+        }
+        w.tick(&snap, 1001); // the peak of 5 moves to an older lane
+        assert_eq!(w.get(42, n), Warm { in_flight: 1, containers: 5 });
+        // The last call reports it started cold: the node had evicted the idle ones.
+        w.finish(42, n, 1010);
+        w.cold_seen(42, n);
+        assert_eq!(w.get(42, n), Warm { in_flight: 0, containers: 1 });
     }
 
     #[test]
