@@ -23,7 +23,16 @@ impl Body for ReqBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Stream(b) => {
+                let mut r = Pin::new(b).poll_frame(cx);
+                // Hook: a client's trailers pass the same rules as on the fast path.
+                if let Poll::Ready(Some(Ok(frame))) = &mut r {
+                    if let Some(t) = frame.trailers_mut() {
+                        super::headers::trailers(t);
+                    }
+                }
+                r
+            }
             ReqBody::Empty => Poll::Ready(None),
         }
     }
@@ -77,7 +86,13 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        // Hook: a node's trailers pass the same rules as on the fast path (no wait report).
+        if let Poll::Ready(Some(Ok(frame))) = &mut r {
+            if let Some(t) = frame.trailers_mut() {
+                super::headers::trailers(t);
+            }
+        }
         match &r {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),

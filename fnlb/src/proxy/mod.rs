@@ -5,6 +5,7 @@ pub mod body;
 pub mod h1;
 pub mod headers;
 pub mod pool;
+pub mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,10 +104,15 @@ impl Proxy {
         obs: &mut CallObs<'_>,
     ) -> Response<RespBody> {
         let (mut parts, body) = req.into_parts();
+        // Hook: the requests no node gets (CONNECT, bad Host, a loop), as on the fast path.
+        if let Err(r) = rules::check_request(&parts.method, &parts.headers) {
+            return rules::answer(r);
+        }
         headers::request(&mut parts.headers, client.ip());
         // HTTP/2 names the host in `:authority` (now the URI's authority), usually without a
         // Host header: the HTTP/1.1 node gets it as Host (any userinfo left out).
         if parts.version == http::Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
             let authority = parts.uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default());
             if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
                 parts.headers.insert(header::HOST, host);
@@ -172,6 +178,12 @@ impl Proxy {
             };
             match sent {
                 Ok(resp) => {
+                    // Hook: a node answer that is not one to pass on (status, framing) is a 502.
+                    if let Err(why) = rules::check_response(resp.status().as_u16(), resp.headers()) {
+                        let error = format!("node {}: {why}", node.addr);
+                        obs.send_failed(node, true, &error);
+                        return json_msg(StatusCode::BAD_GATEWAY, &format!("invalid response from {error}"));
+                    }
                     if snap.table().home(hash) != Some(i) {
                         // Served away from its home: full, down, or a retry moved it.
                         crate::metrics::spill(node);

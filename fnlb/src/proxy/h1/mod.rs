@@ -264,14 +264,16 @@ impl Conn<'_> {
         // The part of the body already here.
         let body_at = self.start + req.len;
         let mut chunks = Chunked::default();
-        let (in_buf, body_done) = match req.body {
-            Framing::None | Framing::Close => (0, true),
+        // `pass` of the `in_buf` bytes go on as they are (the rest: trailers held by `chunks`).
+        let (in_buf, pass, body_done) = match req.body {
+            Framing::None | Framing::Close => (0, 0, true),
             Framing::Length(n) => {
                 let have = (self.filled - body_at) as u64;
-                (have.min(n) as usize, have >= n)
+                let in_buf = have.min(n) as usize;
+                (in_buf, in_buf, have >= n)
             }
             Framing::Chunked => match chunks.scan(&self.cbuf[body_at..self.filled]) {
-                Ok(x) => x,
+                Ok(s) => (s.used, s.pass, s.done),
                 Err(_) => {
                     obs.finish(StatusCode::BAD_REQUEST);
                     self.local(StatusCode::BAD_REQUEST, "invalid chunked body", true).await;
@@ -320,9 +322,15 @@ impl Conn<'_> {
             head::upstream_host(&mut self.out, req.has_host, node.addr.as_str());
             obs.sending_raw(node, &mut self.out);
             self.out.extend_from_slice(b"\r\n");
-            let sent =
-                write_all(&mut up, &mut [IoSlice::new(&self.out), IoSlice::new(&self.cbuf[body_at..body_at + in_buf])])
-                    .await;
+            let sent = write_all(
+                &mut up,
+                &mut [
+                    IoSlice::new(&self.out),
+                    IoSlice::new(&self.cbuf[body_at..body_at + pass]),
+                    IoSlice::new(chunks.tail()),
+                ],
+            )
+            .await;
             if let Err(error) = sent {
                 // Nothing of the client's was consumed: the request is intact.
                 if reused {
@@ -463,14 +471,20 @@ impl Conn<'_> {
                 Ok(0) | Err(_) => return Err(StreamError::Client),
                 Ok(n) => n,
             };
-            let (used, done) = match body {
+            let (used, pass, done) = match body {
                 Framing::Length(_) => {
                     left -= n as u64;
-                    (n, left == 0)
+                    (n, n, left == 0)
                 }
-                _ => chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client)?,
+                _ => {
+                    let s = chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client)?;
+                    (s.used, s.pass, s.done)
+                }
             };
-            up.write_all(&self.ubuf[..used]).await.map_err(StreamError::Upstream)?;
+            // `tail`: a chunked body's rewritten trailers, once it is done (else empty).
+            write_all(up, &mut [IoSlice::new(&self.ubuf[..pass]), IoSlice::new(chunks.tail())])
+                .await
+                .map_err(StreamError::Upstream)?;
             grow(&mut self.ubuf, n);
             if done {
                 let rest = &self.ubuf[used..n];
@@ -584,17 +598,22 @@ impl Conn<'_> {
             }
             Framing::Chunked => {
                 let mut chunks = Chunked::default();
-                let (used, mut done) = chunks.scan(body).map_err(|_| bad_upstream())?;
-                let mut extra = body.len() > used;
-                write_all(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..used])])
-                    .await
-                    .map_err(to_client)?;
+                let s = chunks.scan(body).map_err(|_| bad_upstream())?;
+                let (mut done, mut extra) = (s.done, body.len() > s.used);
+                write_all(
+                    client,
+                    &mut [IoSlice::new(&self.out), IoSlice::new(&body[..s.pass]), IoSlice::new(chunks.tail())],
+                )
+                .await
+                .map_err(to_client)?;
                 while !done {
                     let n = read_upstream(&mut up, &mut self.ubuf).await?;
-                    let (used, end) = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
-                    client.write_all(&self.ubuf[..used]).await.map_err(to_client)?;
-                    done = end;
-                    extra = n > used;
+                    let s = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
+                    write_all(client, &mut [IoSlice::new(&self.ubuf[..s.pass]), IoSlice::new(chunks.tail())])
+                        .await
+                        .map_err(to_client)?;
+                    done = s.done;
+                    extra = n > s.used;
                     grow(&mut self.ubuf, n);
                 }
                 !extra
