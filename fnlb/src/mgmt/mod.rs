@@ -35,6 +35,8 @@ pub struct Mgmt {
     access: Access,
     obs: Arc<Observers>,
     capacity: scale::Capacity,
+    /// This balancer's own listening addresses: a node among them would be a loop.
+    listeners: Vec<std::net::SocketAddr>,
 }
 
 /// Paths the management API answers. Exact matches: `/1/lb/nodes/` is a function path.
@@ -46,7 +48,13 @@ impl Mgmt {
     pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
         let capacity = scale::Capacity { per_node: 64, balancers: 1 };
         let access = Access { token: None, max_body: MAX_BODY };
-        Mgmt { store, nodes, access, obs: Arc::new(Observers::default()), capacity }
+        Mgmt { store, nodes, access, obs: Arc::new(Observers::default()), capacity, listeners: Vec::new() }
+    }
+
+    /// The balancer's own listeners, refused as nodes (every call would come back to us).
+    pub fn listening_on(mut self, listeners: Vec<std::net::SocketAddr>) -> Mgmt {
+        self.listeners = listeners;
+        self
     }
 
     /// Requires the token (if any) on changes, and bounds request bodies.
@@ -149,6 +157,9 @@ impl Mgmt {
             Ok(n) => n,
             Err(resp) => return resp,
         };
+        if add && node.is_one_of(&self.listeners) {
+            return bad(&format!("node {node} is this balancer's own listener: every call would loop back to it"));
+        }
         let result = if add { self.store.add(&node).await } else { self.store.remove(&node).await };
         match result {
             Ok(()) => {
