@@ -96,8 +96,22 @@ impl Body for UpstreamBody {
         match &r {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // The connection broke mid-body: it must not be reused.
+            Poll::Ready(Some(Err(e))) => {
+                // The connection broke mid-body: it must not be reused, and the node is counted.
+                if let Some(call) = &this.call {
+                    // hyper reports bad chunked framing as an I/O error of its own making.
+                    let framing = std::error::Error::source(e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(|io| {
+                            matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
+                        });
+                    let kind = if e.is_parse() || framing {
+                        crate::metrics::UpstreamError::InvalidResponse
+                    } else {
+                        crate::metrics::UpstreamError::Send
+                    };
+                    crate::metrics::get().node(&call.node().addr).error(kind);
+                }
                 this.conn = None;
                 this.call = None;
             }

@@ -428,7 +428,13 @@ impl Conn<'_> {
                     drop(call);
                     !close
                 }
-                Err(_) => false,
+                Err(StreamError::Upstream(e)) => {
+                    // Hook: the answer is cut (the client's connection closes); the node's fault.
+                    crate::metrics::get().node(&node.addr).error(broken_body_error(&e));
+                    debug!(node = %node.addr, error = %e, "node's response body broke; closing the client");
+                    false
+                }
+                Err(StreamError::Client) => false,
             };
         }
         if n_tried == 0 {
@@ -598,7 +604,11 @@ impl Conn<'_> {
             }
             Framing::Chunked => {
                 let mut chunks = Chunked::default();
-                let s = chunks.scan(body).map_err(|_| bad_upstream())?;
+                let Ok(s) = chunks.scan(body) else {
+                    // The head is out to the client as on the hyper path; the body is cut.
+                    write_all(client, &mut [IoSlice::new(&self.out)]).await.map_err(to_client)?;
+                    return Err(bad_upstream());
+                };
                 let (mut done, mut extra) = (s.done, body.len() > s.used);
                 write_all(
                     client,
@@ -659,6 +669,16 @@ impl Conn<'_> {
 fn grow(buf: &mut Vec<u8>, read: usize) {
     if read == buf.len() && buf.len() < BODY_BUF {
         buf.resize(BODY_BUF, 0);
+    }
+}
+
+/// How a node's response body that broke after its head is counted: bad framing is an invalid
+/// response, anything else a broken connection.
+fn broken_body_error(e: &io::Error) -> crate::metrics::UpstreamError {
+    if e.kind() == io::ErrorKind::InvalidData {
+        crate::metrics::UpstreamError::InvalidResponse
+    } else {
+        crate::metrics::UpstreamError::Send
     }
 }
 
