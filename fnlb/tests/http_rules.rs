@@ -455,6 +455,8 @@ async fn both_transports_forward_the_same_request() {
         "GET /r/app/d6 HTTP/1.1\r\nHost: x\r\nVia: 1.0 edge, 1.1 other-lb\r\nVia: 1.1 cdn (Squid)\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
         // A body with a length; no Host at all (the node's address is the Host).
         "POST /r/app/d7 HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+        // Empty lines before the request line (skipped by both).
+        "\r\n\r\nGET /r/app/d8 HTTP/1.1\r\nHost: x\r\n\r\n",
     ];
     for (i, req) in tricky.iter().enumerate() {
         let path = format!("/r/app/d{i} ");
@@ -467,4 +469,53 @@ async fn both_transports_forward_the_same_request() {
         assert_eq!(fields(&fast), fields(&general), "request {i}: {req:?}\nfast:  {fast:?}\nhyper: {general:?}");
         assert_eq!(fast[fast.find("\r\n\r\n").unwrap()..], general[general.find("\r\n\r\n").unwrap()..], "body {i}");
     }
+}
+
+/// HTTP/2 may split `cookie` into several fields (RFC 9113 §8.2.3); an HTTP/1.1 node must get
+/// one `Cookie` line, joined with `; `.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_reach_the_node_as_one_line() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::ServerName;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let node = RawNode::start(answer_ok).await;
+    let (cert, key, nodes) = (cert.display().to_string(), key.display().to_string(), node.addr.to_string());
+    let lb = Fnlb::start(&["-tls-cert", &cert, "-tls-key", &key, "-nodes", &nodes]);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(lb.traffic).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(format!("https://localhost:{}/r/app/cookies", lb.traffic.port()))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("Cookie", "c=3")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = node.wait_for("the call", |c| c.contains("/r/app/cookies")).await;
+    let cookies: Vec<&str> = got.lines().filter(|l| l.to_ascii_lowercase().starts_with("cookie:")).collect();
+    assert_eq!(cookies.len(), 1, "{got}");
+    assert_eq!(cookies[0].split_once(':').unwrap().1.trim(), "a=1; b=2; c=3", "{got}");
 }

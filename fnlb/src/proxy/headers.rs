@@ -245,4 +245,38 @@ mod tests {
         assert!(!h.contains_key("keep-alive"));
         assert_eq!(h["content-type"], "text/plain");
     }
+
+    #[test]
+    fn request_gets_our_via_after_the_clients() {
+        let mut h = map(&[("via", "1.0 edge")]);
+        request(&mut h, "127.0.0.1".parse().unwrap());
+        let via: Vec<_> = h.get_all("via").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(via, ["1.0 edge", rules::via()]);
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut h = map(&[("cookie", "a=1")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1");
+    }
+
+    #[test]
+    fn trailers_keep_only_what_the_rules_pass() {
+        let mut h = map(&[("xxx-fxlb-wait", "1ms"), ("x-sum", "1"), ("content-length", "3"), ("host", "h")]);
+        trailers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-sum"], "1");
+    }
+
+    #[test]
+    fn a_wait_header_named_by_connection_is_no_report() {
+        let mut h = map(&[("connection", "xxx-fxlb-wait"), ("xxx-fxlb-wait", "1ms")]);
+        assert_eq!(response(&mut h), None);
+        assert!(!h.contains_key("xxx-fxlb-wait"));
+    }
 }

@@ -11,8 +11,11 @@
 //! framing, a malformed or oversized head — is not decided here: the connection, with the bytes
 //! read so far, goes to the general (hyper) server for the rest of its life ([`Outcome::Fallback`]),
 //! which answers exactly as it did before the fast path existed.
-mod framing;
-mod head;
+// Public for the fuzz targets (`fuzz/`), which drive the parsers directly.
+pub mod framing;
+pub mod head;
+#[doc(hidden)]
+pub mod props;
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
