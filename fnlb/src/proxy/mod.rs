@@ -6,6 +6,7 @@ pub mod call;
 pub mod h1;
 pub mod headers;
 pub mod pool;
+pub mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,10 +95,16 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let obs = self.obs.start(parts.method.clone(), uri.path(), lookup, client);
+        // The requests no node gets (CONNECT, bad Host, a loop): the fast path hands them here.
+        if let Err(r) = rules::check_request(&parts.method, &parts.headers) {
+            obs.finish(r.status, None);
+            return rules::answer(r);
+        }
         headers::request(&mut parts.headers, client.ip());
         // HTTP/2 names the host in `:authority` (now the URI's authority), usually without a
         // Host header: the HTTP/1.1 node gets it as Host (any userinfo left out).
         if parts.version == http::Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
             let authority = parts.uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default());
             if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
                 parts.headers.insert(header::HOST, host);
@@ -159,7 +166,11 @@ impl Proxy {
             call.obs().sending(node, r.headers_mut());
             let sent = self.send(&mut conn.sender, r, &ended).await;
             let failure = match sent {
-                Ok(resp) => return self.respond(resp, conn, &mut call),
+                // A node answer that is not one to pass on (status, framing) is the node's fault.
+                Ok(resp) => match rules::check_response(resp.status().as_u16(), resp.headers()) {
+                    Ok(()) => return self.respond(resp, conn, &mut call),
+                    Err(why) => Failure::Invalid(format!("node {}: {why}", node.addr)),
+                },
                 Err(Sent::Timeout(limit)) => Failure::Timeout(limit),
                 Err(Sent::Failed(mut e)) => {
                     if let Some(back) = e.take_message() {
