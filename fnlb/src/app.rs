@@ -125,7 +125,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     };
 
     // Routing keys by function: the trigger map, learned in the background from the nodes' API.
-    // The call engine keys each call with `function_keys.key(path)`.
+    // The call engine keys each call with `function_keys.key(path)`: trigger paths of a
+    // function share its `/invoke/<id>` key.
     let function_keys = FunctionKeys::new(cfg.function_keys);
     tokio::spawn(fnapi::refresh(function_keys.clone(), nodes.clone(), fnapi::Refresh::default()));
 
@@ -150,7 +151,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     let addrs = listeners.iter().map(|l| l.local_addr().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
     let services = Arc::new(Services {
-        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()),
+        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()).keyed_by(function_keys.clone()),
         mgmt: Mgmt::new(store.clone(), nodes.clone())
             .guarded(Access { token: cfg.mgmt_token.clone(), max_body: cfg.limits.mgmt_max_body })
             .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers, counted_by })

@@ -18,9 +18,10 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::discovery::fnapi::FunctionKeys;
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
-use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Policy};
+use crate::route::{goduration::parse_go_duration_bytes, Policy};
 use crate::telemetry::Observers;
 use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
 use call::{Call, Failure, Next, RetryBudget, Rules};
@@ -38,6 +39,8 @@ pub struct Proxy {
     budget: RetryBudget,
     /// Metrics, stats, traces and the access log hear about every call.
     obs: Arc<Observers>,
+    /// A call's routing key: its function where the nodes' API says which one, else its path.
+    keys: Arc<FunctionKeys>,
 }
 
 /// A short JSON answer made by the balancer itself: `{"msg": ...}`.
@@ -64,7 +67,14 @@ impl Proxy {
             retry_idempotent: limits.retry_idempotent,
             budget: RetryBudget::default(),
             obs: Arc::new(Observers::default()),
+            keys: FunctionKeys::new(false),
         }
+    }
+
+    /// Keys calls by function with `keys` (learned in the background from the nodes' API).
+    pub fn keyed_by(mut self, keys: Arc<FunctionKeys>) -> Proxy {
+        self.keys = keys;
+        self
     }
 
     /// Reports every call to `obs` (shared with the management API, which reads it back).
@@ -116,7 +126,7 @@ impl Proxy {
             parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
         }
         parts.version = http::Version::HTTP_11;
-        let hash = key_hash(parts.uri.path().as_bytes());
+        let hash = self.keys.key(parts.uri.path());
         let snap = self.nodes.load_full();
         let bodiless = body.is_end_stream();
         let facts = call::Request {

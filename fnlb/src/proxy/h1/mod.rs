@@ -38,7 +38,6 @@ use crate::config::Limits;
 use crate::mgmt::is_mgmt_path;
 use crate::node::Node;
 use crate::proxy::headers::IpText;
-use crate::route::table::key_hash;
 use crate::telemetry::call::CallObs;
 use framing::{Chunked, Framing};
 use head::{Request, Response, ResponseHead};
@@ -156,7 +155,7 @@ pub async fn serve(
                             close: h.close,
                             has_host,
                             idempotency_key,
-                            hash: key_hash(path.as_bytes()),
+                            hash: proxy.keys.key(&path),
                             base: c.out.len(),
                         };
                         break (req, obs);
@@ -630,9 +629,14 @@ impl Conn<'_> {
                 while !done {
                     let n = read_upstream(&mut up, &mut self.ubuf).await?;
                     let s = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
-                    write_client(client, &mut [IoSlice::new(&self.ubuf[..s.pass]), IoSlice::new(chunks.tail())], timer, limit)
-                        .await
-                        .map_err(to_client)?;
+                    write_client(
+                        client,
+                        &mut [IoSlice::new(&self.ubuf[..s.pass]), IoSlice::new(chunks.tail())],
+                        timer,
+                        limit,
+                    )
+                    .await
+                    .map_err(to_client)?;
                     done = s.done;
                     extra = n > s.used;
                     grow(&mut self.ubuf, n);
