@@ -21,7 +21,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(go_duration node_addr db_url parse_args mgmt_json headers request_path)
+  targets=(go_duration node_addr db_url parse_args mgmt_json headers request_path h1_head chunked)
 fi
 
 export RUSTC_BOOTSTRAP=1

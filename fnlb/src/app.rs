@@ -125,7 +125,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     };
 
     // Routing keys by function: the trigger map, learned in the background from the nodes' API.
-    // The call engine keys each call with `function_keys.key(path)`.
+    // The call engine keys each call with `function_keys.key(path)`: trigger paths of a
+    // function share its `/invoke/<id>` key.
     let function_keys = FunctionKeys::new(cfg.function_keys);
     tokio::spawn(fnapi::refresh(function_keys.clone(), nodes.clone(), fnapi::Refresh::default()));
 
@@ -140,13 +141,23 @@ async fn run(cfg: Config) -> Result<(), String> {
     .ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
     info!(policy = policy.name(), db = %cfg.db.redacted(), "routing policy");
     let obs = Arc::new(observers(&cfg, &nodes)?);
+    // Bound before the services exist: the management API refuses our own addresses as nodes.
+    let bind = |addr, flag: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|e| format!("{flag}: cannot listen on {addr}: {e}"))
+    };
+    let mut listeners = vec![bind(cfg.listen, "-listen").await?];
+    if !cfg.shares_listener() {
+        listeners.push(bind(cfg.mgmt_listen, "-mgmt-listen").await?);
+    }
+    let addrs = listeners.iter().map(|l| l.local_addr().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
     let services = Arc::new(Services {
-        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()),
+        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()).keyed_by(function_keys.clone()),
         mgmt: Mgmt::new(store.clone(), nodes.clone())
             .guarded(Access { token: cfg.mgmt_token.clone(), max_body: cfg.limits.mgmt_max_body })
             .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers, counted_by })
             .counting(balancers.clone(), counted_by)
-            .keyed_by(function_keys.clone()),
+            .keyed_by(function_keys.clone())
+            .listening_on(addrs.clone()),
     });
 
     if cfg.shares_listener() && cfg.mgmt_token.is_none() && cfg.db != crate::config::DbUrl::K8s {
@@ -164,19 +175,12 @@ async fn run(cfg: Config) -> Result<(), String> {
     if let Some(tls) = &cfg.tls {
         info!(cert = %tls.cert_path.display(), "TLS on every listener (HTTP/2 and HTTP/1.1 by ALPN)");
     }
-    let bind = |addr, flag: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|e| format!("{flag}: cannot listen on {addr}: {e}"))
-    };
     if cfg.shares_listener() {
-        let l = bind(cfg.listen, "-listen").await?;
-        let addr = l.local_addr().map_err(|e| e.to_string())?;
-        info!(traffic = %addr, mgmt = %addr, "fnlb ready");
-        tokio::spawn(accept_loop(l, Role::Both, shared.clone()));
+        info!(traffic = %addrs[0], mgmt = %addrs[0], "fnlb ready");
+        tokio::spawn(accept_loop(listeners.remove(0), Role::Both, shared.clone()));
     } else {
-        let t = bind(cfg.listen, "-listen").await?;
-        let m = bind(cfg.mgmt_listen, "-mgmt-listen").await?;
-        let (ta, ma) = (t.local_addr().map_err(|e| e.to_string())?, m.local_addr().map_err(|e| e.to_string())?);
-        info!(traffic = %ta, mgmt = %ma, "fnlb ready");
+        info!(traffic = %addrs[0], mgmt = %addrs[1], "fnlb ready");
+        let (t, m) = (listeners.remove(0), listeners.remove(0));
         tokio::spawn(accept_loop(t, Role::Traffic, shared.clone()));
         tokio::spawn(accept_loop(m, Role::Mgmt, shared.clone()));
     }

@@ -212,7 +212,6 @@ async fn the_balancer_learns_the_map_from_its_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the call engine wiring: the proxy must key calls with FunctionKeys::key"]
 async fn a_functions_urls_go_to_one_node() {
     let api = FakeFnApi::new();
     let (shop, _) = populate(&api);

@@ -38,6 +38,8 @@ pub struct Mgmt {
     /// The live balancer count (`None`: `capacity.balancers` as given).
     balancers: Option<crate::route::Balancers>,
     function_keys: Option<Arc<crate::discovery::fnapi::FunctionKeys>>,
+    /// This balancer's own listening addresses: a node among them would be a loop.
+    listeners: Vec<std::net::SocketAddr>,
 }
 
 /// Paths the management API answers on a listener shared with traffic. Exact matches:
@@ -66,7 +68,14 @@ impl Mgmt {
             capacity,
             balancers: None,
             function_keys: None,
+            listeners: Vec::new(),
         }
+    }
+
+    /// The balancer's own listeners, refused as nodes (every call would come back to us).
+    pub fn listening_on(mut self, listeners: Vec<std::net::SocketAddr>) -> Mgmt {
+        self.listeners = listeners;
+        self
     }
 
     /// Requires the token (if any) on changes, and bounds request bodies.
@@ -192,6 +201,9 @@ impl Mgmt {
             Ok(n) => n,
             Err(resp) => return resp,
         };
+        if add && node.is_one_of(&self.listeners) {
+            return bad(&format!("node {node} is this balancer's own listener: every call would loop back to it"));
+        }
         let result = if add { self.store.add(&node).await } else { self.store.remove(&node).await };
         match result {
             Ok(()) => {

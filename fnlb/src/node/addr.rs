@@ -63,11 +63,38 @@ impl NodeAddr {
         self.port
     }
 
+    /// Whether dialing this address reaches one of `listeners` (a balancer's own listening
+    /// sockets): same port, and the host is the listener's address, or any local address when
+    /// the listener is bound to the unspecified one, or `localhost`. Other host names are not
+    /// resolved here (a blocking lookup); `Via` catches what they hide, call by call.
+    pub fn is_one_of(&self, listeners: &[std::net::SocketAddr]) -> bool {
+        let host = self.host().trim_end_matches('.');
+        let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::IpAddr>().ok(),
+            None => host.parse::<std::net::IpAddr>().ok(),
+        };
+        let localhost = host.eq_ignore_ascii_case("localhost");
+        listeners.iter().filter(|l| l.port() == self.port).any(|l| {
+            let bound = l.ip();
+            match ip {
+                Some(ip) if ip == bound => true,
+                // A listener on 0.0.0.0 (or [::]) takes calls on every local address.
+                Some(ip) => bound.is_unspecified() && (ip.is_loopback() || ip.is_unspecified() || is_local(ip)),
+                None => localhost && (bound.is_loopback() || bound.is_unspecified()),
+            }
+        })
+    }
+
     /// The address as a URI authority, for building `http://<node>/...` requests. Cheap: a clone of
     /// the stored one.
     pub fn authority(&self) -> Authority {
         self.authority.clone()
     }
+}
+
+/// Whether `ip` is one of this host's addresses: only a local address can be bound.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Splits and validates; the error says what is wrong, in the order an operator would fix it.
@@ -148,13 +175,24 @@ fn check_host(host: &str) -> Result<(), AddrErrorKind> {
     }
     // All digits and dots: this is meant as IPv4 (a top-level domain is never numeric), so
     // `256.1.1.1`, `1.2.3` and octal-looking `01.2.3.4` are refused instead of looked up.
+    // `Ipv4Addr` takes exactly four decimal parts without leading zeros.
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return match host.parse::<Ipv4Addr>() {
             Ok(_) => Ok(()),
             Err(_) => Err(K::InvalidIpv4),
         };
     }
-    check_dns_name(host)
+    check_dns_name(host)?;
+    // A resolver (inet_aton) reads `0x7f.0.0.1`, `0x7f000001` or `017700000001` as 127.0.0.1:
+    // one server would be registered under several names, each with its own share of keys
+    // and capacity. A name whose last label starts with a letter is never read as a number.
+    let last = host.strip_suffix('.').unwrap_or(host).rsplit('.').next().unwrap_or_default();
+    if !last.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(K::InvalidHost(
+            "the last label of a host name must start with a letter (else it may be read as an IPv4 address)",
+        ));
+    }
+    Ok(())
 }
 
 /// RFC 1123 host name; one trailing dot (a fully-qualified name) is allowed.
@@ -370,8 +408,9 @@ mod tests {
             ("[::1]:8080", "[::1]", 8080),
             ("[2001:db8::1]:80", "[2001:db8::1]", 80),
             ("example.com.:80", "example.com.", 80),
-            ("1x:80", "1x", 80),
             ("a:80", "a", 80),
+            ("1x.example:80", "1x.example", 80),
+            ("fn-0x7f:80", "fn-0x7f", 80),
         ] {
             let a = NodeAddr::parse(s).unwrap();
             assert_eq!(a.as_str(), s);
@@ -451,6 +490,10 @@ mod tests {
         assert_eq!(kind("1.2.3:80"), AddrErrorKind::InvalidIpv4);
         assert_eq!(kind("01.2.3.4:80"), AddrErrorKind::InvalidIpv4);
         assert_eq!(kind("1234:80"), AddrErrorKind::InvalidIpv4);
+        // Integer and octal forms of 127.0.0.1 are numbers, not names.
+        assert_eq!(kind("2130706433:80"), AddrErrorKind::InvalidIpv4);
+        assert_eq!(kind("017700000001:80"), AddrErrorKind::InvalidIpv4);
+        assert_eq!(kind("0177.0.0.1:80"), AddrErrorKind::InvalidIpv4);
     }
 
     #[test]
@@ -465,6 +508,14 @@ mod tests {
             "bücher.de:80",
             "a*b:80",
             "a%41:80",
+            // Numbers a resolver reads as IPv4 (hex, octal, one integer) and other names whose
+            // last label does not start with a letter.
+            "0x7f.0.0.1:80",
+            "0x7f000001:80",
+            "0X7F000001:80",
+            "127.0.0.0x1:80",
+            "1x:80",
+            "a.1b:80",
             "a.:80.",
         ] {
             assert!(
@@ -523,12 +574,44 @@ mod tests {
             .prop_filter("not all digits", |l| !l.bytes().all(|b| b.is_ascii_digit()))
     }
 
+    /// The last label of a name starts with a letter.
+    fn last_label() -> impl Strategy<Value = String> {
+        "[a-zA-Z]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?"
+    }
+
     fn host() -> impl Strategy<Value = String> {
         prop_oneof![
-            proptest::collection::vec(label(), 1..5).prop_map(|ls| ls.join(".")),
+            (proptest::collection::vec(label(), 0..4), last_label()).prop_map(|(mut ls, last)| {
+                ls.push(last);
+                ls.join(".")
+            }),
             any::<[u8; 4]>().prop_map(|o| Ipv4Addr::from(o).to_string()),
             any::<[u16; 8]>().prop_map(|s| format!("[{}]", Ipv6Addr::from(s))),
         ]
+    }
+
+    #[test]
+    fn own_listeners_are_recognised() {
+        let on = |a: &str, ls: &[&str]| {
+            let ls: Vec<std::net::SocketAddr> = ls.iter().map(|l| l.parse().unwrap()).collect();
+            NodeAddr::parse(a).unwrap().is_one_of(&ls)
+        };
+        assert!(on("127.0.0.1:8081", &["127.0.0.1:8081"]));
+        assert!(on("localhost:8081", &["127.0.0.1:8081"]));
+        assert!(on("LOCALHOST.:8081", &["0.0.0.0:8081"]));
+        assert!(on("127.0.0.1:8081", &["0.0.0.0:8081"]));
+        assert!(on("127.0.0.2:8081", &["0.0.0.0:8081"]));
+        assert!(on("0.0.0.0:8081", &["0.0.0.0:8081"]));
+        assert!(on("[::1]:8081", &["[::]:8081"]));
+        assert!(on("[::1]:8081", &["[::1]:8081"]));
+        assert!(on("127.0.0.1:9000", &["127.0.0.1:8081", "127.0.0.1:9000"]));
+        // Another port, another address, or a name that is not localhost: not ours.
+        assert!(!on("127.0.0.1:8082", &["127.0.0.1:8081"]));
+        assert!(!on("127.0.0.2:8081", &["127.0.0.1:8081"]));
+        assert!(!on("10.255.255.254:8081", &["0.0.0.0:8081"]) || is_local("10.255.255.254".parse().unwrap()));
+        assert!(!on("fn1:8081", &["0.0.0.0:8081"]));
+        assert!(!on("localhost:8081", &["10.0.0.1:8081"]));
+        assert!(!on("127.0.0.1:8081", &[]));
     }
 
     proptest! {

@@ -125,7 +125,16 @@ impl Body for ReqBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Stream(b) => {
+                let mut r = Pin::new(b).poll_frame(cx);
+                // Hook: a client's trailers pass the same rules as on the fast path.
+                if let Poll::Ready(Some(Ok(frame))) = &mut r {
+                    if let Some(t) = frame.trailers_mut() {
+                        super::headers::trailers(t);
+                    }
+                }
+                r
+            }
             ReqBody::Empty => Poll::Ready(None),
         }
     }
@@ -179,12 +188,32 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        // Hook: a node's trailers pass the same rules as on the fast path (no wait report).
+        if let Poll::Ready(Some(Ok(frame))) = &mut r {
+            if let Some(t) = frame.trailers_mut() {
+                super::headers::trailers(t);
+            }
+        }
         match &r {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // The connection broke mid-body: it must not be reused.
+            Poll::Ready(Some(Err(e))) => {
+                // The connection broke mid-body: it must not be reused, and the node is counted.
+                if let Some(call) = &this.call {
+                    // hyper reports bad chunked framing as an I/O error of its own making.
+                    let framing = std::error::Error::source(e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(|io| {
+                            matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
+                        });
+                    let kind = if e.is_parse() || framing {
+                        crate::metrics::UpstreamError::InvalidResponse
+                    } else {
+                        crate::metrics::UpstreamError::Send
+                    };
+                    crate::metrics::get().node(&call.node().addr).error(kind);
+                }
                 this.conn = None;
                 this.call = None;
             }

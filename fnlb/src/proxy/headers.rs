@@ -1,71 +1,68 @@
-//! Header rules of the data path: which headers cross the balancer and which stop at it.
+//! Header rules of the hyper path, on a `HeaderMap`: which headers cross the balancer and which
+//! stop at it. The decisions are those of [`super::rules`], the table the fast path uses too.
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::rules::{self, Kind};
+
 /// The header nodes use to report their queue wait to the balancer; never shown to clients.
 pub static FXLB_WAIT: HeaderName = HeaderName::from_static("xxx-fxlb-wait");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Whether a header names one hop rather than the message (RFC 9110 §7.6.1, plus the legacy
-/// `Proxy-Connection`). Standard names compare as enum tags: no hashing.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::EXPECT
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+fn kind(name: &HeaderName) -> Kind {
+    rules::kind(name.as_str().as_bytes())
 }
 
-/// Removes the headers that describe one hop, not the message: those the `Connection` header
-/// names, and the fixed list. Most messages carry none of them, and one pass over the names
-/// finds that out without a hash lookup per listed header.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+/// Removes the fields `drops` says stop here, and those the `Connection` header names. Most
+/// messages carry none of them, and one pass over the names finds that out.
+fn strip(headers: &mut HeaderMap, drops: fn(Kind) -> bool) {
+    if !headers.keys().any(|n| drops(kind(n))) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        // Collect first: the names borrow the map we remove from.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(&name);
-        }
-        headers.remove(header::CONNECTION);
+    // Collect first: the names borrow the map we remove from.
+    let mut gone: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| rules::tokens(v.as_bytes()))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    gone.extend(headers.keys().filter(|n| drops(kind(n))).cloned());
+    for name in gone {
+        headers.remove(&name);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
 }
 
-/// Prepares a client's request headers for a node.
+/// Prepares a client's request headers for a node: hop-by-hop fields stop (`TE: trailers`
+/// excepted), `X-Forwarded-For` gets the client appended, `Via` gets ours.
 pub fn request(headers: &mut HeaderMap, client: IpAddr) {
-    if headers.keys().any(is_hop_by_hop) {
-        // `TE: trailers` is the one TE value a node may see: it says the client accepts trailers.
-        let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false)
-        });
-        strip_hop_by_hop(headers);
-        headers.remove(header::TE);
-        headers.remove(header::PROXY_AUTHORIZATION);
-        // 100-continue is answered by this balancer when it starts reading the body.
-        headers.remove(header::EXPECT);
-        if te_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
+    // `TE: trailers` is the one TE value a node may see: it says the client accepts trailers.
+    let te_trailers = headers.contains_key(header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| rules::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
+    strip(headers, rules::request_drops);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     append_forwarded_for(headers, client);
+    headers.append(header::VIA, HeaderValue::from_static(rules::via()));
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 node wants one line, the pieces
+/// joined with `; ` (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else { return };
+    let mut v = first.as_bytes().to_vec();
+    for c in headers.get_all(header::COOKIE).iter().skip(1) {
+        v.extend_from_slice(b"; ");
+        v.extend_from_slice(c.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Appends the client address to `X-Forwarded-For`, joining earlier values into one header.
@@ -136,8 +133,26 @@ impl IpText {
 
 /// Prepares a node's response headers for the client; returns the node's reported wait header.
 pub fn response(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    strip_hop_by_hop(headers);
-    headers.remove(&FXLB_WAIT)
+    // A wait header the Connection header names is meant for no one: not a report.
+    let named = headers.contains_key(header::CONNECTION)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| rules::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(FXLB_WAIT.as_str().as_bytes())));
+    let wait = if named { None } else { headers.get(&FXLB_WAIT).cloned() };
+    strip(headers, rules::response_drops);
+    wait
+}
+
+/// Trailer fields, either way: only those [`rules::trailer_passes`] (no framing, routing or
+/// connection fields, no wait report).
+pub fn trailers(headers: &mut HeaderMap) {
+    if headers.keys().any(|n| !rules::trailer_passes(kind(n))) {
+        let gone: Vec<HeaderName> = headers.keys().filter(|n| !rules::trailer_passes(kind(n))).cloned().collect();
+        for name in gone {
+            headers.remove(&name);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,5 +244,39 @@ mod tests {
         assert!(!h.contains_key("xxx-fxlb-wait"));
         assert!(!h.contains_key("keep-alive"));
         assert_eq!(h["content-type"], "text/plain");
+    }
+
+    #[test]
+    fn request_gets_our_via_after_the_clients() {
+        let mut h = map(&[("via", "1.0 edge")]);
+        request(&mut h, "127.0.0.1".parse().unwrap());
+        let via: Vec<_> = h.get_all("via").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(via, ["1.0 edge", rules::via()]);
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut h = map(&[("cookie", "a=1")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1");
+    }
+
+    #[test]
+    fn trailers_keep_only_what_the_rules_pass() {
+        let mut h = map(&[("xxx-fxlb-wait", "1ms"), ("x-sum", "1"), ("content-length", "3"), ("host", "h")]);
+        trailers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-sum"], "1");
+    }
+
+    #[test]
+    fn a_wait_header_named_by_connection_is_no_report() {
+        let mut h = map(&[("connection", "xxx-fxlb-wait"), ("xxx-fxlb-wait", "1ms")]);
+        assert_eq!(response(&mut h), None);
+        assert!(!h.contains_key("xxx-fxlb-wait"));
     }
 }

@@ -6,6 +6,7 @@ pub mod call;
 pub mod h1;
 pub mod headers;
 pub mod pool;
+pub mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +18,10 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::discovery::fnapi::FunctionKeys;
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
-use crate::route::{goduration::parse_go_duration_bytes, table::key_hash, Policy};
+use crate::route::{goduration::parse_go_duration_bytes, Policy};
 use crate::telemetry::Observers;
 use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
 use call::{Call, Failure, Next, RetryBudget, Rules};
@@ -37,6 +39,8 @@ pub struct Proxy {
     budget: RetryBudget,
     /// Metrics, stats, traces and the access log hear about every call.
     obs: Arc<Observers>,
+    /// A call's routing key: its function where the nodes' API says which one, else its path.
+    keys: Arc<FunctionKeys>,
 }
 
 /// A short JSON answer made by the balancer itself: `{"msg": ...}`.
@@ -63,7 +67,14 @@ impl Proxy {
             retry_idempotent: limits.retry_idempotent,
             budget: RetryBudget::default(),
             obs: Arc::new(Observers::default()),
+            keys: FunctionKeys::new(false),
         }
+    }
+
+    /// Keys calls by function with `keys` (learned in the background from the nodes' API).
+    pub fn keyed_by(mut self, keys: Arc<FunctionKeys>) -> Proxy {
+        self.keys = keys;
+        self
     }
 
     /// Reports every call to `obs` (shared with the management API, which reads it back).
@@ -94,10 +105,16 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let obs = self.obs.start(parts.method.clone(), uri.path(), lookup, client);
+        // The requests no node gets (CONNECT, bad Host, a loop): the fast path hands them here.
+        if let Err(r) = rules::check_request(&parts.method, &parts.headers) {
+            obs.finish(r.status, None);
+            return rules::answer(r);
+        }
         headers::request(&mut parts.headers, client.ip());
         // HTTP/2 names the host in `:authority` (now the URI's authority), usually without a
         // Host header: the HTTP/1.1 node gets it as Host (any userinfo left out).
         if parts.version == http::Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
             let authority = parts.uri.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default());
             if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
                 parts.headers.insert(header::HOST, host);
@@ -109,7 +126,7 @@ impl Proxy {
             parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
         }
         parts.version = http::Version::HTTP_11;
-        let hash = key_hash(parts.uri.path().as_bytes());
+        let hash = self.keys.key(parts.uri.path());
         let snap = self.nodes.load_full();
         let bodiless = body.is_end_stream();
         let facts = call::Request {
@@ -159,7 +176,11 @@ impl Proxy {
             call.obs().sending(node, r.headers_mut());
             let sent = self.send(&mut conn.sender, r, &ended).await;
             let failure = match sent {
-                Ok(resp) => return self.respond(resp, conn, &mut call),
+                // A node answer that is not one to pass on (status, framing) is the node's fault.
+                Ok(resp) => match rules::check_response(resp.status().as_u16(), resp.headers()) {
+                    Ok(()) => return self.respond(resp, conn, &mut call),
+                    Err(why) => Failure::Invalid(format!("node {}: {why}", node.addr)),
+                },
                 Err(Sent::Timeout(limit)) => Failure::Timeout(limit),
                 Err(Sent::Failed(mut e)) => {
                     if let Some(back) = e.take_message() {

@@ -1,5 +1,10 @@
 //! Message framing of HTTP/1.1 (RFC 9112 §6, §7.1), as pure functions over bytes: where a body
-//! ends. Bodies pass through unchanged; only their end has to be found.
+//! ends. Chunk data passes through unchanged; only its end has to be found. The trailer section
+//! of a chunked body is the exception: it is a head of its own, so it is held back, checked and
+//! written anew (lines ending in a bare LF get CRLF, a bare CR is an error, fields
+//! [`crate::proxy::rules::trailer_passes`] refuses are dropped) before it goes on.
+
+use crate::proxy::rules;
 
 /// How the body of a message is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +49,17 @@ enum State {
     TrailerStart,
     /// Inside a trailer field line, up to LF.
     TrailerLine,
+    /// LF after a CR in a trailer field line.
+    TrailerLf,
     /// LF of the final CRLF.
     EndLf,
     /// The body is complete.
     Done,
 }
 
-/// Finds the end of a chunked body (RFC 9112 §7.1) fed in pieces, without changing it: chunk
-/// sizes, extensions and trailers are checked for framing only and passed on as they are.
+/// Finds the end of a chunked body (RFC 9112 §7.1) fed in pieces: chunk sizes and extensions
+/// are checked for framing only and passed on as they are; trailer fields are held back and
+/// rewritten ([`Chunked::tail`]).
 #[derive(Clone, Debug, Default)]
 pub struct Chunked {
     state: State,
@@ -60,6 +68,24 @@ pub struct Chunked {
     digits: u8,
     /// Bytes of extensions and trailers so far: bounded, since nothing else bounds them.
     meta: usize,
+    /// Whether the trailer section is being held back (it has a field, or ends in a bare LF).
+    holding: bool,
+    /// The trailer section as it will be sent, kept lines with CRLF; the line being read last.
+    held: Vec<u8>,
+    /// Where the line being read starts in `held`.
+    line_at: usize,
+}
+
+/// What one [`Chunked::scan`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scanned {
+    /// Bytes of the input that belong to the body.
+    pub used: usize,
+    /// The first `pass` of them go on as they are; the rest are trailer bytes held back.
+    pub pass: usize,
+    /// The body ended: what follows `used` is not the body's, and [`Chunked::tail`] (if not
+    /// empty) goes on after the passed bytes.
+    pub done: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,9 +101,29 @@ impl Chunked {
         self.state == State::Done
     }
 
-    /// Scans the next piece of the body. Returns how many of `data`'s bytes belong to it, and
-    /// whether the body ended with them (the rest of `data` is whatever follows the body).
-    pub fn scan(&mut self, data: &[u8]) -> Result<(usize, bool), ChunkError> {
+    /// The rewritten trailer section with its final CRLF, once the body is done; empty when the
+    /// body had no trailer section to rewrite (its bytes were passed on).
+    pub fn tail(&self) -> &[u8] {
+        if self.state == State::Done {
+            &self.held
+        } else {
+            &[]
+        }
+    }
+
+    /// Scans the next piece of the body. Says how many of `data`'s bytes belong to it, how many
+    /// of those go on unchanged, and whether the body ended with them (the rest of `data` is
+    /// whatever follows the body).
+    pub fn scan(&mut self, data: &[u8]) -> Result<Scanned, ChunkError> {
+        let was_holding = self.holding;
+        let mut pass = None;
+        let (used, done) = self.scan_bytes(data, &mut pass)?;
+        let pass = if was_holding { 0 } else { pass.unwrap_or(used) };
+        Ok(Scanned { used, pass, done })
+    }
+
+    /// The framing state machine; `pass` is set where holding back starts.
+    fn scan_bytes(&mut self, data: &[u8], pass: &mut Option<usize>) -> Result<(usize, bool), ChunkError> {
         let mut i = 0;
         while i < data.len() {
             if self.state == State::Data {
@@ -134,15 +180,36 @@ impl Chunked {
                 },
                 State::TrailerStart => match b {
                     b'\r' => State::EndLf,
-                    b'\n' => return Err(ChunkError),
-                    _ => self.trailer_byte()?,
+                    b'\n' => {
+                        // The final line with a bare LF: the section is rewritten with a CRLF.
+                        self.hold(i - 1, pass);
+                        self.held.extend_from_slice(b"\r\n");
+                        self.state = State::Done;
+                        return Ok((i, true));
+                    }
+                    // obs-fold (RFC 9112 §5.2) has no place in trailers.
+                    b' ' | b'\t' => return Err(ChunkError),
+                    _ => {
+                        self.hold(i - 1, pass);
+                        self.trailer_byte(b)?
+                    }
                 },
                 State::TrailerLine => match b {
-                    b'\n' => State::TrailerStart,
-                    _ => self.trailer_byte()?,
+                    b'\r' => State::TrailerLf,
+                    // A line ending in a bare LF: rewritten with CRLF.
+                    b'\n' => self.end_trailer_line()?,
+                    _ => self.trailer_byte(b)?,
+                },
+                State::TrailerLf => match b {
+                    b'\n' => self.end_trailer_line()?,
+                    // A bare CR: a recipient that splits lines at CR sees another message.
+                    _ => return Err(ChunkError),
                 },
                 State::EndLf => match b {
                     b'\n' => {
+                        if self.holding {
+                            self.held.extend_from_slice(b"\r\n");
+                        }
                         self.state = State::Done;
                         return Ok((i, true));
                     }
@@ -164,12 +231,39 @@ impl Chunked {
         }
     }
 
-    fn trailer_byte(&mut self) -> Result<State, ChunkError> {
+    /// Starts holding the trailer section back at `at` (an index in this scan's input).
+    fn hold(&mut self, at: usize, pass: &mut Option<usize>) {
+        if !self.holding {
+            self.holding = true;
+            *pass = Some(at);
+        }
+    }
+
+    fn trailer_byte(&mut self, b: u8) -> Result<State, ChunkError> {
         self.meta += 1;
         if self.meta > MAX_META {
             return Err(ChunkError);
         }
+        self.held.push(b);
         Ok(State::TrailerLine)
+    }
+
+    /// A trailer field line is complete: kept (with CRLF) if it is a valid field the rules pass,
+    /// dropped if valid and not passed, an error if not a field at all.
+    fn end_trailer_line(&mut self) -> Result<State, ChunkError> {
+        let line = &self.held[self.line_at..];
+        let colon = line.iter().position(|b| *b == b':').ok_or(ChunkError)?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if !rules::is_token(name) || !rules::is_field_value(value) {
+            return Err(ChunkError);
+        }
+        if rules::trailer_passes(rules::kind(name)) {
+            self.held.extend_from_slice(b"\r\n");
+        } else {
+            self.held.truncate(self.line_at);
+        }
+        self.line_at = self.held.len();
+        Ok(State::TrailerStart)
     }
 }
 
@@ -186,17 +280,42 @@ fn hex(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
+    impl Chunked {
+        /// `scan` as (used, done), for tests about where a body ends.
+        fn ends(&mut self, data: &[u8]) -> Result<(usize, bool), ChunkError> {
+            self.scan(data).map(|s| (s.used, s.done))
+        }
+    }
+
+    /// What goes on to the recipient when `body` is fed in pieces of `step` bytes; the bytes
+    /// used.
+    fn forwarded(body: &[u8], step: usize) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut c = Chunked::default();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for piece in body.chunks(step.max(1)) {
+            let s = c.scan(piece)?;
+            out.extend_from_slice(&piece[..s.pass]);
+            at += s.used;
+            if s.done {
+                out.extend_from_slice(c.tail());
+                return Ok((out, at));
+            }
+        }
+        Err(ChunkError)
+    }
+
     /// Scans `body` split at every possible point; returns the length found.
     fn scan_split(body: &[u8]) -> Result<usize, ChunkError> {
         let mut found = None;
         for cut in 0..=body.len() {
             let mut c = Chunked::default();
-            let (a, done) = c.scan(&body[..cut])?;
+            let (a, done) = c.ends(&body[..cut])?;
             let total = if done {
                 a
             } else {
                 assert_eq!(a, cut);
-                let (b, done) = c.scan(&body[cut..])?;
+                let (b, done) = c.ends(&body[cut..])?;
                 if !done {
                     return Err(ChunkError);
                 }
@@ -231,30 +350,71 @@ mod tests {
             b"5\nhello\r\n",
             b"fffffffffffffffff\r\n",
             b"-1\r\n",
-            b"0\r\n\n",
+            b"0\r\nX-T: y\r\rGET /smuggled HTTP/1.1\r\n\r\n",
+            b"0\r\n\rX",
+            b"0\r\nX-T y\r\n",
+            b"0\r\nX T: y\r\n",
+            b"0\r\n: y\r\n",
+            b"0\r\n folded\r\n",
+            b"0\r\nX-T: a\x00b\r\n",
             b"5 x\r\n",
         ] {
             let mut c = Chunked::default();
-            assert!(c.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(c.ends(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn trailers_are_checked_rewritten_and_filtered_split_anywhere() {
+        for (body, want) in [
+            // No trailers: passed as they are.
+            (&b"5\r\nhello\r\n0\r\n\r\n"[..], &b"5\r\nhello\r\n0\r\n\r\n"[..]),
+            (b"0\r\nX-T: y\r\n\r\n", b"0\r\nX-T: y\r\n\r\n"),
+            // A bare LF ends a trailer line, or the section: rewritten as CRLF.
+            (b"0\r\nX-T: y\n\r\n", b"0\r\nX-T: y\r\n\r\n"),
+            (b"0\r\nX-T: y\n\n", b"0\r\nX-T: y\r\n\r\n"),
+            (b"0\r\n\n", b"0\r\n\r\n"),
+            // Framing, routing and the wait report never pass in a trailer.
+            (
+                b"2\r\nok\r\n0\r\nXXX-FXLB-WAIT: 1ms\r\nX-Sum: 1\r\nContent-Length: 9\r\nHost: h\r\n\r\n",
+                b"2\r\nok\r\n0\r\nX-Sum: 1\r\n\r\n",
+            ),
+            (b"0\r\nxxx-fxlb-wait: 1ms\n\r\n", b"0\r\n\r\n"),
+        ] {
+            let mut tail = body.to_vec();
+            tail.extend_from_slice(b"NEXT");
+            for step in 1..=tail.len() {
+                let (out, used) = forwarded(&tail, step).unwrap();
+                assert_eq!(used, body.len(), "{:?} by {step}", String::from_utf8_lossy(body));
+                assert_eq!(out, want, "{:?} by {step}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_cr_in_trailers_is_an_error_split_anywhere() {
+        let body = b"0\r\nX-T: y\r\rGET /smuggled HTTP/1.1\r\n\r\n";
+        for step in 1..=body.len() {
+            assert_eq!(forwarded(body, step), Err(ChunkError), "by {step}");
         }
     }
 
     #[test]
     fn incomplete_bodies_are_not_done() {
         let mut c = Chunked::default();
-        assert_eq!(c.scan(b"5\r\nhel").unwrap(), (6, false));
-        assert_eq!(c.scan(b"lo\r\n0\r\n").unwrap(), (7, false));
-        assert_eq!(c.scan(b"\r").unwrap(), (1, false));
-        assert_eq!(c.scan(b"\nrest").unwrap(), (1, true));
+        assert_eq!(c.ends(b"5\r\nhel").unwrap(), (6, false));
+        assert_eq!(c.ends(b"lo\r\n0\r\n").unwrap(), (7, false));
+        assert_eq!(c.ends(b"\r").unwrap(), (1, false));
+        assert_eq!(c.ends(b"\nrest").unwrap(), (1, true));
     }
 
     #[test]
     fn big_chunks_are_skipped_not_scanned() {
         let mut c = Chunked::default();
-        assert_eq!(c.scan(b"100000\r\n").unwrap(), (8, false));
+        assert_eq!(c.ends(b"100000\r\n").unwrap(), (8, false));
         let data = vec![0u8; 0x100000];
-        assert_eq!(c.scan(&data).unwrap(), (0x100000, false));
-        assert_eq!(c.scan(b"\r\n0\r\n\r\n").unwrap(), (7, true));
+        assert_eq!(c.ends(&data).unwrap(), (0x100000, false));
+        assert_eq!(c.ends(b"\r\n0\r\n\r\n").unwrap(), (7, true));
     }
 
     proptest::proptest! {
@@ -291,7 +451,7 @@ mod tests {
             let mut c = Chunked::default();
             let mut at = 0;
             for piece in [&body[..a], &body[a..b], &body[b..]] {
-                let (used, done) = c.scan(piece).unwrap();
+                let (used, done) = c.ends(piece).unwrap();
                 at += used;
                 if done {
                     break;

@@ -1,70 +1,19 @@
 //! Message heads of the fast path, as pure functions: parse a client's request head and write
-//! the node's copy with the rules of [`crate::proxy::headers`]; parse a node's response head and
-//! write the client's copy. Anything unusual in a request is not handled here: the caller hands
-//! the connection to the general (hyper) server, which then decides, exactly as before.
+//! the node's copy with the rules of [`crate::proxy::rules`] (the table the hyper path uses too);
+//! parse a node's response head and write the client's copy. Anything unusual in a request is
+//! not handled here: the caller hands the connection to the general (hyper) server, which then
+//! decides — refusals included ([`rules::check_request`]), so both answer alike.
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use http::Method;
 
 use super::framing::{content_length, Framing};
+use crate::proxy::rules::{self, kind, tokens, Kind, RequestCheck};
 use crate::route::goduration::parse_go_duration_bytes;
 
 /// Header fields a head may have (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
-
-/// What a header name means to the fast path (case-insensitive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Other,
-    Host,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Upgrade,
-    Expect,
-    Te,
-    KeepAlive,
-    ProxyConnection,
-    ProxyAuthorization,
-    ForwardedFor,
-    /// A trace context header (`b3`, `X-B3-*`, `traceparent`), replaced when the call is traced.
-    Trace,
-    /// The node's queue wait, never shown to clients.
-    FxlbWait,
-}
-
-fn kind(name: &str) -> Kind {
-    let is = |s: &str| name.eq_ignore_ascii_case(s);
-    let Some(&first) = name.as_bytes().first() else { return Kind::Other };
-    // Length and first letter rule out most names before any comparison.
-    match (name.len(), first | 0x20) {
-        (2, b't') if is("te") => Kind::Te,
-        (2, b'b') if is("b3") => Kind::Trace,
-        (4, b'h') if is("host") => Kind::Host,
-        (6, b'e') if is("expect") => Kind::Expect,
-        (7, b'u') if is("upgrade") => Kind::Upgrade,
-        (10, b'c') if is("connection") => Kind::Connection,
-        (10, b'k') if is("keep-alive") => Kind::KeepAlive,
-        (10, b'x') if is("x-b3-flags") => Kind::Trace,
-        (11, b'x') if is("x-b3-spanid") => Kind::Trace,
-        (11, b't') if is("traceparent") => Kind::Trace,
-        (12, b'x') if is("x-b3-traceid") || is("x-b3-sampled") => Kind::Trace,
-        (13, b'x') if is("xxx-fxlb-wait") => Kind::FxlbWait,
-        (14, b'c') if is("content-length") => Kind::ContentLength,
-        (15, b'x') if is("x-forwarded-for") => Kind::ForwardedFor,
-        (16, b'p') if is("proxy-connection") => Kind::ProxyConnection,
-        (17, b't') if is("transfer-encoding") => Kind::TransferEncoding,
-        (17, b'x') if is("x-b3-parentspanid") => Kind::Trace,
-        (19, b'p') if is("proxy-authorization") => Kind::ProxyAuthorization,
-        _ => Kind::Other,
-    }
-}
-
-/// The comma-separated tokens of a list header value, trimmed, empty ones skipped.
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
-}
 
 /// The outcome of reading a request head. (On the stack only, so the size of `Ready` is fine.)
 #[allow(clippy::large_enum_variant)]
@@ -91,6 +40,8 @@ pub struct RequestHead<'b> {
     headers: &'b [httparse::Header<'b>],
     /// The bytes the head was parsed from.
     buf: &'b [u8],
+    /// Where the request line starts in `buf` (after any empty lines).
+    line_at: usize,
     /// The [`Kind`] of each header, found once.
     kinds: [Kind; MAX_HEADERS],
     /// Length of the target's path (up to `?`).
@@ -130,15 +81,19 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::
         return Request::Fallback;
     };
     let (Some(method), true) = (method(m), plain_target(target)) else { return Request::Fallback };
+    // Empty lines before the request line are skipped (RFC 9112 §2.2), never forwarded.
+    let line_at = offset(buf, m.as_bytes());
+    let mut check = RequestCheck::default();
     let mut close = false;
     let mut te_trailers = false;
     let mut length = None;
     let mut chunked = false;
     let mut kinds = [Kind::Other; MAX_HEADERS];
     for (h, k) in headers.iter().zip(kinds.iter_mut()) {
-        *k = kind(h.name);
+        *k = kind(h.name.as_bytes());
         match *k {
             Kind::Upgrade | Kind::Expect => return Request::Fallback,
+            Kind::Host | Kind::Via => check.field(*k, h.value),
             Kind::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
@@ -163,6 +118,10 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::
             _ => {}
         }
     }
+    if check.result().is_err() {
+        // Refused by the hyper path, with the same answer as any request it gets.
+        return Request::Fallback;
+    }
     let body = match (length, chunked) {
         (Some(_), true) => return Request::Fallback,
         (Some(0), false) | (None, false) => Framing::None,
@@ -170,7 +129,19 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::
         (None, true) => Framing::Chunked,
     };
     let path_len = target.bytes().position(|b| b == b'?').unwrap_or(target.len());
-    Request::Ready(RequestHead { len, method, target, body, close, te_trailers, headers, buf, kinds, path_len })
+    Request::Ready(RequestHead {
+        len,
+        method,
+        target,
+        body,
+        close,
+        te_trailers,
+        headers,
+        buf,
+        line_at,
+        kinds,
+        path_len,
+    })
 }
 
 impl<'b> RequestHead<'b> {
@@ -194,7 +165,7 @@ impl<'b> RequestHead<'b> {
         let buf = self.buf;
         match self.headers.first().map(|h| offset(buf, h.name.as_bytes())) {
             // Unchanged: the client's request line is `METHOD target HTTP/1.1`.
-            Some(first) if buf[..first].ends_with(b"\r\n") => out.extend_from_slice(&buf[..first]),
+            Some(first) if buf[..first].ends_with(b"\r\n") => out.extend_from_slice(&buf[self.line_at..first]),
             _ => {
                 out.extend_from_slice(self.method.as_str().as_bytes());
                 out.push(b' ');
@@ -209,13 +180,12 @@ impl<'b> RequestHead<'b> {
                 has_host = true;
                 true
             }
-            Kind::Other | Kind::ContentLength | Kind::FxlbWait => true,
             Kind::Trace => !traced,
             Kind::ForwardedFor => {
                 forwarded = true;
                 false
             }
-            _ => false,
+            k => !rules::request_drops(k),
         });
         if self.te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
@@ -229,6 +199,7 @@ impl<'b> RequestHead<'b> {
         }
         out.extend_from_slice(client);
         out.extend_from_slice(b"\r\n");
+        header_line(out, b"via", rules::via().as_bytes());
         if self.body == Framing::Chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -325,8 +296,8 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Response::Invalid("not an HTTP/1.x response");
     };
-    if status == 101 {
-        return Response::Invalid("unexpected 101 Switching Protocols");
+    if let Err(why) = rules::check_status(status) {
+        return Response::Invalid(why);
     }
     if (100..200).contains(&status) {
         return Response::Interim(len);
@@ -340,7 +311,7 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
     let mut wait_seen = false;
     let mut kinds = [Kind::Other; MAX_HEADERS];
     for (h, k) in headers.iter().zip(kinds.iter_mut()) {
-        *k = kind(h.name);
+        *k = kind(h.name.as_bytes());
         match *k {
             Kind::Connection => {
                 if n_connection == MAX_CONNECTION {
@@ -364,6 +335,9 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
             }
             _ => {}
         }
+    }
+    if te_chunked.is_some() && length.is_some() {
+        return Response::Invalid(rules::LENGTH_AND_CHUNKED);
     }
     let connection = &connection[..n_connection];
     let named = |t: &[u8]| connection.iter().any(|v| tokens(v).any(|c| c.eq_ignore_ascii_case(t)));
@@ -402,16 +376,8 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
             out.extend_from_slice(b"\r\n");
         }
     }
-    copy_headers(out, buf, headers, |i| match kinds[i] {
-        Kind::Connection
-        | Kind::KeepAlive
-        | Kind::ProxyConnection
-        | Kind::TransferEncoding
-        | Kind::Upgrade
-        | Kind::FxlbWait => false,
-        // With chunked framing, a Content-Length is not the body's length (§6.3 item 3).
-        Kind::ContentLength => te_chunked.is_none(),
-        _ => !names_headers || !named(headers[i].name.as_bytes()),
+    copy_headers(out, buf, headers, |i| {
+        !rules::response_drops(kinds[i]) && (!names_headers || !named(headers[i].name.as_bytes()))
     });
     match body {
         Framing::Chunked | Framing::Close => {
@@ -469,7 +435,12 @@ mod tests {
         upstream_host(&mut out, has_host, "10.0.0.1:8080");
         out.extend_from_slice(b"\r\n");
         let info = RequestHeadInfo { len: h.len, body: h.body, close: h.close, path: h.path().to_string() };
-        (String::from_utf8(out).unwrap(), info)
+        // Every forwarded head carries our Via, once, after the client's fields; the literals
+        // below leave it out.
+        let out = String::from_utf8(out).unwrap();
+        let via = format!("via: {}\r\n", rules::via());
+        assert_eq!(out.matches(&via).count(), 1, "{out}");
+        (out.replacen(&via, "", 1), info)
     }
 
     struct RequestHeadInfo {
@@ -502,16 +473,72 @@ mod tests {
         assert!(!info.close);
     }
 
+    /// The node's copy of a head as (lowercase name, value) pairs, sorted: what "the same
+    /// request" means between the two transports (hyper lowercases names, groups equal names
+    /// and writes its own framing header; neither changes what a node understands).
+    fn fields(head: &[u8]) -> (String, Vec<(String, String)>) {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Request::new(&mut h);
+        assert!(r.parse(head).unwrap().is_complete());
+        let line = format!("{} {}", r.method.unwrap(), r.path.unwrap());
+        let mut f: Vec<_> = r
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        f.sort();
+        (line, f)
+    }
+
+    /// The hyper path's rules ([`crate::proxy::headers::request`]) on the same head, written
+    /// as hyper would (Host as on the fast path: the node's when the client sent none).
+    fn general(raw: &[u8]) -> (String, Vec<(String, String)>) {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Request::new(&mut h);
+        assert!(r.parse(raw).unwrap().is_complete());
+        let mut map = http::HeaderMap::new();
+        for h in r.headers.iter() {
+            map.append(
+                http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        let chunked = map.get("transfer-encoding").is_some();
+        crate::proxy::headers::request(&mut map, "127.0.0.1".parse().unwrap());
+        if !map.contains_key("host") {
+            map.insert("host", http::HeaderValue::from_static("10.0.0.1:8080"));
+        }
+        if chunked {
+            map.insert("transfer-encoding", http::HeaderValue::from_static("chunked"));
+        }
+        let mut out = format!("{} {} HTTP/1.1\r\n", r.method.unwrap(), r.path.unwrap()).into_bytes();
+        for (k, v) in &map {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        fields(&out)
+    }
+
+    /// Both transports' rules on the same request heads give the node the same fields.
     #[test]
     fn request_rules_match_the_general_path() {
-        let raw = b"POST /r/f HTTP/1.1\r\nHost: fn.example\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic Zm9v\r\nTE: trailers, deflate\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\nContent-Length: 5\r\nX-Keep: yes\r\n\r\nhello";
-        let (out, info) = upstream(raw, false);
-        assert_eq!(
-            out,
-            "POST /r/f HTTP/1.1\r\nHost: fn.example\r\nContent-Length: 5\r\nX-Keep: yes\r\nte: trailers\r\nx-forwarded-for: 10.9.9.9, 10.8.8.8, 127.0.0.1\r\n\r\n"
-        );
-        assert_eq!(info.body, Framing::Length(5));
-        assert!(info.close);
+        for raw in [
+            &b"POST /r/f HTTP/1.1\r\nHost: fn.example\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic Zm9v\r\nTE: trailers, deflate\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\nContent-Length: 5\r\nX-Keep: yes\r\n\r\n"[..],
+            b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nTE: gzip\r\nVia: 1.0 edge, 1.1 other-lb\r\nVia: 1.1 cdn\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2\r\nX-B3-TraceId: abc\r\nb3: 1\r\ntraceparent: 00-x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nConnection: keep-alive\r\nXXX-FXLB-WAIT: 1ms\r\nTrailer: X-Sum\r\nCookie: a=1\r\n\r\n",
+            b"\r\n\r\nGET /after-empty-lines HTTP/1.1\r\nHost: h:8080\r\n\r\n",
+        ] {
+            let (out, _) = upstream(raw, false);
+            let mut with_via = out.into_bytes();
+            let at = with_via.len() - 2;
+            with_via.splice(at..at, format!("via: {}\r\n", rules::via()).into_bytes());
+            assert_eq!(fields(&with_via), general(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
         let (out, info) = upstream(b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", false);
         assert_eq!(
             out,
@@ -519,6 +546,31 @@ mod tests {
         );
         assert_eq!(info.body, Framing::Chunked);
         assert_eq!(upstream(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false).1.body, Framing::None);
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_not_forwarded() {
+        let raw = b"\r\n\r\n\nGET /r/f HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (out, info) = upstream(raw, false);
+        assert!(out.starts_with("GET /r/f HTTP/1.1\r\nHost: h\r\n"), "{out:?}");
+        assert_eq!(info.len, raw.len());
+    }
+
+    #[test]
+    fn requests_the_general_path_refuses_go_to_it() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            b"CONNECT host:22 HTTP/1.1\r\nHost: host:22\r\n\r\n",
+            format!("GET / HTTP/1.1\r\nVia: 1.0 x, {}\r\n\r\n", rules::via()).as_bytes(),
+        ] {
+            assert_eq!(outcome(raw), "fallback", "{:?}", String::from_utf8_lossy(raw));
+        }
+        // A bare CR anywhere in a head is no HTTP: the general server answers 400.
+        for raw in [&b"GET / HTTP/1.1\r\nX-A: b\rc\r\n\r\n"[..], b"GET / HTTP/1.1\rX: y\r\n\r\n"] {
+            assert_eq!(outcome(raw), "fallback", "{:?}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]
@@ -583,12 +635,7 @@ mod tests {
             client_head(b"HTTP/1.1 201 Made\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", false, true);
         assert_eq!(out, "HTTP/1.1 201 Made\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
         assert_eq!((r.body, r.close), (Framing::Chunked, true));
-        // Chunked wins over a Content-Length, which is dropped.
-        let (out, r) = client_head(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            false,
-            false,
-        );
+        let (out, r) = client_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, false);
         assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
         assert_eq!(r.body, Framing::Chunked);
         // Delimited by the close: re-framed as chunked.
@@ -627,6 +674,19 @@ mod tests {
     #[test]
     fn bad_and_interim_responses() {
         let mut out = Vec::new();
+        for (raw, why) in [
+            (&b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n"[..], "outside 100-599"),
+            (b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", "outside 100-599"),
+            (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n", "both"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n", "both"),
+            (b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", "not an HTTP"),
+        ] {
+            match parse_response(raw, false, false, &mut out) {
+                Response::Invalid(w) => assert!(w.contains(why), "{w}"),
+                _ => panic!("accepted {:?}", String::from_utf8_lossy(raw)),
+            }
+        }
         assert!(matches!(
             parse_response(b"this is not http at all\r\n\r\n", false, false, &mut out),
             Response::Invalid(_)

@@ -13,8 +13,11 @@
 //! framing, a malformed or oversized head — is not decided here: the connection, with the bytes
 //! read so far, goes to the general (hyper) server for the rest of its life ([`Outcome::Fallback`]),
 //! which answers exactly as it did before the fast path existed.
-mod framing;
-mod head;
+// Public for the fuzz targets (`fuzz/`), which drive the parsers directly.
+pub mod framing;
+pub mod head;
+#[doc(hidden)]
+pub mod props;
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -35,7 +38,6 @@ use crate::config::Limits;
 use crate::mgmt::is_mgmt_path;
 use crate::node::Node;
 use crate::proxy::headers::IpText;
-use crate::route::table::key_hash;
 use crate::telemetry::call::CallObs;
 use framing::{Chunked, Framing};
 use head::{Request, Response, ResponseHead};
@@ -153,7 +155,7 @@ pub async fn serve(
                             close: h.close,
                             has_host,
                             idempotency_key,
-                            hash: key_hash(path.as_bytes()),
+                            hash: proxy.keys.key(&path),
                             base: c.out.len(),
                         };
                         break (req, obs);
@@ -305,15 +307,17 @@ impl Conn<'_> {
         // The part of the body already here.
         let body_at = self.start + req.len;
         let mut chunks = Chunked::default();
+        // `pass` of the `in_buf` bytes go on as they are (the rest: trailers held by `chunks`).
         let scanned = match req.body {
-            Framing::None | Framing::Close => Ok((0, true)),
+            Framing::None | Framing::Close => Ok((0, 0, true)),
             Framing::Length(n) => {
                 let have = (self.filled - body_at) as u64;
-                Ok((have.min(n) as usize, have >= n))
+                let in_buf = have.min(n) as usize;
+                Ok((in_buf, in_buf, have >= n))
             }
-            Framing::Chunked => chunks.scan(&self.cbuf[body_at..self.filled]),
+            Framing::Chunked => chunks.scan(&self.cbuf[body_at..self.filled]).map(|s| (s.used, s.pass, s.done)),
         };
-        let (in_buf, body_done) = *scanned.as_ref().unwrap_or(&(0, false));
+        let (in_buf, pass, body_done) = *scanned.as_ref().unwrap_or(&(0, 0, false));
         let facts = call::Request {
             method: &req.method,
             bodiless: req.body == Framing::None,
@@ -352,8 +356,12 @@ impl Conn<'_> {
             head::upstream_host(&mut self.out, req.has_host, node.addr.as_str());
             call.obs().sending_raw(node, &mut self.out);
             self.out.extend_from_slice(b"\r\n");
-            let head = [IoSlice::new(&self.out), IoSlice::new(&self.cbuf[body_at..body_at + in_buf])];
-            if let Err((written, error)) = write_counted(&mut up, head).await {
+            let mut head = [
+                IoSlice::new(&self.out),
+                IoSlice::new(&self.cbuf[body_at..body_at + pass]),
+                IoSlice::new(chunks.tail()),
+            ];
+            if let Err((written, error)) = write_counted(&mut up, &mut head).await {
                 let failure = match (written, reused) {
                     // Nothing of the call reached the node: it is intact, and nothing ran.
                     (0, true) => Failure::Stale,
@@ -422,7 +430,13 @@ impl Conn<'_> {
                     drop(in_flight);
                     !close
                 }
-                Err(_) => false,
+                Err(StreamError::Upstream(e)) => {
+                    // Hook: the answer is cut (the client's connection closes); the node's fault.
+                    crate::metrics::get().node(&node.addr).error(broken_body_error(&e));
+                    debug!(node = %node.addr, error = %e, "node's response body broke; closing the client");
+                    false
+                }
+                Err(StreamError::Client(_)) => false,
             };
         }
     }
@@ -469,14 +483,20 @@ impl Conn<'_> {
             let n = read_within(self.client, &mut self.ubuf[..room], &mut self.client_timer, self.body_timeout)
                 .await
                 .map_err(StreamError::Client)?;
-            let (used, done) = match body {
+            let (used, pass, done) = match body {
                 Framing::Length(_) => {
                     left -= n as u64;
-                    (n, left == 0)
+                    (n, n, left == 0)
                 }
-                _ => chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client(ClientError::Framing))?,
+                _ => {
+                    let s = chunks.scan(&self.ubuf[..n]).map_err(|_| StreamError::Client(ClientError::Framing))?;
+                    (s.used, s.pass, s.done)
+                }
             };
-            up.write_all(&self.ubuf[..used]).await.map_err(StreamError::Upstream)?;
+            // `tail`: a chunked body's rewritten trailers, once it is done (else empty).
+            write_counted(up, &mut [IoSlice::new(&self.ubuf[..pass]), IoSlice::new(chunks.tail())])
+                .await
+                .map_err(|(_, e)| StreamError::Upstream(e))?;
             grow(&mut self.ubuf, n);
             if done {
                 let rest = &self.ubuf[used..n];
@@ -592,19 +612,33 @@ impl Conn<'_> {
             }
             Framing::Chunked => {
                 let mut chunks = Chunked::default();
-                let (used, mut done) = chunks.scan(body).map_err(|_| bad_upstream())?;
-                let mut extra = body.len() > used;
-                write_client(client, &mut [IoSlice::new(&self.out), IoSlice::new(&body[..used])], timer, limit)
-                    .await
-                    .map_err(to_client)?;
+                let Ok(s) = chunks.scan(body) else {
+                    // The head is out to the client as on the hyper path; the body is cut.
+                    write_client(client, &mut [IoSlice::new(&self.out)], timer, limit).await.map_err(to_client)?;
+                    return Err(bad_upstream());
+                };
+                let (mut done, mut extra) = (s.done, body.len() > s.used);
+                write_client(
+                    client,
+                    &mut [IoSlice::new(&self.out), IoSlice::new(&body[..s.pass]), IoSlice::new(chunks.tail())],
+                    timer,
+                    limit,
+                )
+                .await
+                .map_err(to_client)?;
                 while !done {
                     let n = read_upstream(&mut up, &mut self.ubuf).await?;
-                    let (used, end) = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
-                    write_client(client, &mut [IoSlice::new(&self.ubuf[..used])], timer, limit)
-                        .await
-                        .map_err(to_client)?;
-                    done = end;
-                    extra = n > used;
+                    let s = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
+                    write_client(
+                        client,
+                        &mut [IoSlice::new(&self.ubuf[..s.pass]), IoSlice::new(chunks.tail())],
+                        timer,
+                        limit,
+                    )
+                    .await
+                    .map_err(to_client)?;
+                    done = s.done;
+                    extra = n > s.used;
                     grow(&mut self.ubuf, n);
                 }
                 !extra
@@ -662,6 +696,16 @@ fn grow(buf: &mut Vec<u8>, read: usize) {
     }
 }
 
+/// How a node's response body that broke after its head is counted: bad framing is an invalid
+/// response, anything else a broken connection.
+fn broken_body_error(e: &io::Error) -> crate::metrics::UpstreamError {
+    if e.kind() == io::ErrorKind::InvalidData {
+        crate::metrics::UpstreamError::InvalidResponse
+    } else {
+        crate::metrics::UpstreamError::Send
+    }
+}
+
 fn bad_upstream() -> StreamError {
     StreamError::Upstream(io::Error::new(io::ErrorKind::InvalidData, "invalid chunked framing from the node"))
 }
@@ -694,8 +738,7 @@ fn chunk_size(buf: &mut [u8; 20], n: usize) -> &[u8] {
 
 /// Writes every slice to the node; on failure, says how many bytes were written first (none:
 /// nothing of the call reached the node).
-async fn write_counted(w: &mut TcpStream, mut bufs: [IoSlice<'_>; 2]) -> Result<(), (usize, io::Error)> {
-    let mut bufs = &mut bufs[..];
+async fn write_counted(w: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> Result<(), (usize, io::Error)> {
     let mut written = 0;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
