@@ -136,6 +136,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             node_capacity: cfg.node_capacity,
             balancers: balancers.clone(),
             load_factor: cfg.load_factor,
+            late_binding: cfg.limits.late_binding,
         },
     )
     .ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
@@ -151,7 +152,17 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     let addrs = listeners.iter().map(|l| l.local_addr().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
     let services = Arc::new(Services {
-        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()).keyed_by(function_keys.clone()),
+        proxy: {
+            let proxy = Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone());
+            let proxy = proxy.keyed_by(function_keys.clone());
+            if cfg.limits.late_binding {
+                // This balancer's share of a node: a cold start goes only onto a node with fewer
+                // of its calls in flight.
+                proxy.binding_late(route::wait::WaitConfig::new(cfg.node_capacity / cfg.balancers.max(1)))
+            } else {
+                proxy
+            }
+        },
         mgmt: Mgmt::new(store.clone(), nodes.clone())
             .guarded(Access { token: cfg.mgmt_token.clone(), max_body: cfg.limits.mgmt_max_body })
             .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers, counted_by })

@@ -138,9 +138,12 @@ pub enum Unserved {
     Timeout,
     /// A resend was refused by the retry budget (502).
     Budget,
+    /// Late binding could not place the call in time, or its queue was full (503 + Retry-After).
+    Saturated,
 }
 
-const UNSERVED_REASONS: [&str; 6] = ["no_nodes", "unreachable", "bad_gateway", "node_failed", "timeout", "budget"];
+const UNSERVED_REASONS: [&str; 7] =
+    ["no_nodes", "unreachable", "bad_gateway", "node_failed", "timeout", "budget", "saturated"];
 
 /// The metric handles of one node, resolved once and shared.
 pub struct NodeMetrics {
@@ -188,7 +191,7 @@ pub struct Metrics {
     errors: Family<NodeKindL, Counter>,
     spills: Family<NodeL, Counter>,
     retries: [Counter; 3],
-    unserved: [Counter; 6],
+    unserved: [Counter; 7],
     duration: [Histogram; 5],
     nodes: RwLock<HashMap<NodeAddr, Arc<NodeMetrics>>>,
 }
