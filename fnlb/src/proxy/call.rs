@@ -887,4 +887,98 @@ mod tests {
         assert_eq!(status, 502);
         assert!(msg.contains("retry budget"), "{msg}");
     }
+
+    /// A call of `w` through `policy` with late binding `late` (one node of 1 slot in the tests).
+    fn late_call<'a>(w: &'a World, policy: &'a dyn Policy, late: &'a Late) -> Call<'a> {
+        let rules =
+            Rules { policy, suspects: &w.suspects, budget: &w.budget, retry_idempotent: false, late: Some(late) };
+        let obs = w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap());
+        Call::new(rules, &w.snap, key(1).1, bodiless(&POST), obs)
+    }
+
+    fn waiting(next: Next<'_>) -> Waiting {
+        match next {
+            Next::Wait(w) => w,
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_that_finds_the_node_full_waits_and_is_handed_the_container_that_frees() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let late = Late::new(WaitConfig::new(1));
+        let mut first = late_call(&w, &policy, &late);
+        let node = Arc::clone(send(first.next()));
+        let mut second = late_call(&w, &policy, &late);
+        let mut wait = waiting(second.next());
+        assert_eq!(late.queue.len(), 1);
+        // Its cold deadline: the node is still full, so it waits on, until its give-up time.
+        wait = second.deadline(wait).expect("still waiting");
+        assert_eq!(wait.until_ms(), second.give_up_ms);
+        // The first call's answer has been passed on: its container goes to the waiter, warm.
+        let held = first.answered(StatusCode::OK, Some(Duration::from_millis(1))).expect("held");
+        assert_eq!(late.queue.len(), 1, "handed when the body has been passed on, not before");
+        drop(held);
+        let handed = wait.waiter.try_handed().expect("handed");
+        assert!(handed.warm);
+        second.waited(Some(handed.node));
+        assert!(Arc::ptr_eq(send(second.next()), &node));
+        let s = late.queue.stats().counts();
+        assert_eq!((s.waits, s.handed_warm, s.now), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_call_still_unplaced_at_its_give_up_time_is_refused_with_retry_after() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let late = Late::new(WaitConfig::new(1));
+        let mut first = late_call(&w, &policy, &late);
+        send(first.next());
+        let mut second = late_call(&w, &policy, &late);
+        let wait = waiting(second.next());
+        second.give_up_ms = 1; // long past
+        assert!(second.deadline(wait).is_none());
+        match second.next() {
+            Next::Answer { status, msg, retry_after_s, .. } => {
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(retry_after_s, Some(4));
+                assert!(msg.contains("saturated"), "{msg}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let s = late.queue.stats().counts();
+        assert_eq!((s.gave_up, s.now), (1, 0));
+    }
+
+    #[test]
+    fn a_waiting_call_dropped_leaves_no_trace_in_the_queue() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let late = Late::new(WaitConfig::new(1));
+        let mut first = late_call(&w, &policy, &late);
+        send(first.next());
+        let mut second = late_call(&w, &policy, &late);
+        let wait = waiting(second.next());
+        drop(wait);
+        drop(second);
+        let s = late.queue.stats().counts();
+        assert_eq!((s.left, s.now), (1, 0));
+        // The container that frees finds nobody to hand to.
+        drop(first.answered(StatusCode::OK, None));
+        assert_eq!(late.queue.stats().counts().handed_warm, 0);
+    }
+
+    #[test]
+    fn without_late_binding_a_full_node_still_gets_the_call() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let rules =
+            |late| Rules { policy: &policy, suspects: &w.suspects, budget: &w.budget, retry_idempotent: false, late };
+        let obs = || w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap());
+        let mut first = Call::new(rules(None), &w.snap, key(1).1, bodiless(&POST), obs());
+        send(first.next());
+        let mut second = Call::new(rules(None), &w.snap, key(1).1, bodiless(&POST), obs());
+        send(second.next());
+    }
 }

@@ -91,9 +91,9 @@ impl Proxy {
         self
     }
 
-    /// Late binding's counters, when it is on.
-    pub fn waits(&self) -> Option<&crate::route::wait::WaitStats> {
-        self.late.as_ref().map(|l| l.queue.stats())
+    /// Late binding's queue, when it is on (the management API reads its counters).
+    pub fn wait_queue(&self) -> Option<crate::route::wait::WaitQueue<Arc<Node>>> {
+        self.late.as_ref().map(|l| l.queue.clone())
     }
 
     /// Keys calls by function with `keys` (learned in the background from the nodes' API).
