@@ -131,3 +131,49 @@ async fn without_late_binding_the_second_call_goes_onto_the_full_node() {
     assert!(second.await.unwrap().starts_with("HTTP/1.1 200"));
     assert_eq!(metric(&lb, "fnlb_waiting").await, None, "no wait metrics without late binding");
 }
+
+/// A start-up storm: 4 functions × 6 calls at once onto 2 fnsim nodes of 2 slots each (calls of
+/// 200 ms; a cold start adds 600 ms). Sent onto full nodes, the calls queue there and take
+/// whatever container frees — another function's, evicted: cold again. Held at the balancer, a
+/// call is handed its own function's container. Returns the calls that started cold.
+async fn storm(late_binding: &str) -> usize {
+    let sim = support::fnsim::Fnsim::start(&[
+        "--nodes",
+        "2",
+        "--port",
+        "0",
+        "--slots",
+        "2",
+        "--exec-ms",
+        "200",
+        "--cold-ms",
+        "600",
+    ]);
+    let list = sim.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let lb = Fnlb::start(&["-nodes", &list, "-node-capacity", "2", "-function-keys=false", late_binding]);
+    let names: Vec<String> = sim.addrs.iter().map(|a| a.to_string()).collect();
+    let want: Vec<(&str, &str)> = names.iter().map(|a| (a.as_str(), "online")).collect();
+    lb.wait_nodes(&want).await;
+    let calls: Vec<_> = (0..24)
+        .map(|i| {
+            let url = lb.url(&format!("/r/app/f{}", i % 4));
+            tokio::spawn(async move { send_with("POST", &url, &[("fnsim-exec-ms", "200")], "x".into()).await })
+        })
+        .collect();
+    let mut cold = 0;
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        cold += usize::from(r.headers["fn-call-cold"] == "true");
+    }
+    cold
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_storm_at_start_up_stays_mostly_warm() {
+    let with = storm("-late-binding=true").await;
+    let without = storm("-late-binding=false").await;
+    eprintln!("cold starts of 24: {with} with late binding, {without} without");
+    assert!(with <= 10, "{with} of 24 calls started cold with late binding ({without} without)");
+    assert!(without > with, "without late binding: {without} cold, with: {with}");
+}

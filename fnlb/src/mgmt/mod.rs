@@ -166,7 +166,8 @@ impl Mgmt {
     fn dash_data(&self) -> Response<RespBody> {
         let now = scale::nodes_now(&self.nodes.load());
         let body = self.obs.stats.with_history(stats::time::now_micros(), |h| {
-            let c = scale::cluster(h, &now, self.capacity());
+            let mut c = scale::cluster(h, &now, self.capacity());
+            c.waiting = self.waits.as_ref().map(|q| q.stats().counts());
             stats::dash::data(h, &now, &c).to_string()
         });
         let mut r = json_response(StatusCode::OK, body);

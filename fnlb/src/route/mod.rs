@@ -202,8 +202,7 @@ pub struct PolicyConfig {
     pub node_capacity: u32,
     pub balancers: Balancers,
     pub load_factor: f64,
-    /// `-late-binding`: `bounded` caps a function's estimate on a node at a reported cold start
-    /// ([`bounded::Tuning::forget`]), which late binding needs.
+    /// `-late-binding` (for `bounded`; its [`bounded::Tuning::forget`] is not turned on by it yet).
     pub late_binding: bool,
 }
 
@@ -217,8 +216,11 @@ pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> 
     let PolicyConfig { node_capacity, balancers, load_factor, late_binding } = cfg;
     Some(match name {
         "bounded" => {
-            let tuning = bounded::Tuning { forget: late_binding, ..Default::default() };
-            Box::new(bounded::Bounded::with_tuning(load_factor, node_capacity, balancers, tuning))
+            // Late binding changes nothing in the policy itself. `Tuning::forget` (routesim's
+            // LB+F) stays off live for now: with it, an idle function left its home in the fnsim
+            // routing test (tests/routing.rs), which needs looking into first.
+            let _ = late_binding;
+            Box::new(bounded::Bounded::new(load_factor, node_capacity, balancers))
         }
         "ch" => Box::new(ConsistentHash),
         "fnlb-classic" => Box::<classic::Classic>::default(),
