@@ -24,6 +24,12 @@
 //! goes down (its containers lost) a third of the way through the measured window and comes back
 //! at two thirds; the line "rejoin" says how many of the functions called after its return went
 //! to it, against how many are homed there. Not modelled: network and proxy delays.
+//!
+//! `--late-binding 1` holds a call that finds every probe full at the balancer
+//! (`fnlb::route::wait`): it is handed the node where a call of its function ends (warm), or a
+//! node with a free slot after its cold deadline, or refused (counted as "refused") when it
+//! cannot be placed in time. `--seed-stats 1-30` prints each seed's calls/s and mean execution
+//! time, shortest first.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::AtomicU32;
@@ -33,7 +39,8 @@ use std::time::Duration;
 use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
 use fnlb::route::bounded::{Bounded, Tuning};
 use fnlb::route::table::{key_hash, Table};
-use fnlb::route::{policy_by_name, Balancers, Policy, PolicyConfig};
+use fnlb::route::wait::{Decision, Leave, WaitConfig, WaitQueue, WaitRule, Waiter};
+use fnlb::route::{policy_by_name, Balancers, Placement, Policy, PolicyConfig};
 use fnsim::azure::{self, Arrivals, AzureConfig};
 use fnsim::metrics::spike_recovery;
 use fnsim::model::{Arrival, Lease, NodeModel, QueueMode};
@@ -49,6 +56,8 @@ struct Lb {
     policy: Box<dyn Policy>,
     /// `snap` with node 0 down, swapped with it while node 0 is away (`churn`).
     away: Snapshot,
+    rule: WaitRule,
+    queue: WaitQueue<usize>,
 }
 
 /// A rule that sees the nodes' containers (what no balancer can): along the key's order, the
@@ -80,6 +89,7 @@ fn tuning(spec: &str) -> Tuning {
             "floor" => t.floor_share = v.parse().unwrap(),
             "probes" => t.probes = v.parse().unwrap(),
             "entries" => t.entries = v.parse().unwrap(),
+            "forget" => t.forget = v == "1",
             _ => panic!("unknown knob {k}"),
         }
     }
@@ -98,12 +108,26 @@ fn lb(policy: &str, balancers: u32) -> Lb {
     let away = Snapshot::new(Arc::clone(&nodes), Arc::clone(&table), healthy.into(), Arc::clone(&total));
     let snap = Snapshot::new(nodes, table, vec![true; NODES].into(), total);
     let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers: Balancers::new(balancers), load_factor: 1.25 };
+    let wait = wait_config(balancers);
+    let (rule, queue) = (WaitRule::new(wait), WaitQueue::new(wait));
     if let Some(spec) = policy.strip_prefix("bounded:") {
         let t = tuning(spec);
-        return Lb { snap, policy: Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t)), away };
+        let policy = Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t));
+        return Lb { snap, policy, away, rule, queue };
     }
     let name = if policy == "oracle" { "ch" } else { policy };
-    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy"), away }
+    Lb { snap, policy: policy_by_name(name, cfg).expect("known policy"), away, rule, queue }
+}
+
+/// Late binding's knobs: a balancer's share of a node's slots; `FNLB_SIM_WAIT=min,max,give_up`
+/// (ms) varies the deadlines for tuning.
+fn wait_config(balancers: u32) -> WaitConfig {
+    let mut w = WaitConfig::new(SLOTS as u32 / balancers.max(1));
+    if let Ok(v) = std::env::var("FNLB_SIM_WAIT") {
+        let ms: Vec<u64> = v.split(',').map(|x| x.parse().expect("FNLB_SIM_WAIT=min,max,give_up")).collect();
+        (w.min_wait_ms, w.max_wait_ms, w.give_up_ms) = (ms[0], ms[1], ms[2]);
+    }
+    w
 }
 
 /// A call in the node's hands.
@@ -114,11 +138,22 @@ struct Running {
     guard: InFlight,
     /// Virtual ms the call reached the node.
     arrived: f64,
+    /// How it was placed: 0 the policy, 1 cold at once, 2 at its deadline, 3 handed warm,
+    /// 4 handed room, 5 the policy's room for a new container.
+    why: usize,
 }
 
 enum Ev {
     Arrive(usize),
     Finish(u64),
+    /// A waiting call's cold deadline or give-up time (balancer, ticket).
+    Recheck(usize, u64),
+}
+
+/// Schedules an event (its index orders events at the same µs: first pushed, first served).
+fn push(heap: &mut BinaryHeap<Reverse<(u64, u64, usize)>>, evs: &mut Vec<Option<Ev>>, t_ms: f64, ev: Ev) {
+    evs.push(Some(ev));
+    heap.push(Reverse(((t_ms * 1000.0) as u64, evs.len() as u64, evs.len() - 1)));
 }
 
 #[derive(Default, Debug, Clone)]
@@ -139,6 +174,15 @@ struct Report {
     late: usize,
     /// Spike only: (scheduled s, cold) per call.
     points: Vec<(f64, bool)>,
+    /// Late binding: refused (503 + Retry-After), waited, handed warm / a node with room, went
+    /// on at their deadline.
+    refused: usize,
+    waits: u64,
+    handed_warm: u64,
+    handed_room: u64,
+    went_cold: u64,
+    /// (calls, cold) by how they were placed (see `Running::why`).
+    by_why: [(usize, usize); 6],
 }
 
 /// The driver's per-call timeout, from the scheduled time.
@@ -193,7 +237,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
+fn run(policy: &str, variant: &str, tr: &Trace, late: bool) -> Report {
     let seed = tr.config.seed;
     let warmup = tr.config.warmup.as_secs_f64();
     let duration = tr.config.measured.as_secs_f64();
@@ -214,19 +258,23 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
     let keys: Vec<(String, u64)> = tr.functions.iter().map(|f| (f.path.clone(), key_hash(f.path.as_bytes()))).collect();
     let mut heap: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new(); // (time µs, seq, ev index)
     let mut evs: Vec<Option<Ev>> = Vec::new();
-    let mut seq = 0u64;
-    let mut push = |heap: &mut BinaryHeap<_>, evs: &mut Vec<Option<Ev>>, t_ms: f64, ev: Ev| {
-        evs.push(Some(ev));
-        seq += 1;
-        heap.push(Reverse(((t_ms * 1000.0) as u64, seq, evs.len() - 1)));
-    };
     for (i, c) in tr.calls.iter().enumerate() {
         push(&mut heap, &mut evs, c.at.as_secs_f64() * 1000.0, Ev::Arrive(i));
     }
     let mut running: HashMap<u64, (Running, Lease)> = HashMap::new();
     let mut queued: HashMap<(usize, u64), Running> = HashMap::new();
+    // Late binding: calls waiting at a balancer, by (balancer, ticket): the call, its waiter,
+    // its give-up time (virtual ms).
+    let mut waiting: HashMap<(usize, u64), (usize, Waiter<usize>, u64)> = HashMap::new();
+    // Calls placed on a node by this event, to send there: (call, balancer, node, counted by
+    // the policy already, why).
+    let mut to_send: Vec<(usize, usize, usize, bool, usize)> = Vec::new();
+    // Per function: calls, cold starts, sum of excess (FNLB_SIM_DIAG=1 prints the worst).
+    let mut diag: HashMap<u32, (usize, usize, f64)> = HashMap::new();
     let mut next_id = 0u64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    // FNLB_SIM_ROOM_WAIT=0: a call with room for a cold start never waits (for comparison).
+    let room_wait: u32 = std::env::var("FNLB_SIM_ROOM_WAIT").map_or(1, |v| v.parse().unwrap());
     let mut rep = Report { busy: vec![0.0; NODES], ..Default::default() };
     let warm_ms = tr.config.warmup.as_secs_f64() * 1000.0;
     let spike = tr.spike_window().is_some();
@@ -244,7 +292,8 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
     };
     while let Some(Reverse((t_us, _, ei))) = heap.pop() {
         let now = t_us as f64 / 1000.0;
-        fnlb::route::clock::set_virtual_ms(now as u64 + 1);
+        let now_ms = now as u64 + 1;
+        fnlb::route::clock::set_virtual_ms(now_ms);
         if away != (now >= away_ms.0 && now < away_ms.1) {
             away = !away;
             for l in &mut lbs {
@@ -256,6 +305,69 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
             }
         }
         match evs[ei].take().unwrap() {
+            Ev::Arrive(ci) if late => {
+                let c = &tr.calls[ci];
+                let hash = keys[c.func as usize].1;
+                let l = if n_lbs == 1 {
+                    0
+                } else {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % n_lbs as u64) as usize
+                };
+                let lbr = &lbs[l];
+                match lbr.policy.place(&lbr.snap, hash, &[]).expect("a node") {
+                    Placement::Go(i) => to_send.push((ci, l, i, false, 0)),
+                    Placement::Room(i) if room_wait == 0 => to_send.push((ci, l, i, false, 5)),
+                    placement => {
+                        let view = lbr.queue.view(hash);
+                        match lbr.rule.decide(&lbr.snap, lbr.policy.warmth(), hash, placement, view, now_ms) {
+                            Decision::Cold(i) => {
+                                let room = matches!(placement, Placement::Room(_));
+                                to_send.push((ci, l, i, false, if room { 5 } else { 1 }))
+                            }
+                            Decision::Refuse { .. } => rep.refused += 1,
+                            Decision::Wait { cold_at_ms, give_up_ms } => {
+                                match lbr.queue.enqueue(hash, now_ms, cold_at_ms) {
+                                    Ok(w) => {
+                                        let at = if cold_at_ms > now_ms { cold_at_ms } else { give_up_ms };
+                                        push(&mut heap, &mut evs, (at - 1) as f64, Ev::Recheck(l, w.ticket()));
+                                        waiting.insert((l, w.ticket()), (ci, w, give_up_ms));
+                                    }
+                                    Err(_) => rep.refused += 1,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ev::Recheck(l, ticket) => {
+                let Some(&(ci, _, give_up_ms)) = waiting.get(&(l, ticket)) else {
+                    continue; // handed a node before its deadline
+                };
+                let lbr = &lbs[l];
+                let hash = keys[tr.calls[ci].func as usize].1;
+                let decision = match lbr.policy.place(&lbr.snap, hash, &[]).expect("a node") {
+                    Placement::Go(i) | Placement::Room(i) => Decision::Cold(i),
+                    Placement::Full(best) => lbr.rule.at_deadline(&lbr.snap, best, give_up_ms, now_ms),
+                };
+                match decision {
+                    Decision::Cold(i) => {
+                        let (_, w, _) = waiting.remove(&(l, ticket)).unwrap();
+                        let node = w.leave(Leave::Cold, now_ms).map_or(i, |h| h.node);
+                        to_send.push((ci, l, node, false, 2));
+                    }
+                    Decision::Refuse { .. } => {
+                        let (_, w, _) = waiting.remove(&(l, ticket)).unwrap();
+                        assert!(w.leave(Leave::GaveUp, now_ms).is_none());
+                        rep.refused += 1;
+                    }
+                    Decision::Wait { give_up_ms, .. } => {
+                        push(&mut heap, &mut evs, (give_up_ms - 1) as f64, Ev::Recheck(l, ticket));
+                    }
+                }
+            }
             Ev::Arrive(ci) => {
                 let c = &tr.calls[ci];
                 let (key, hash) = &keys[c.func as usize];
@@ -273,21 +385,7 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
                 } else {
                     lbr.policy.choose(&lbr.snap, *hash, &[]).expect("a node")
                 };
-                if Some(node) != lbr.snap.table().home(*hash) {
-                    rep.spilled += 1;
-                }
-                if now >= away_ms.1 + 5000.0 {
-                    last_node.insert(c.func, node);
-                }
-                let guard = lbr.snap.nodes()[node].start_call();
-                let r = Running { call: ci, lb: l, node, guard, arrived: now };
-                match models[node].arrive(at(now), key) {
-                    Arrival::Start(lease) => start(&mut running, &mut heap, &mut evs, now, r, lease),
-                    Arrival::Queued(ticket) => {
-                        queued.insert((node, ticket), r);
-                    }
-                    Arrival::Rejected => unreachable!(),
-                }
+                to_send.push((ci, l, node, true, 0));
             }
             Ev::Finish(id) => {
                 let (r, lease) = running.remove(&id).unwrap();
@@ -307,6 +405,25 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
                 node.observe_wait(wait);
                 lbr.policy.observe(node, keys[c.func as usize].1, Some(wait), http::StatusCode::OK);
                 drop(r.guard);
+                if late {
+                    lbr.rule.observe_wait(keys[c.func as usize].1, wait);
+                    // What the proxy sees: the answer's time since dispatch less the wait.
+                    let ran = (now - r.arrived - wait.as_secs_f64() * 1000.0).max(0.0);
+                    lbr.rule.observe_exec(keys[c.func as usize].1, Duration::from_secs_f64(ran / 1000.0));
+                    // A slot is free there (no call of this balancer queues on the node): the
+                    // container just idled goes to a waiter of its function, else the slot to
+                    // the oldest waiter past its cold deadline.
+                    if lbr.rule.has_slot(&lbr.snap, r.node) {
+                        let hash = keys[c.func as usize].1;
+                        let handed =
+                            lbr.queue.on_call_end(hash, &r.node, now_ms).or_else(|| lbr.queue.on_room(&r.node, now_ms));
+                        if let Some(t) = handed {
+                            let (ci, mut w, _) = waiting.remove(&(r.lb, t)).unwrap();
+                            let h = w.try_handed().expect("handed");
+                            to_send.push((ci, r.lb, h.node, false, if h.warm { 3 } else { 4 }));
+                        }
+                    }
+                }
                 rep.calls += 1;
                 let w = (c.at.as_secs_f64() / 5.0) as usize;
                 if rep.windows.len() <= w {
@@ -320,6 +437,12 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
                 if spike {
                     rep.points.push((c.at.as_secs_f64(), cold));
                 }
+                rep.by_why[r.why].0 += 1;
+                rep.by_why[r.why].1 += cold as usize;
+                let d = diag.entry(c.func).or_insert((0, 0, 0.0));
+                d.0 += 1;
+                d.1 += cold as usize;
+                d.2 += now - c.at.as_secs_f64() * 1000.0 - c.exec_ms;
                 let sched = c.at.as_secs_f64() * 1000.0;
                 rep.late += usize::from(now - sched > TIMEOUT_MS);
                 if sched >= warm_ms {
@@ -327,6 +450,52 @@ fn run(policy: &str, variant: &str, tr: &Trace) -> Report {
                 }
             }
         }
+        for (ci, l, node, counted, why) in to_send.drain(..) {
+            let lbr = &lbs[l];
+            let (key, hash) = &keys[tr.calls[ci].func as usize];
+            if !counted {
+                lbr.policy.commit(&lbr.snap, *hash, node);
+            }
+            if Some(node) != lbr.snap.table().home(*hash) {
+                rep.spilled += 1;
+            }
+            if now >= away_ms.1 + 5000.0 {
+                last_node.insert(tr.calls[ci].func, node);
+            }
+            let guard = lbr.snap.nodes()[node].start_call();
+            let r = Running { call: ci, lb: l, node, guard, arrived: now, why };
+            match models[node].arrive(at(now), key) {
+                Arrival::Start(lease) => start(&mut running, &mut heap, &mut evs, now, r, lease),
+                Arrival::Queued(ticket) => {
+                    queued.insert((node, ticket), r);
+                }
+                Arrival::Rejected => unreachable!(),
+            }
+        }
+    }
+    assert!(waiting.is_empty(), "every waiting call was placed or refused");
+    if std::env::var("FNLB_SIM_DIAG").is_ok() {
+        let mut v: Vec<_> = diag.into_iter().collect();
+        v.sort_by_key(|(_, d)| Reverse(d.1));
+        println!("  (calls, cold) placed by policy (warm) / cold at once / deadline / handed warm / handed room / policy's room: {:?}", rep.by_why);
+        for (f, (n, cold, ex)) in v.into_iter().take(8) {
+            let fun = &tr.functions[f as usize];
+            println!(
+                "  fn {f}: pop {:.3} exec {:.0} ms cold {:.0} ms: {n} calls, {cold} cold, mean excess {:.0} ms",
+                fun.popularity,
+                fun.exec_ms,
+                fun.cold_ms,
+                ex / n as f64
+            );
+        }
+    }
+    for lbr in &lbs {
+        let s = lbr.queue.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        rep.waits += s.waits.load(Relaxed);
+        rep.handed_warm += s.handed_warm.load(Relaxed);
+        rep.handed_room += s.handed_room.load(Relaxed);
+        rep.went_cold += s.went_cold.load(Relaxed);
     }
     for m in &mut models {
         rep.evictions += m.stats(at(1e9)).evictions;
@@ -351,6 +520,8 @@ fn main() {
     let (mut warmup, mut duration) = (10u64, 30u64);
     let mut functions = None;
     let mut az = AzureConfig::default();
+    let mut late = false;
+    let mut seed_stats: Option<Vec<u64>> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
         let v = &w[1];
@@ -369,11 +540,29 @@ fn main() {
             "--variant" => variant = v.clone(),
             "--warmup" => warmup = v.parse().unwrap(),
             "--duration" => duration = v.parse().unwrap(),
+            "--late-binding" => late = v == "1",
+            "--seed-stats" => seed_stats = Some(seeds(v)),
             a => panic!("unknown flag {a}"),
         }
     }
     let rho = rho.unwrap_or_else(|| variant.parse::<Variant>().map_or(0.3, Variant::default_rho));
     let sc = Scenario { variant: variant.clone(), rho, warmup, duration, functions, azure: az };
+    if let Some(list) = seed_stats {
+        let short = Scenario { warmup: 0, duration: 1, ..sc };
+        let mut rows: Vec<(f64, u64, f64)> = list
+            .into_iter()
+            .map(|seed| {
+                let tr = workload(&short, seed);
+                (tr.mean_exec_ms, seed, tr.rate)
+            })
+            .collect();
+        rows.sort_by(|x, y| x.0.total_cmp(&y.0));
+        println!("| seed | mean exec ms | calls/s at rho {rho} |");
+        for (exec, seed, rate) in rows {
+            println!("| {seed} | {exec:.0} | {rate:.0} |");
+        }
+        return;
+    }
     // One trace in memory at a time (an Azure window can be millions of calls): built per row.
     let first = workload(&sc, seed_list[0]);
     if let Some(a) = first.azure.as_ref() {
@@ -385,15 +574,15 @@ fn main() {
         let (w, m) = (t.config.warmup.as_secs_f64(), t.config.measured.as_secs_f64());
         println!("{variant} rho {rho} seeds {seed_list:?} {w:.0}s+{m:.0}s");
     } else {
-        println!("{variant} rho {rho} seeds {seed_list:?} {warmup}s+{duration}s");
+        println!("{variant} rho {rho} seeds {seed_list:?} {warmup}s+{duration}s late-binding {late}");
     }
     drop(first);
-    println!("| policy | seed | calls/s | E[exec] ms | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % | > 60 s |");
+    println!("| policy | seed | calls/s | E[exec] ms | cold % | x bound | excess p50 | p99 | p99.9 | busy max/mean | evictions | spilled % | > 60 s | refused | waited: warm / room / deadline |");
     for p in &policies {
         let mut xs = Vec::new();
         for &seed in &seed_list {
             let tr = &workload(&sc, seed);
-            let mut r = run(p, &variant, tr);
+            let mut r = run(p, &variant, tr, late);
             let x = r.cold as f64 / r.bound as f64;
             xs.push(x);
             if windows {
@@ -408,7 +597,7 @@ fn main() {
             let mean = r.busy.iter().sum::<f64>() / NODES as f64;
             let max = r.busy.iter().cloned().fold(0.0, f64::max);
             println!(
-                "| {p} | {seed} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {} |",
+                "| {p} | {seed} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {} | {} | {}: {} / {} / {} |",
                 tr.rate,
                 tr.mean_exec_ms,
                 100.0 * r.cold as f64 / r.calls as f64,
@@ -419,7 +608,12 @@ fn main() {
                 max / mean,
                 r.evictions,
                 100.0 * r.spilled as f64 / r.calls as f64,
-                r.late
+                r.late,
+                r.refused,
+                r.waits,
+                r.handed_warm,
+                r.handed_room,
+                r.went_cold
             );
             if let Some((s, e)) = tr.spike_window() {
                 let (w, s, e) = (tr.config.warmup.as_secs_f64(), s.as_secs_f64(), e.as_secs_f64());
@@ -433,6 +627,6 @@ fn main() {
                 );
             }
         }
-        println!("| {p} | mean | | | | {:.2} | | | | | | | |", xs.iter().sum::<f64>() / xs.len() as f64);
+        println!("| {p} | mean | | | | {:.2} | | | | | | | | | |", xs.iter().sum::<f64>() / xs.len() as f64);
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::warmth::Warmth;
-use super::{clock, Balancers, Policy};
+use super::{clock, Balancers, Placement, Policy};
 use crate::node::{Node, Snapshot};
 
 /// How long a node that said 503 counts as full.
@@ -62,7 +62,13 @@ pub struct Tuning {
     /// Entries of the warmth table: 0 sizes it to the cluster (nodes × capacity, resized when
     /// the node count changes); another number fixes it (the table before was 4,096).
     pub entries: usize,
+    /// A reported wait that is a cold start caps the function's estimate on the node at what
+    /// runs there ([`Warmth::cold_seen`]): the node had evicted its idle containers.
+    pub forget: bool,
 }
+
+/// A reported wait at least this long is a cold start (a warm call reports about 0).
+const COLD_WAIT: Duration = Duration::from_millis(50);
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -74,6 +80,7 @@ impl Default for Tuning {
             floor_share: 0.5,
             probes: 8,
             entries: 0,
+            forget: false,
         }
     }
 }
@@ -151,6 +158,17 @@ impl Bounded {
     /// an idle container and calls to spare, or one with room for a new container under the
     /// load bound; else the least loaded of the probes.
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize], now: u64) -> Option<usize> {
+        let i = match self.scan(snap, hash, tried, now)? {
+            Placement::Go(i) | Placement::Room(i) | Placement::Full(i) => i,
+        };
+        self.warmth.start(hash, &snap.nodes()[i], now);
+        Some(i)
+    }
+
+    /// [`pick_warm`](Self::pick_warm)'s walk, counting nothing: the first node that can take
+    /// the call (warm: [`Placement::Go`]; in a new container: [`Placement::Room`]), or
+    /// [`Placement::Full`] with the least loaded probe.
+    fn scan(&self, snap: &Snapshot, hash: u64, tried: &[usize], now: u64) -> Option<Placement> {
         self.warmth.tick(snap, now);
         let shares = self.shares();
         let bound = self.bound(snap, shares.floor);
@@ -168,7 +186,7 @@ impl Bounded {
                 let warm = load < shares.warm_cap && warmth.get(hash, node).has_idle();
                 let room = node.containers() < self.cap && (!self.tuning.cold_bound || load < bound);
                 if warm || room {
-                    chosen = Some(i);
+                    chosen = Some(if warm { Placement::Go(i) } else { Placement::Room(i) });
                     break;
                 }
             }
@@ -180,9 +198,7 @@ impl Bounded {
                 break;
             }
         }
-        let i = chosen.or(least.map(|(i, _)| i))?;
-        warmth.start(hash, &snap.nodes()[i], now);
-        Some(i)
+        chosen.or(least.map(|(i, _)| Placement::Full(i)))
     }
 
     /// The rule before the warmth table: the first node under the load bound.
@@ -243,9 +259,12 @@ impl Policy for Bounded {
         self.choose_at(snap, hash, tried, clock::now_ms())
     }
 
-    fn observe(&self, node: &Node, hash: u64, _wait: Option<Duration>, status: StatusCode) {
+    fn observe(&self, node: &Node, hash: u64, wait: Option<Duration>, status: StatusCode) {
         if self.tuning.warm {
             self.warmth.finish(hash, node, clock::now_ms());
+            if self.tuning.forget && wait.is_some_and(|w| w >= COLD_WAIT) {
+                self.warmth.cold_seen(hash, node);
+            }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             node.mark_busy(BUSY_MS);
@@ -256,6 +275,29 @@ impl Policy for Bounded {
         if self.tuning.warm {
             self.warmth.finish(hash, node, clock::now_ms());
         }
+    }
+
+    /// Late binding: [`Placement::Full`] when every probe is full, counting nothing until the
+    /// call is [`commit`](Policy::commit)ted to a node.
+    fn place(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<Placement> {
+        if snap.healthy_count() == 0 {
+            return None;
+        }
+        if self.tuning.warm {
+            self.scan(snap, hash, tried, clock::now_ms())
+        } else {
+            self.pick_by_load(snap, hash, tried).map(Placement::Go)
+        }
+    }
+
+    fn commit(&self, snap: &Snapshot, hash: u64, index: usize) {
+        if self.tuning.warm {
+            self.warmth.start(hash, &snap.nodes()[index], clock::now_ms());
+        }
+    }
+
+    fn warmth(&self) -> Option<&Warmth> {
+        self.tuning.warm.then_some(&self.warmth)
     }
 }
 
@@ -507,6 +549,36 @@ mod tests {
                 "{functions}: {on_0} on the returned node, {homed} homed"
             );
         }
+    }
+
+    #[test]
+    fn place_says_full_where_choose_settles_for_the_least_loaded_and_counts_nothing() {
+        let snap = snapshot(2, &[]);
+        let p = Bounded::new(1.25, 2, 1); // 2 containers a node, floor 1
+        let (_, h) = key(11);
+        let order: Vec<usize> = snap.table().order(h).collect();
+        let policy: &dyn Policy = &p;
+        // Cold everywhere, room at home: a new container there.
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Room(order[0])));
+        // Other functions fill both nodes' containers; node order[1] has fewer calls.
+        let g = (0..).map(key).find(|(_, g)| *g != h).unwrap().1;
+        let _a: Vec<_> = (0..2).map(|_| policy.open(&snap, g, order[0])).collect();
+        let _b = policy.open(&snap, g, order[1]);
+        let _c = policy.open(&snap, g ^ 1, order[1]);
+        let _calls: Vec<_> = [order[0], order[0], order[1]].iter().map(|i| snap.nodes()[*i].start_call()).collect();
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Full(order[1])));
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]), Default::default(), "place counts nothing");
+        // choose, as before, sends it cold to the least loaded probe and counts it there.
+        assert_eq!(p.choose(&snap, h, &[]), Some(order[1]));
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 1);
+        // open counts too, and its guard closes it.
+        let attempt = policy.open(&snap, h, order[1]);
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 2);
+        drop(attempt);
+        assert_eq!(p.warmth.get(h, &snap.nodes()[order[1]]).in_flight, 1);
+        // Where the function has an idle container, it goes warm.
+        p.observe(&snap.nodes()[order[1]], h, None, StatusCode::OK);
+        assert_eq!(policy.place(&snap, h, &[]), Some(Placement::Go(order[1])));
     }
 
     #[test]

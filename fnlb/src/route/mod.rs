@@ -11,6 +11,7 @@ pub mod openwhisk;
 pub mod sketch;
 pub mod spread;
 pub mod table;
+pub mod wait;
 pub mod warmth;
 
 use std::sync::Arc;
@@ -36,6 +37,39 @@ pub trait Policy: Send + Sync + 'static {
     /// reached or timed out, or the client left. A policy that counts its picks (`bounded`'s
     /// warmth table) stops counting this one.
     fn abandon(&self, _node: &Node, _hash: u64) {}
+
+    /// Late binding's view of the rule: like [`choose`](Policy::choose), but a policy that can
+    /// tell says [`Placement::Full`] when no node of the key's probe chain can take the call warm
+    /// or with room for a new container, instead of settling for the least loaded one. Nothing
+    /// is counted: the caller opens the attempt with [`open`](trait.Policy.html#method.open) on
+    /// the node it settles for (now, or after waiting). The default wraps `choose` (which may
+    /// count, as before: its [`commit`](Policy::commit) is then a no-op).
+    fn place(&self, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<Placement> {
+        self.choose(snap, hash, tried).map(Placement::Go)
+    }
+
+    /// The call for the key goes to node `index` after [`place`](Policy::place): count it as
+    /// [`choose`](Policy::choose) counts its own picks.
+    fn commit(&self, _snap: &Snapshot, _hash: u64, _index: usize) {}
+
+    /// The policy's estimate of where functions are warm, if it keeps one (the waiting rule
+    /// reads the function's calls in flight from it: the containers that will free).
+    fn warmth(&self) -> Option<&warmth::Warmth> {
+        None
+    }
+}
+
+/// What [`Policy::place`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// This node can take the call (warm, as far as the policy can tell).
+    Go(usize),
+    /// This node has room for a new container: the call would start cold there (a policy that
+    /// does not tell warm from cold says [`Placement::Go`]).
+    Room(usize),
+    /// No node of the probe chain can; this is the least loaded of them (where `choose` would
+    /// have sent the call cold).
+    Full(usize),
 }
 
 impl dyn Policy {
@@ -45,6 +79,13 @@ impl dyn Policy {
     pub fn pick<'a>(&'a self, snap: &'a Snapshot, hash: u64, tried: &[usize]) -> Option<Attempt<'a>> {
         let index = self.choose(snap, hash, tried)?;
         Some(Attempt { policy: self, node: &snap.nodes()[index], index, hash, open: true })
+    }
+
+    /// Opens the attempt on node `index` of `snap` (from [`Policy::place`], or a node a waiting
+    /// call was handed): counts it ([`Policy::commit`]) and returns the guard that closes it.
+    pub fn open<'a>(&'a self, snap: &'a Snapshot, hash: u64, index: usize) -> Attempt<'a> {
+        self.commit(snap, hash, index);
+        Attempt { policy: self, node: &snap.nodes()[index], index, hash, open: true }
     }
 }
 

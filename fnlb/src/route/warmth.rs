@@ -200,6 +200,19 @@ impl Slots {
         }
     }
 
+    /// A call of the function on the node reported a cold start: when it came, the node held no
+    /// idle container of the function (evicted, or expired), so the function holds no more there
+    /// than its calls in flight and the container of the call that just ended. Caps the peaks at
+    /// that (call after [`finish`](Self::finish)); the node's footprint follows at the next tick.
+    pub fn cold_seen(&self, hash: u64, node: &Node) {
+        if let Some(e) = self.find(tag(hash, node_id(node))) {
+            let k = (e.in_flight.load(Relaxed) + 1).min(255) as u64;
+            let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| {
+                Some((0..LANES).map(|l| ((p >> (8 * l)) & 0xff).min(k) << (8 * l)).fold(0, |a, b| a | b))
+            });
+        }
+    }
+
     /// Takes a free or spent slot of the key's window for `t`; when every slot is live, the one
     /// touched longest ago with no call in flight (a node evicts its least recently used idle
     /// container first, so that is the pair least likely to be warm still).
@@ -306,6 +319,11 @@ impl Warmth {
 
     pub fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
         self.view().finish(hash, node, now_ms)
+    }
+
+    /// See [`Slots::cold_seen`]: a reported cold start caps the pair's estimate.
+    pub fn cold_seen(&self, hash: u64, node: &Node) {
+        self.view().cold_seen(hash, node)
     }
 
     /// Moves the lanes on when a period has passed (one caller does it; the others go on),
@@ -497,6 +515,26 @@ mod tests {
         assert_eq!(w.get(9, n), Warm { in_flight: 1, containers: 1 });
         assert_eq!(w.get(2, n), Warm::default());
         assert_eq!(w.get(1, n).in_flight, 1);
+    }
+
+    #[test]
+    fn a_cold_start_reported_caps_the_estimate_at_what_runs() {
+        let snap = snapshot(1, &[]);
+        let w = Warmth::fixed(64, 7000);
+        let n = &snap.nodes()[0];
+        w.tick(&snap, 1);
+        for _ in 0..5 {
+            w.start(42, n, 10);
+        }
+        for _ in 0..4 {
+            w.finish(42, n, 20);
+        }
+        w.tick(&snap, 1001); // the peak of 5 moves to an older lane
+        assert_eq!(w.get(42, n), Warm { in_flight: 1, containers: 5 });
+        // The last call reports it started cold: the node had evicted the idle ones.
+        w.finish(42, n, 1010);
+        w.cold_seen(42, n);
+        assert_eq!(w.get(42, n), Warm { in_flight: 0, containers: 1 });
     }
 
     #[test]
