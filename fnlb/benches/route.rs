@@ -34,9 +34,11 @@ fn keys(functions: usize) -> Vec<String> {
 /// Times one routing decision ([`decide`]) per iteration, cycling through sampled paths.
 fn time_picks(bencher: divan::Bencher<'_, '_>, policy: &str, nodes: usize, functions: usize) {
     let snap = snapshot(nodes);
-    let policy =
-        policy_by_name(policy, PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 })
-            .unwrap();
+    let policy = policy_by_name(
+        policy,
+        PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25, late_binding: false },
+    )
+    .unwrap();
     let keys = keys(functions);
     let mut i = 0;
     bencher.bench_local(|| {
@@ -85,9 +87,11 @@ fn bounded_pick_half_full(bencher: divan::Bencher<'_, '_>, nodes: usize) {
         .enumerate()
         .flat_map(|(i, node)| (0..if i % 2 == 0 { 60 } else { 20 }).map(|_| node.start_call()).collect::<Vec<_>>())
         .collect();
-    let policy =
-        policy_by_name("bounded", PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 })
-            .unwrap();
+    let policy = policy_by_name(
+        "bounded",
+        PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25, late_binding: false },
+    )
+    .unwrap();
     let keys = keys(1_000);
     let mut i = 0;
     bencher.bench_local(|| {

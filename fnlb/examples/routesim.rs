@@ -107,7 +107,12 @@ fn lb(policy: &str, balancers: u32) -> Lb {
     healthy[0] = false;
     let away = Snapshot::new(Arc::clone(&nodes), Arc::clone(&table), healthy.into(), Arc::clone(&total));
     let snap = Snapshot::new(nodes, table, vec![true; NODES].into(), total);
-    let cfg = PolicyConfig { node_capacity: SLOTS as u32, balancers: Balancers::new(balancers), load_factor: 1.25 };
+    let cfg = PolicyConfig {
+        node_capacity: SLOTS as u32,
+        balancers: Balancers::new(balancers),
+        load_factor: 1.25,
+        late_binding: false,
+    };
     let wait = wait_config(balancers);
     let (rule, queue) = (WaitRule::new(wait), WaitQueue::new(wait));
     if let Some(spec) = policy.strip_prefix("bounded:") {

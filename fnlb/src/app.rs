@@ -136,6 +136,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             node_capacity: cfg.node_capacity,
             balancers: balancers.clone(),
             load_factor: cfg.load_factor,
+            late_binding: cfg.limits.late_binding,
         },
     )
     .ok_or_else(|| format!("-policy: unknown policy {:?}", cfg.policy))?;
@@ -150,14 +151,23 @@ async fn run(cfg: Config) -> Result<(), String> {
         listeners.push(bind(cfg.mgmt_listen, "-mgmt-listen").await?);
     }
     let addrs = listeners.iter().map(|l| l.local_addr().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
+    let mut proxy = Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone());
+    proxy = proxy.keyed_by(function_keys.clone());
+    if cfg.limits.late_binding {
+        // This balancer's share of a node: a cold start goes only onto a node with fewer of its
+        // calls in flight.
+        proxy = proxy.binding_late(route::wait::WaitConfig::new(cfg.node_capacity / cfg.balancers.max(1)));
+    }
+    let wait_queue = proxy.wait_queue();
     let services = Arc::new(Services {
-        proxy: Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone()).keyed_by(function_keys.clone()),
+        proxy,
         mgmt: Mgmt::new(store.clone(), nodes.clone())
             .guarded(Access { token: cfg.mgmt_token.clone(), max_body: cfg.limits.mgmt_max_body })
             .observing(obs, Capacity { per_node: cfg.node_capacity, balancers: cfg.balancers, counted_by })
             .counting(balancers.clone(), counted_by)
             .keyed_by(function_keys.clone())
-            .listening_on(addrs.clone()),
+            .listening_on(addrs.clone())
+            .waiting_in(wait_queue),
     });
 
     if cfg.shares_listener() && cfg.mgmt_token.is_none() && cfg.db != crate::config::DbUrl::K8s {

@@ -243,6 +243,18 @@ struct Flags {
     )]
     retry_idempotent: String,
 
+    /// Late binding: a call no node can take warm or with room waits at the balancer (up to 4 s) for a container of its function or a free slot, instead of going cold onto a full node; refused with 503 and Retry-After when it cannot be placed in time (bounded policy only); Go bool
+    #[arg(
+        long,
+        env = "FNLB_LATE_BINDING",
+        default_value = "true",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    late_binding: String,
+
     /// Seconds to connect to a node before the call moves to the next node
     #[arg(long, env = "FNLB_UPSTREAM_CONNECT_TIMEOUT", default_value = "2", value_name = "SECONDS")]
     upstream_connect_timeout: String,
@@ -368,6 +380,7 @@ impl Config {
                 )?,
                 send_timeout: src.parse("send-timeout", &f.send_timeout, parse_positive_seconds)?,
                 retry_idempotent: src.parse("retry-idempotent", &f.retry_idempotent, parse_bool)?,
+                late_binding: src.parse("late-binding", &f.late_binding, parse_bool)?,
                 upstream_connect_timeout: src.parse(
                     "upstream-connect-timeout",
                     &f.upstream_connect_timeout,
@@ -1015,6 +1028,8 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// `-retry-idempotent`: bodiless GET/HEAD/OPTIONS may be resent after a node failed under them.
     pub retry_idempotent: bool,
+    /// `-late-binding`: calls wait at the balancer at saturation (`route::wait`).
+    pub late_binding: bool,
     pub upstream_connect_timeout: Duration,
     /// None: no limit.
     pub upstream_timeout: Option<Duration>,
@@ -1032,6 +1047,7 @@ impl Default for Limits {
             client_body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             retry_idempotent: false,
+            late_binding: true,
             upstream_connect_timeout: Duration::from_secs(2),
             upstream_timeout: Some(Duration::from_secs(300)),
             max_header_size: 65536,

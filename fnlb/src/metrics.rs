@@ -138,9 +138,12 @@ pub enum Unserved {
     Timeout,
     /// A resend was refused by the retry budget (502).
     Budget,
+    /// Late binding could not place the call in time, or its queue was full (503 + Retry-After).
+    Saturated,
 }
 
-const UNSERVED_REASONS: [&str; 6] = ["no_nodes", "unreachable", "bad_gateway", "node_failed", "timeout", "budget"];
+const UNSERVED_REASONS: [&str; 7] =
+    ["no_nodes", "unreachable", "bad_gateway", "node_failed", "timeout", "budget", "saturated"];
 
 /// The metric handles of one node, resolved once and shared.
 pub struct NodeMetrics {
@@ -188,7 +191,7 @@ pub struct Metrics {
     errors: Family<NodeKindL, Counter>,
     spills: Family<NodeL, Counter>,
     retries: [Counter; 3],
-    unserved: [Counter; 6],
+    unserved: [Counter; 7],
     duration: [Histogram; 5],
     nodes: RwLock<HashMap<NodeAddr, Arc<NodeMetrics>>>,
 }
@@ -324,6 +327,8 @@ pub struct Live<'a> {
     pub stats_dropped: crate::stats::Dropped,
     /// `None` when tracing is off.
     pub spans: Option<crate::telemetry::zipkin::SpanCounts>,
+    /// Late binding's counters; `None` when it is off.
+    pub waits: Option<crate::route::wait::WaitCounts>,
 }
 
 /// The whole `/metrics` page.
@@ -403,6 +408,35 @@ fn scrape_registry(live: &Live<'_>) -> Registry {
         "Stats bounds at work: calls pooled under (other) in a full window; window entries never read",
         dropped,
     );
+    if let Some(w) = live.waits {
+        let waits = Family::<OutcomeL, Counter>::default();
+        waits.get_or_create(&OutcomeL { outcome: "handed_warm" }).inc_by(w.handed_warm);
+        waits.get_or_create(&OutcomeL { outcome: "handed_room" }).inc_by(w.handed_room);
+        waits.get_or_create(&OutcomeL { outcome: "went_cold" }).inc_by(w.went_cold);
+        waits.get_or_create(&OutcomeL { outcome: "gave_up" }).inc_by(w.gave_up);
+        waits.get_or_create(&OutcomeL { outcome: "left" }).inc_by(w.left);
+        r.register(
+            "wait_outcomes",
+            "How waits at the balancer ended: handed a container of their function, a node with room, cold at their deadline, refused, client left",
+            waits,
+        );
+        let total = Counter::<u64>::default();
+        total.inc_by(w.waits);
+        r.register("waits", "Calls that waited at the balancer (late binding)", total);
+        let gave_up = Counter::<u64>::default();
+        gave_up.inc_by(w.gave_up + w.refused_full);
+        r.register(
+            "wait_gave_up",
+            "Calls late binding refused with 503 and Retry-After (after waiting, or the queue was full)",
+            gave_up,
+        );
+        let secs = Counter::<f64, AtomicU64>::default();
+        secs.inc_by(w.waited_ms as f64 / 1000.0);
+        r.register("wait_seconds", "Time calls waited at the balancer before they were placed", secs);
+        let now = Gauge::<i64>::default();
+        now.set(w.now as i64);
+        r.register("waiting", "Calls waiting at the balancer now", now);
+    }
     if let Some(s) = live.spans {
         let spans = Family::<OutcomeL, Counter>::default();
         spans.get_or_create(&OutcomeL { outcome: "exported" }).inc_by(s.exported);

@@ -40,6 +40,8 @@ pub struct Mgmt {
     function_keys: Option<Arc<crate::discovery::fnapi::FunctionKeys>>,
     /// This balancer's own listening addresses: a node among them would be a loop.
     listeners: Vec<std::net::SocketAddr>,
+    /// Late binding's queue (the proxy's), for its counters.
+    waits: Option<crate::route::wait::WaitQueue<Arc<crate::node::Node>>>,
 }
 
 /// Paths the management API answers on a listener shared with traffic. Exact matches:
@@ -69,7 +71,14 @@ impl Mgmt {
             balancers: None,
             function_keys: None,
             listeners: Vec::new(),
+            waits: None,
         }
+    }
+
+    /// Reports late binding's queue (`/1/lb/cluster` `waiting`, `/metrics` `fnlb_wait*`).
+    pub fn waiting_in(mut self, queue: Option<crate::route::wait::WaitQueue<Arc<crate::node::Node>>>) -> Mgmt {
+        self.waits = queue;
+        self
     }
 
     /// The balancer's own listeners, refused as nodes (every call would come back to us).
@@ -137,6 +146,7 @@ impl Mgmt {
                 Method::GET => {
                     let mut c = self.cluster(&scale::nodes_now(&self.nodes.load()));
                     c.function_keys = self.function_keys.as_ref().map(|k| k.status());
+                    c.waiting = self.waits.as_ref().map(|q| q.stats().counts());
                     json_response(StatusCode::OK, serde_json::to_string(&c).unwrap_or_default())
                 }
                 _ => not_allowed("GET"),
@@ -172,6 +182,7 @@ impl Mgmt {
             cluster: &cluster,
             stats_dropped: self.obs.stats.dropped(),
             spans: self.obs.tracer.as_ref().map(|t| t.counts()),
+            waits: self.waits.as_ref().map(|q| q.stats().counts()),
         });
         let mut r = Response::new(RespBody::full(Bytes::from(text)));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));

@@ -12,8 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::call::Held;
 use super::pool::Conn;
-use crate::node::InFlight;
 
 /// A request body on its way to the node.
 pub enum ReqBody {
@@ -161,11 +161,11 @@ impl Body for ReqBody {
 pub struct UpstreamBody {
     inner: Incoming,
     conn: Option<Conn>,
-    call: Option<InFlight>,
+    call: Option<Held>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, conn: Conn, call: InFlight) -> UpstreamBody {
+    pub fn new(inner: Incoming, conn: Conn, call: Held) -> UpstreamBody {
         let mut b = UpstreamBody { inner, conn: Some(conn), call: Some(call) };
         if b.inner.is_end_stream() {
             b.finish();

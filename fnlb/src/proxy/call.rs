@@ -21,7 +21,8 @@ use http::{Method, StatusCode};
 use crate::metrics::{Retry, Unserved, UpstreamError};
 use crate::node::manager::NodesHandle;
 use crate::node::{InFlight, Node, Snapshot};
-use crate::route::{Attempt, Policy};
+use crate::route::wait::{Decision, Leave, WaitConfig, WaitQueue, WaitRule, Waiter};
+use crate::route::{clock, Attempt, Placement, Policy};
 use crate::telemetry::call::CallObs;
 
 /// Distinct nodes one call may be tried on before the client gets an error.
@@ -89,7 +90,95 @@ pub enum Next<'a> {
     Send { node: &'a Arc<Node>, fresh: bool },
     /// Answer the client with this and end the call (`close`: the client connection must close,
     /// e.g. its body was not read to its end). A status of 499 means: write nothing, close.
-    Answer { status: StatusCode, msg: String, close: bool },
+    /// `retry_after_s`: a `Retry-After` header (late binding refused the call).
+    Answer { status: StatusCode, msg: String, close: bool, retry_after_s: Option<u32> },
+    /// Late binding: the call waits at the balancer. Run [`wait`] (the shell adds its own
+    /// client-gone signal), then ask [`Call::next`] again.
+    Wait(Waiting),
+}
+
+/// Late binding (`-late-binding`): the waiting rule and the calls waiting at the balancer,
+/// shared by every call of the proxy.
+pub struct Late {
+    pub rule: WaitRule,
+    pub queue: WaitQueue<Arc<Node>>,
+}
+
+impl Late {
+    /// `cfg`: [`WaitConfig::new`] of this balancer's share of a node (`-node-capacity` ÷
+    /// `-balancers`).
+    pub fn new(cfg: WaitConfig) -> Late {
+        Late { rule: WaitRule::new(cfg), queue: WaitQueue::new(cfg) }
+    }
+}
+
+/// A call waiting at the balancer: its place in the queue and the time ([`clock::now_ms`]) to
+/// look again ([`Call::deadline`]).
+pub struct Waiting {
+    waiter: Waiter<Arc<Node>>,
+    until_ms: u64,
+}
+
+impl Waiting {
+    pub fn until_ms(&self) -> u64 {
+        self.until_ms
+    }
+}
+
+/// Waits out [`Next::Wait`]: until the call is handed a node, its deadline says where it goes
+/// (or that it is refused), or `gone` resolves (the client left: returns false, and the waiter is
+/// dropped, which frees its place). Then the shell asks [`Call::next`] (or abandons the call).
+pub async fn wait<G: std::future::Future<Output = ()>>(call: &mut Call<'_>, mut w: Waiting, gone: G) -> bool {
+    tokio::pin!(gone);
+    loop {
+        let sleep = tokio::time::sleep(Duration::from_millis(w.until_ms.saturating_sub(clock::now_ms())));
+        tokio::select! {
+            handed = w.waiter.handed() => {
+                call.waited(handed.map(|h| h.node));
+                return true;
+            }
+            _ = sleep => match call.deadline(w) {
+                Some(again) => w = again,
+                None => return true,
+            },
+            _ = &mut gone => return false,
+        }
+    }
+}
+
+/// The in-flight mark of an answered call, held by the shell until the response body has been
+/// passed on. Dropped, the node's container is idle: with late binding, it goes to a call of
+/// the same function waiting at the balancer (warm), else the slot to the oldest waiter past its
+/// cold deadline.
+pub struct Held {
+    in_flight: Option<InFlight>,
+    release: Option<(WaitQueue<Arc<Node>>, u32, u64)>,
+}
+
+impl Held {
+    pub fn node(&self) -> &Arc<Node> {
+        self.in_flight.as_ref().expect("held until dropped").node()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(f) = self.in_flight.take() else { return };
+        let Some((queue, slots, hash)) = self.release.take() else { return };
+        if queue.is_empty() {
+            return;
+        }
+        let node = Arc::clone(f.node());
+        drop(f);
+        // A slot is free there (no call of this balancer queues on the node), as
+        // `WaitRule::has_slot` says.
+        if node.in_flight() < slots {
+            let now = clock::now_ms();
+            if queue.on_call_end(hash, &node, now).is_none() {
+                queue.on_room(&node, now);
+            }
+        }
+    }
 }
 
 /// The request facts the engine decides by.
@@ -130,6 +219,8 @@ pub struct Rules<'a> {
     pub suspects: &'a dyn Suspects,
     pub budget: &'a RetryBudget,
     pub retry_idempotent: bool,
+    /// Late binding, when on.
+    pub late: Option<&'a Late>,
 }
 
 /// One function call, from its arrival to its answer.
@@ -151,13 +242,25 @@ pub struct Call<'a> {
     may_have_run: bool,
     /// The last node failure, for the client's message.
     last_error: String,
+    /// Late binding is done with this call (it was placed, waited, or is past its first pick).
+    bound: bool,
+    /// An attempt was opened while waiting: the next step sends it.
+    ready: bool,
+    /// Late binding refused it: the next step answers 503 with this `Retry-After`.
+    refused: Option<u32>,
+    give_up_ms: u64,
+    /// When the current attempt was sent (for the function's execution time).
+    sent_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Next<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Next::Send { node, fresh } => write!(f, "Send({}, fresh: {fresh})", node.addr),
-            Next::Answer { status, msg, close } => write!(f, "Answer({status}, {msg:?}, close: {close})"),
+            Next::Answer { status, msg, close, retry_after_s } => {
+                write!(f, "Answer({status}, {msg:?}, close: {close}, retry after: {retry_after_s:?})")
+            }
+            Next::Wait(w) => write!(f, "Wait(until {} ms)", w.until_ms),
         }
     }
 }
@@ -180,6 +283,11 @@ impl<'a> Call<'a> {
             stale: 0,
             may_have_run: false,
             last_error: String::new(),
+            bound: false,
+            ready: false,
+            refused: None,
+            give_up_ms: 0,
+            sent_at: None,
         }
     }
 
@@ -192,6 +300,17 @@ impl<'a> Call<'a> {
     /// between two picks here.
     #[allow(clippy::should_implement_trait)] // Not an iterator: each step depends on what the shell reports.
     pub fn next(&mut self) -> Next<'a> {
+        if self.ready {
+            self.ready = false;
+            if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
+                self.obs().attempt();
+                self.sent_at = Some(Instant::now());
+                return Next::Send { node, fresh: false };
+            }
+        }
+        if let Some(retry_after_s) = self.refused.take() {
+            return self.refuse(retry_after_s);
+        }
         if self.same_node {
             self.same_node = false;
             if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
@@ -201,6 +320,12 @@ impl<'a> Call<'a> {
         }
         self.attempt = None;
         self.in_flight = None;
+        if let Some(late) = self.rules.late.filter(|_| !self.bound && self.n_tried == 0) {
+            self.bound = true;
+            if let Some(next) = self.place_late(late) {
+                return next;
+            }
+        }
         if self.n_tried < MAX_NODES_TRIED {
             if let Some(attempt) = self.rules.policy.pick(self.snap, self.hash, &self.tried[..self.n_tried]) {
                 let node = attempt.node();
@@ -209,6 +334,7 @@ impl<'a> Call<'a> {
                 self.in_flight = Some(node.start_call());
                 self.attempt = Some(attempt);
                 self.obs().attempt();
+                self.sent_at = Some(Instant::now());
                 return Next::Send { node, fresh: false };
             }
         }
@@ -221,6 +347,96 @@ impl<'a> Call<'a> {
         }
         let msg = format!("no node could be reached: {}", self.last_error);
         self.end(StatusCode::SERVICE_UNAVAILABLE, msg, Unserved::Unreachable)
+    }
+
+    /// Late binding's first step: send the call where the policy can take it warm, else ask the
+    /// waiting rule (cold now, wait, or refuse). `None`: no node at all (the ordinary pick says
+    /// so).
+    fn place_late(&mut self, late: &'a Late) -> Option<Next<'a>> {
+        let now = clock::now_ms();
+        let i = match self.rules.policy.place(self.snap, self.hash, &[])? {
+            Placement::Go(i) => i,
+            p => {
+                let view = late.queue.view(self.hash);
+                match late.rule.decide(self.snap, self.rules.policy.warmth(), self.hash, p, view, now) {
+                    Decision::Cold(i) => i,
+                    Decision::Refuse { retry_after_s } => return Some(self.refuse(retry_after_s)),
+                    Decision::Wait { cold_at_ms, give_up_ms } => match late.queue.enqueue(self.hash, now, cold_at_ms) {
+                        Ok(waiter) => {
+                            self.give_up_ms = give_up_ms;
+                            let until_ms = if cold_at_ms > now { cold_at_ms } else { give_up_ms };
+                            return Some(Next::Wait(Waiting { waiter, until_ms }));
+                        }
+                        Err(_) => return Some(self.refuse(late.rule.cfg.give_up_ms.div_ceil(1000).max(1) as u32)),
+                    },
+                }
+            }
+        };
+        self.open(i);
+        self.ready = false;
+        let node = self.attempt.as_ref().map(|a| a.node())?;
+        self.obs().attempt();
+        self.sent_at = Some(Instant::now());
+        Some(Next::Send { node, fresh: false })
+    }
+
+    /// Opens the attempt on node `i` of the snapshot (late binding placed the call there).
+    fn open(&mut self, i: usize) {
+        let attempt = self.rules.policy.open(self.snap, self.hash, i);
+        self.tried[self.n_tried] = i;
+        self.n_tried += 1;
+        self.in_flight = Some(attempt.node().start_call());
+        self.attempt = Some(attempt);
+        self.ready = true;
+    }
+
+    /// The waiting call was handed `node` (or nothing: the queue went away): it goes there if
+    /// the node is still in the snapshot; else the ordinary pick places it.
+    pub fn waited(&mut self, node: Option<Arc<Node>>) {
+        let i = node.and_then(|n| self.snap.nodes().iter().position(|m| Arc::ptr_eq(m, &n)));
+        if let Some(i) = i {
+            self.open(i);
+        }
+    }
+
+    /// The waiting call's deadline: place it again; a node that can take it now, or one with a
+    /// free slot, gets it (cold); else it waits on until its give-up time, then is refused.
+    /// Returns the waiting to go on with, or `None`: ask [`Call::next`].
+    pub fn deadline(&mut self, w: Waiting) -> Option<Waiting> {
+        let now = clock::now_ms();
+        let late = self.rules.late?;
+        let decision = match self.rules.policy.place(self.snap, self.hash, &[]) {
+            Some(Placement::Go(i) | Placement::Room(i)) => Decision::Cold(i),
+            Some(Placement::Full(best)) => late.rule.at_deadline(self.snap, best, self.give_up_ms, now),
+            None => {
+                // No node at all now: the ordinary pick answers.
+                let handed = w.waiter.leave(Leave::GaveUp, now);
+                self.waited(handed.map(|h| h.node));
+                return None;
+            }
+        };
+        match decision {
+            Decision::Cold(i) => match w.waiter.leave(Leave::Cold, now) {
+                Some(h) => self.waited(Some(h.node)),
+                None => self.open(i),
+            },
+            Decision::Refuse { retry_after_s } => match w.waiter.leave(Leave::GaveUp, now) {
+                Some(h) => self.waited(Some(h.node)),
+                None => self.refused = Some(retry_after_s),
+            },
+            Decision::Wait { give_up_ms, .. } => return Some(Waiting { waiter: w.waiter, until_ms: give_up_ms }),
+        }
+        None
+    }
+
+    fn refuse(&mut self, retry_after_s: u32) -> Next<'a> {
+        let msg = "every node is saturated; the call could not be placed in time, try again later".to_string();
+        let Next::Answer { status, msg, close, .. } =
+            self.end(StatusCode::SERVICE_UNAVAILABLE, msg, Unserved::Saturated)
+        else {
+            unreachable!("end answers")
+        };
+        Next::Answer { status, msg, close, retry_after_s: Some(retry_after_s) }
     }
 
     /// The current attempt failed. The one place where a failure's fault decides the metrics, the
@@ -306,8 +522,17 @@ impl<'a> Call<'a> {
 
     /// The node answered with this status, reporting this queue wait. Returns the in-flight
     /// mark, which the shell holds until the response body has been passed on.
-    pub fn answered(&mut self, status: StatusCode, wait: Option<Duration>) -> Option<InFlight> {
+    pub fn answered(&mut self, status: StatusCode, wait: Option<Duration>) -> Option<Held> {
         let attempt = self.attempt.take()?;
+        let release = self.rules.late.map(|late| {
+            if let Some(w) = wait {
+                late.rule.observe_wait(self.hash, w);
+                if let Some(sent) = self.sent_at {
+                    late.rule.observe_exec(self.hash, sent.elapsed().saturating_sub(w));
+                }
+            }
+            (late.queue.clone(), late.rule.cfg.slots, self.hash)
+        });
         let (index, node) = (attempt.index(), attempt.node());
         if self.snap.table().home(self.hash) != Some(index) {
             // Served away from its home: full, down, or a retry moved it.
@@ -321,7 +546,7 @@ impl<'a> Call<'a> {
             obs.answered(node, self.hash, status, wait);
             obs.finish(status, None);
         }
-        self.in_flight.take()
+        self.in_flight.take().map(|f| Held { in_flight: Some(f), release })
     }
 
     /// The client left before its answer: 499, observed with the time spent.
@@ -331,7 +556,7 @@ impl<'a> Call<'a> {
         }
         self.attempt = None;
         self.in_flight = None;
-        Next::Answer { status: client_closed(), msg: String::new(), close: true }
+        Next::Answer { status: client_closed(), msg: String::new(), close: true, retry_after_s: None }
     }
 
     fn end(&mut self, status: StatusCode, msg: String, why: Unserved) -> Next<'a> {
@@ -340,7 +565,7 @@ impl<'a> Call<'a> {
         }
         self.attempt = None;
         self.in_flight = None;
-        Next::Answer { status, msg, close: false }
+        Next::Answer { status, msg, close: false, retry_after_s: None }
     }
 
     fn end_client(&mut self, status: StatusCode, msg: String) -> Next<'a> {
@@ -349,7 +574,7 @@ impl<'a> Call<'a> {
         }
         self.attempt = None;
         self.in_flight = None;
-        Next::Answer { status, msg, close: true }
+        Next::Answer { status, msg, close: true, retry_after_s: None }
     }
 }
 
@@ -472,7 +697,8 @@ mod tests {
     }
 
     fn call<'a>(w: &'a World, req: Request<'_>, retry_idempotent: bool) -> Call<'a> {
-        let rules = Rules { policy: &ConsistentHash, suspects: &w.suspects, budget: &w.budget, retry_idempotent };
+        let rules =
+            Rules { policy: &ConsistentHash, suspects: &w.suspects, budget: &w.budget, retry_idempotent, late: None };
         let client = "127.0.0.1:1".parse().unwrap();
         let obs = w.obs.start(req.method.clone(), "/r/app/fn", |_| None, client);
         Call::new(rules, &w.snap, key(1).1, req, obs)
@@ -660,5 +886,99 @@ mod tests {
         let (status, msg) = answer(c.failed(Failure::Broke("reset".into())));
         assert_eq!(status, 502);
         assert!(msg.contains("retry budget"), "{msg}");
+    }
+
+    /// A call of `w` through `policy` with late binding `late` (one node of 1 slot in the tests).
+    fn late_call<'a>(w: &'a World, policy: &'a dyn Policy, late: &'a Late) -> Call<'a> {
+        let rules =
+            Rules { policy, suspects: &w.suspects, budget: &w.budget, retry_idempotent: false, late: Some(late) };
+        let obs = w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap());
+        Call::new(rules, &w.snap, key(1).1, bodiless(&POST), obs)
+    }
+
+    fn waiting(next: Next<'_>) -> Waiting {
+        match next {
+            Next::Wait(w) => w,
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_that_finds_the_node_full_waits_and_is_handed_the_container_that_frees() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let late = Late::new(WaitConfig::new(1));
+        let mut first = late_call(&w, &policy, &late);
+        let node = Arc::clone(send(first.next()));
+        let mut second = late_call(&w, &policy, &late);
+        let mut wait = waiting(second.next());
+        assert_eq!(late.queue.len(), 1);
+        // Its cold deadline: the node is still full, so it waits on, until its give-up time.
+        wait = second.deadline(wait).expect("still waiting");
+        assert_eq!(wait.until_ms(), second.give_up_ms);
+        // The first call's answer has been passed on: its container goes to the waiter, warm.
+        let held = first.answered(StatusCode::OK, Some(Duration::from_millis(1))).expect("held");
+        assert_eq!(late.queue.len(), 1, "handed when the body has been passed on, not before");
+        drop(held);
+        let handed = wait.waiter.try_handed().expect("handed");
+        assert!(handed.warm);
+        second.waited(Some(handed.node));
+        assert!(Arc::ptr_eq(send(second.next()), &node));
+        let s = late.queue.stats().counts();
+        assert_eq!((s.waits, s.handed_warm, s.now), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_call_still_unplaced_at_its_give_up_time_is_refused_with_retry_after() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let late = Late::new(WaitConfig::new(1));
+        let mut first = late_call(&w, &policy, &late);
+        send(first.next());
+        let mut second = late_call(&w, &policy, &late);
+        let wait = waiting(second.next());
+        second.give_up_ms = 1; // long past
+        assert!(second.deadline(wait).is_none());
+        match second.next() {
+            Next::Answer { status, msg, retry_after_s, .. } => {
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(retry_after_s, Some(4));
+                assert!(msg.contains("saturated"), "{msg}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let s = late.queue.stats().counts();
+        assert_eq!((s.gave_up, s.now), (1, 0));
+    }
+
+    #[test]
+    fn a_waiting_call_dropped_leaves_no_trace_in_the_queue() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let late = Late::new(WaitConfig::new(1));
+        let mut first = late_call(&w, &policy, &late);
+        send(first.next());
+        let mut second = late_call(&w, &policy, &late);
+        let wait = waiting(second.next());
+        drop(wait);
+        drop(second);
+        let s = late.queue.stats().counts();
+        assert_eq!((s.left, s.now), (1, 0));
+        // The container that frees finds nobody to hand to.
+        drop(first.answered(StatusCode::OK, None));
+        assert_eq!(late.queue.stats().counts().handed_warm, 0);
+    }
+
+    #[test]
+    fn without_late_binding_a_full_node_still_gets_the_call() {
+        let w = world(1);
+        let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
+        let rules =
+            |late| Rules { policy: &policy, suspects: &w.suspects, budget: &w.budget, retry_idempotent: false, late };
+        let obs = || w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap());
+        let mut first = Call::new(rules(None), &w.snap, key(1).1, bodiless(&POST), obs());
+        send(first.next());
+        let mut second = Call::new(rules(None), &w.snap, key(1).1, bodiless(&POST), obs());
+        send(second.next());
     }
 }

@@ -24,7 +24,7 @@ use crate::node::Node;
 use crate::route::{goduration::parse_go_duration_bytes, Policy};
 use crate::telemetry::Observers;
 use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
-use call::{Call, Failure, Next, RetryBudget, Rules};
+use call::{Call, Failure, Late, Next, RetryBudget, Rules};
 
 pub struct Proxy {
     nodes: NodesHandle,
@@ -41,12 +41,24 @@ pub struct Proxy {
     obs: Arc<Observers>,
     /// A call's routing key: its function where the nodes' API says which one, else its path.
     keys: Arc<FunctionKeys>,
+    /// Late binding (`-late-binding`): calls that no node can take wait here.
+    late: Option<Late>,
 }
 
 /// A short JSON answer made by the balancer itself: `{"msg": ...}`.
 pub fn json_msg(status: StatusCode, msg: &str) -> Response<RespBody> {
     let body = serde_json::json!({ "msg": msg }).to_string();
     json_response(status, body)
+}
+
+/// The balancer's answer of [`Next::Answer`]: `{"msg": ...}`, with `Retry-After` when late
+/// binding refused the call.
+pub fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>) -> Response<RespBody> {
+    let mut resp = json_msg(status, msg);
+    if let Some(s) = retry_after_s {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
 }
 
 pub fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
@@ -68,7 +80,20 @@ impl Proxy {
             budget: RetryBudget::default(),
             obs: Arc::new(Observers::default()),
             keys: FunctionKeys::new(false),
+            late: None,
         }
+    }
+
+    /// Holds calls at the balancer at saturation (`route::wait`; `cfg` from this balancer's
+    /// share of a node).
+    pub fn binding_late(mut self, cfg: crate::route::wait::WaitConfig) -> Proxy {
+        self.late = Some(Late::new(cfg));
+        self
+    }
+
+    /// Late binding's queue, when it is on (the management API reads its counters).
+    pub fn wait_queue(&self) -> Option<crate::route::wait::WaitQueue<Arc<Node>>> {
+        self.late.as_ref().map(|l| l.queue.clone())
     }
 
     /// Keys calls by function with `keys` (learned in the background from the nodes' API).
@@ -94,6 +119,7 @@ impl Proxy {
             suspects: &self.nodes,
             budget: &self.budget,
             retry_idempotent: self.retry_idempotent,
+            late: self.late.as_ref(),
         }
     }
 
@@ -145,7 +171,12 @@ impl Proxy {
         loop {
             let (node, fresh) = match call.next() {
                 Next::Send { node, fresh } => (node, fresh),
-                Next::Answer { status, msg, .. } => return json_msg(status, &msg),
+                // A client that leaves drops this future, and with it the waiter.
+                Next::Wait(w) => {
+                    call::wait(&mut call, w, std::future::pending()).await;
+                    continue;
+                }
+                Next::Answer { status, msg, retry_after_s, .. } => return answer_response(status, &msg, retry_after_s),
             };
             let (mut conn, reused) = match self.connection(node, fresh).await {
                 Ok(c) => c,
@@ -285,8 +316,8 @@ fn classify(e: &hyper::Error) -> Failure {
 /// The balancer's own answer on the hyper path (499: the client is gone; nothing reaches it).
 fn local(answer: Next<'_>) -> Response<RespBody> {
     match answer {
-        Next::Answer { status, msg, .. } => json_msg(status, &msg),
-        Next::Send { .. } => json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        Next::Answer { status, msg, retry_after_s, .. } => answer_response(status, &msg, retry_after_s),
+        Next::Send { .. } | Next::Wait(_) => json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
 /// Whether a node's kernel reset the connection under a call (`error` is how the read ended):

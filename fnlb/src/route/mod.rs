@@ -202,6 +202,9 @@ pub struct PolicyConfig {
     pub node_capacity: u32,
     pub balancers: Balancers,
     pub load_factor: f64,
+    /// `-late-binding`: `bounded` caps a function's estimate on a node at a reported cold start
+    /// ([`bounded::Tuning::forget`]), which late binding needs.
+    pub late_binding: bool,
 }
 
 /// Every policy `-policy` accepts, in the order the help lists them: the one list that the
@@ -211,9 +214,12 @@ pub const POLICIES: &[&str] =
 
 /// Builds the policy named on the command line (`-policy`, one of [`POLICIES`]).
 pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> {
-    let PolicyConfig { node_capacity, balancers, load_factor } = cfg;
+    let PolicyConfig { node_capacity, balancers, load_factor, late_binding } = cfg;
     Some(match name {
-        "bounded" => Box::new(bounded::Bounded::new(load_factor, node_capacity, balancers)),
+        "bounded" => {
+            let tuning = bounded::Tuning { forget: late_binding, ..Default::default() };
+            Box::new(bounded::Bounded::with_tuning(load_factor, node_capacity, balancers, tuning))
+        }
         "ch" => Box::new(ConsistentHash),
         "fnlb-classic" => Box::<classic::Classic>::default(),
         "round-robin" => Box::<spread::RoundRobin>::default(),
@@ -290,7 +296,12 @@ mod tests {
         for name in POLICIES {
             let p = policy_by_name(
                 name,
-                PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 },
+                PolicyConfig {
+                    node_capacity: 64,
+                    balancers: Balancers::new(1),
+                    load_factor: 1.25,
+                    late_binding: false,
+                },
             )
             .unwrap();
             assert_eq!(p.choose(&snap, h, &[]), None, "{name}");
@@ -318,7 +329,7 @@ mod tests {
     }
 
     fn cfg() -> PolicyConfig {
-        PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25 }
+        PolicyConfig { node_capacity: 64, balancers: Balancers::new(1), load_factor: 1.25, late_binding: false }
     }
 
     #[test]

@@ -304,6 +304,38 @@ pub struct WaitStats {
     pub waiting: AtomicUsize,
 }
 
+/// [`WaitStats`] read at one moment (for `/1/lb/cluster`'s `waiting` and `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WaitCounts {
+    /// Waiting now.
+    pub now: usize,
+    pub waits: u64,
+    pub handed_warm: u64,
+    pub handed_room: u64,
+    pub went_cold: u64,
+    pub gave_up: u64,
+    pub refused_full: u64,
+    pub left: u64,
+    /// Sum of the waits that ended with a node (ms).
+    pub waited_ms: u64,
+}
+
+impl WaitStats {
+    pub fn counts(&self) -> WaitCounts {
+        WaitCounts {
+            now: self.waiting.load(Relaxed),
+            waits: self.waits.load(Relaxed),
+            handed_warm: self.handed_warm.load(Relaxed),
+            handed_room: self.handed_room.load(Relaxed),
+            went_cold: self.went_cold.load(Relaxed),
+            gave_up: self.gave_up.load(Relaxed),
+            refused_full: self.refused_full.load(Relaxed),
+            left: self.left.load(Relaxed),
+            waited_ms: self.waited_ms.load(Relaxed),
+        }
+    }
+}
+
 /// Why a waiter leaves the queue without a handover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Leave {

@@ -118,6 +118,9 @@ pub struct Cluster {
     /// The trigger-to-function map the routing keys come from (set by the management API).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub function_keys: Option<crate::discovery::fnapi::Status>,
+    /// Late binding's queue (set by the management API; absent with `-late-binding=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::route::wait::WaitCounts>,
     pub nodes_stored: usize,
     pub nodes_healthy: usize,
     pub calls_per_second: f64,
@@ -338,6 +341,7 @@ pub fn cluster(history: &History, now: &[NodeNow], capacity: Capacity) -> Cluste
         balancers: capacity.balancers,
         balancers_counted_by: capacity.counted_by,
         function_keys: None,
+        waiting: None,
         nodes_stored: now.len(),
         nodes_healthy: healthy,
         calls_per_second: round(per_sec(calls as f64)),

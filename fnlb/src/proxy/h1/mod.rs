@@ -338,6 +338,13 @@ impl Conn<'_> {
         loop {
             let (node, fresh) = match call.next() {
                 Next::Send { node, fresh } => (node, fresh),
+                Next::Wait(w) => {
+                    if call::wait(&mut call, w, client_gone(self.client)).await {
+                        continue;
+                    }
+                    // The client left while its call waited: the waiter is gone with it.
+                    return self.answer(Some(call.abandon()), true).await;
+                }
                 // A body not read to its end is not worth reading: the connection closes.
                 answer => return self.answer(Some(answer), close || !body_done).await,
             };
@@ -444,8 +451,8 @@ impl Conn<'_> {
     /// Writes the engine's answer. Returns whether the connection may go on.
     async fn answer(&mut self, answer: Option<Next<'_>>, close: bool) -> bool {
         match answer {
-            Some(Next::Answer { status, msg, close: must }) if status != call::client_closed() => {
-                self.local(status, &msg, close || must).await
+            Some(Next::Answer { status, msg, close: must, retry_after_s }) if status != call::client_closed() => {
+                self.local_retry(status, &msg, close || must, retry_after_s).await
             }
             // The client is gone: nothing to write.
             _ => false,
@@ -453,9 +460,15 @@ impl Conn<'_> {
     }
 
     /// Writes a short JSON answer of the balancer's own. Returns whether the connection may go on.
-    async fn local(&mut self, status: StatusCode, msg: &str, close: bool) -> bool {
+    /// With `Retry-After` when late binding refused the call.
+    async fn local_retry(&mut self, status: StatusCode, msg: &str, close: bool, retry_after_s: Option<u32>) -> bool {
         let body = serde_json::json!({ "msg": msg }).to_string();
         head::local_response(&mut self.out, status, &body, close);
+        if let Some(s) = retry_after_s {
+            // After the status line.
+            let at = self.out.windows(2).position(|w| w == b"\r\n").map_or(0, |p| p + 2);
+            self.out.splice(at..at, format!("retry-after: {s}\r\n").into_bytes());
+        }
         let limit = self.send_timeout;
         write_client(self.client, &mut [IoSlice::new(&self.out)], &mut self.client_timer, limit).await.is_ok() && !close
     }
