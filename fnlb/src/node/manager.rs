@@ -540,11 +540,17 @@ mod tests {
         tokio::time::timeout(LIMIT, h.when_checked()).await.unwrap();
         let node = h.load_full().nodes()[0].clone();
         assert!(!node.is_suspect());
+        // Checks fail from here on; once the node is seen unhealthy no passing check is still in
+        // flight (one that began before the switch could otherwise clear the mark below).
         up.store(false, Ordering::SeqCst);
+        eventually("a failing check is seen", || !h.load().is_healthy(0)).await;
         h.report_unreachable(&node);
         assert!(node.is_suspect(), "a reported node is skipped at once");
-        eventually("a failing check is seen", || !h.load().is_healthy(0)).await;
-        assert!(node.is_suspect(), "a failing check cleared the suspect mark");
+        // Five check intervals of failing checks (and the check the report asked for) keep it.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(node.is_suspect(), "a failing check cleared the suspect mark");
+        }
         up.store(true, Ordering::SeqCst);
         eventually("a passing check clears the suspect mark", || !node.is_suspect()).await;
         assert!(h.load().is_healthy(0));
