@@ -402,7 +402,9 @@ async fn tls_flags_from_the_environment() {
 async fn one_http2_connection_runs_at_most_100_calls_at_once() {
     let certs = Certs::new();
     let node = FakeNode::start_with(NodeOpts { delay: Duration::from_secs(3), ..Default::default() }).await;
-    let lb = start(&certs, &["-nodes", &node.name()]);
+    // A node that runs 200 calls at once: late binding holds none of the 150 at the balancer, so
+    // the stream limit alone bounds what reaches the node.
+    let lb = start(&certs, &["-nodes", &node.name(), "-node-capacity", "200"]);
     wait_online(&lb, &certs, &node.name()).await;
     let (sender, _conn) = h2(lb.traffic, &certs).await;
     let url = format!("https://localhost:{}/r/app/many", lb.traffic.port());
