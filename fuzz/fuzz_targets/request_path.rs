@@ -17,15 +17,13 @@ use fnlb::node::{Node, NodeAddr, Snapshot};
 use fnlb::proxy::headers;
 use fnlb::route::goduration::parse_go_duration_bytes;
 use fnlb::route::table::{key_hash, Table};
-use fnlb::route::{policy_by_name, Policy, PolicyConfig};
+use fnlb::route::{policy_by_name, Policy, PolicyConfig, POLICIES};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const POLICIES: [&str; 5] = ["bounded", "ch", "fnlb-classic", "round-robin", "least-conn"];
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -46,11 +44,11 @@ fn world() -> &'static World {
         let nodes: Arc<[Arc<Node>]> = addrs.iter().map(|a| Node::new(a.clone(), total.clone())).collect();
         let table = Arc::new(Table::build(&addrs));
         let snap = |healthy: [bool; 3]| Snapshot::new(nodes.clone(), table.clone(), Box::new(healthy), total.clone());
-        let cfg = PolicyConfig { node_capacity: 8, balancers: 1, load_factor: 1.25 };
+        let cfg = PolicyConfig { node_capacity: 8, balancers: 1.into(), load_factor: 1.25, late_binding: false };
         World {
             rt,
             snaps: [snap([true; 3]), snap([true, false, true])],
-            policies: POLICIES.iter().map(|p| policy_by_name(p, cfg).unwrap()).collect(),
+            policies: POLICIES.iter().map(|p| policy_by_name(p, cfg.clone()).unwrap()).collect(),
         }
     })
 }
@@ -67,12 +65,13 @@ async fn handle(req: Request<Incoming>, w: &'static World) -> Response<Full<Byte
     for snap in &w.snaps {
         for policy in &w.policies {
             let mut tried = Vec::new();
-            while let Some(i) = policy.pick(snap, path.as_bytes(), hash, &tried) {
+            while let Some(attempt) = policy.pick(snap, hash, &tried) {
+                let i = attempt.index();
                 assert!(i < snap.len(), "{} picked node {i} of {}", policy.name(), snap.len());
                 assert!(!tried.contains(&i), "{} picked node {i} twice", policy.name());
                 tried.push(i);
                 let _call = snap.nodes()[i].start_call();
-                policy.observe(&snap.nodes()[i], hash, wait, StatusCode::OK);
+                attempt.answered(wait, StatusCode::OK);
                 if tried.len() > snap.len() {
                     panic!("{} keeps picking", policy.name());
                 }
