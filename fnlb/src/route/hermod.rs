@@ -65,13 +65,7 @@ impl Hermod {
     }
 
     fn least_loaded(&self, snap: &Snapshot, tried: &[usize]) -> Option<usize> {
-        let n = snap.len();
-        let ok = |i: usize| snap.is_eligible(i) && !tried.contains(&i);
-        let r = self.rng.next();
-        let a = (0..n).map(|k| (r as usize + k) % n).find(|i| ok(*i))?;
-        let b = (0..n).map(|k| ((r >> 32) as usize + k) % n).find(|i| ok(*i)).unwrap_or(a);
-        let load = |i: usize| snap.nodes()[i].in_flight();
-        Some(if load(b) < load(a) { b } else { a })
+        super::spread::two_choices(snap, tried, self.rng.next())
     }
 }
 

@@ -42,15 +42,20 @@ impl Policy for LeastConn {
 
     fn choose(&self, snap: &Snapshot, _hash: u64, tried: &[usize]) -> Option<usize> {
         let n = snap.len();
-        if snap.healthy_count() == 0 {
+        if snap.healthy_count() == 0 || n == 0 {
             return None;
         }
-        let ok = |i: usize| snap.is_eligible(i) && !tried.contains(&i);
-        // Two random eligible candidates (found by walking on from a random start).
-        let r = self.rng.next();
-        let a = (0..n).map(|k| (r as usize + k) % n).find(|i| ok(*i))?;
-        let b = (0..n).map(|k| ((r >> 32) as usize + k) % n).find(|i| ok(*i)).unwrap_or(a);
-        let load = |i: usize| snap.nodes()[i].in_flight();
-        Some(if load(b) < load(a) { b } else { a })
+        two_choices(snap, tried, self.rng.next())
     }
+}
+
+/// The power of two choices: of two random eligible nodes not in `tried` (found by walking on
+/// from two random starts taken from `r`), the one with fewer calls in flight.
+pub fn two_choices(snap: &Snapshot, tried: &[usize], r: u64) -> Option<usize> {
+    let n = snap.len();
+    let ok = |i: usize| snap.is_eligible(i) && !tried.contains(&i);
+    let a = (0..n).map(|k| (r as usize + k) % n).find(|i| ok(*i))?;
+    let b = (0..n).map(|k| ((r >> 32) as usize + k) % n).find(|i| ok(*i)).unwrap_or(a);
+    let load = |i: usize| snap.nodes()[i].in_flight();
+    Some(if load(b) < load(a) { b } else { a })
 }
