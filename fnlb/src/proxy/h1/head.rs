@@ -361,7 +361,10 @@ pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &
     match headers.first().map(|h| offset(buf, h.name.as_bytes())) {
         // Unchanged: an HTTP/1.1 status line with a reason.
         Some(first) if version == 1 && !reason.is_empty() && buf[..first].ends_with(b"\r\n") => {
-            out.extend_from_slice(&buf[..first])
+            // Empty lines a node sent before its status line (httparse skips them) stop here:
+            // the client gets a head that starts with the status line.
+            let at = buf[..first].iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(0);
+            out.extend_from_slice(&buf[at..first])
         }
         _ => {
             out.extend_from_slice(b"HTTP/1.1 ");
@@ -616,6 +619,20 @@ mod tests {
             Response::Partial => panic!("partial"),
             Response::Interim(_) => panic!("interim"),
             Response::Invalid(why) => panic!("invalid: {why}"),
+        }
+    }
+
+    #[test]
+    fn empty_lines_before_a_status_line_do_not_reach_the_client() {
+        // Found by the h1_head fuzz target: the status line was copied with the node's leading
+        // empty line, a bare LF in the client's head.
+        for raw in [
+            &b"\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"[..],
+            b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            let (out, r) = client_head(raw, false, false);
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out:?}");
+            assert_eq!(r.len, raw.len());
         }
     }
 
