@@ -78,31 +78,19 @@ pub fn kind(name: &[u8]) -> Kind {
 /// header is the balancer's own. Fields the `Connection` header names stop as well (the caller
 /// knows them).
 pub fn request_drops(k: Kind) -> bool {
-    matches!(
-        k,
-        Kind::Connection
-            | Kind::KeepAlive
-            | Kind::ProxyConnection
-            | Kind::TransferEncoding
-            | Kind::Upgrade
-            | Kind::Te
-            | Kind::ProxyAuthorization
-            | Kind::Expect
-    )
+    hop_by_hop(k) || matches!(k, Kind::Te | Kind::ProxyAuthorization | Kind::Expect)
+}
+
+/// The fields that describe one hop in either direction (RFC 9110 §7.6.1, plus the legacy
+/// `Proxy-Connection`).
+fn hop_by_hop(k: Kind) -> bool {
+    matches!(k, Kind::Connection | Kind::KeepAlive | Kind::ProxyConnection | Kind::TransferEncoding | Kind::Upgrade)
 }
 
 /// Whether a node's header field of this kind stops at the balancer: hop-by-hop fields, and the
 /// node's wait report. (`Content-Length` is decided by the framing, not here.)
 pub fn response_drops(k: Kind) -> bool {
-    matches!(
-        k,
-        Kind::Connection
-            | Kind::KeepAlive
-            | Kind::ProxyConnection
-            | Kind::TransferEncoding
-            | Kind::Upgrade
-            | Kind::FxlbWait
-    )
+    hop_by_hop(k) || k == Kind::FxlbWait
 }
 
 /// Whether a trailer field of this kind is passed on. RFC 9110 §6.5.1 forbids framing, routing
