@@ -28,7 +28,8 @@
 //! `--late-binding 1` holds a call that finds every probe full at the balancer
 //! (`fnlb::route::wait`): it is handed the node where a call of its function ends (warm), or a
 //! node with a free slot after its cold deadline, or refused (counted as "refused") when it
-//! cannot be placed in time. `--seed-stats 1-30` prints each seed's calls/s and mean execution
+//! cannot be placed in time; as live, it also turns on `bounded`'s `forget` (`bounded:forget=0`
+//! turns it off). `--seed-stats 1-30` prints each seed's calls/s and mean execution
 //! time, shortest first.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -76,9 +77,9 @@ fn oracle(snap: &Snapshot, models: &mut [NodeModel], now: Instant, key: &str, ha
 }
 
 /// `bounded:` knobs, e.g. `bounded:warm=0` (the rule before the warmth table) or
-/// `bounded:cap=1.1,coldbound=0`.
-fn tuning(spec: &str) -> Tuning {
-    let mut t = Tuning::default();
+/// `bounded:cap=1.1,coldbound=0`. `forget` starts as `-late-binding` sets it live.
+fn tuning(spec: &str, late: bool) -> Tuning {
+    let mut t = Tuning { forget: late, ..Tuning::default() };
     for kv in spec.split(',').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
         match k {
@@ -96,7 +97,7 @@ fn tuning(spec: &str) -> Tuning {
     t
 }
 
-fn lb(policy: &str, balancers: u32) -> Lb {
+fn lb(policy: &str, balancers: u32, late: bool) -> Lb {
     let total = Arc::new(AtomicU32::new(0));
     let mut addrs: Vec<NodeAddr> =
         (0..NODES).map(|i| NodeAddr::parse(&format!("127.0.0.1:{}", 19001 + i)).unwrap()).collect();
@@ -111,12 +112,12 @@ fn lb(policy: &str, balancers: u32) -> Lb {
         node_capacity: SLOTS as u32,
         balancers: Balancers::new(balancers),
         load_factor: 1.25,
-        late_binding: false,
+        late_binding: late,
     };
     let wait = wait_config(balancers);
     let (rule, queue) = (WaitRule::new(wait), WaitQueue::new(wait));
     if let Some(spec) = policy.strip_prefix("bounded:") {
-        let t = tuning(spec);
+        let t = tuning(spec, late);
         let policy = Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t));
         return Lb { snap, policy, away, rule, queue };
     }
@@ -247,7 +248,7 @@ fn run(policy: &str, variant: &str, tr: &Trace, late: bool) -> Report {
     let warmup = tr.config.warmup.as_secs_f64();
     let duration = tr.config.measured.as_secs_f64();
     let n_lbs = if variant == "multi-lb" { 3 } else { 1 };
-    let mut lbs: Vec<Lb> = (0..n_lbs).map(|_| lb(policy, n_lbs as u32)).collect();
+    let mut lbs: Vec<Lb> = (0..n_lbs).map(|_| lb(policy, n_lbs as u32, late)).collect();
     // churn: node 0 away for the middle third of the measured window (ms of the trace).
     let away_ms = if variant == "churn" {
         let third = duration * 1000.0 / 3.0;

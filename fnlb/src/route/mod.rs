@@ -202,7 +202,8 @@ pub struct PolicyConfig {
     pub node_capacity: u32,
     pub balancers: Balancers,
     pub load_factor: f64,
-    /// `-late-binding` (for `bounded`; its [`bounded::Tuning::forget`] is not turned on by it yet).
+    /// `-late-binding`: for `bounded`, also turns on [`bounded::Tuning::forget`] (a call that
+    /// was sent warm and started cold caps the estimate), which pays only with waiting.
     pub late_binding: bool,
 }
 
@@ -216,11 +217,13 @@ pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> 
     let PolicyConfig { node_capacity, balancers, load_factor, late_binding } = cfg;
     Some(match name {
         "bounded" => {
-            // Late binding changes nothing in the policy itself. `Tuning::forget` (routesim's
-            // LB+F) stays off live for now: with it, an idle function left its home in the fnsim
-            // routing test (tests/routing.rs), which needs looking into first.
-            let _ = late_binding;
-            Box::new(bounded::Bounded::new(load_factor, node_capacity, balancers))
+            // Late binding itself lives in the call engine; what it changes here is `forget`.
+            // Measured with routesim (docs/BENCHMARKS.md, "Late binding"): with waiting, a
+            // warm bet that comes back cold is best forgotten (ρ 0.45, short seeds: 5.8× → 2.1×
+            // the bound; ρ 0.3 1.10× → 1.07×); without it, forgetting sends more calls to new
+            // containers (ρ 0.3: 1.82× → 2.03×), so it stays off.
+            let tuning = bounded::Tuning { forget: late_binding, ..bounded::Tuning::default() };
+            Box::new(bounded::Bounded::with_tuning(load_factor, node_capacity, balancers, tuning))
         }
         "ch" => Box::new(ConsistentHash),
         "fnlb-classic" => Box::<classic::Classic>::default(),

@@ -49,6 +49,11 @@ struct Entry {
     /// The node's identity ([`node_id`]), for summing the nodes' footprints.
     node: AtomicU64,
     in_flight: AtomicU32,
+    /// Calls in flight that were sent expecting an idle container (the estimate had one when
+    /// they started): only such a call's cold start says the node evicted what the estimate
+    /// holds ([`Slots::cold_seen`]); a call sent to start a container was expected cold. At most
+    /// `in_flight + 1` (the call just finished, until its cold start is reported).
+    bets: AtomicU32,
     /// Peak calls in flight per period, lane 0 the current one (u8 each, saturating).
     peaks: AtomicU64,
     touched_ms: AtomicU64,
@@ -60,6 +65,7 @@ impl Entry {
             tag: AtomicU64::new(0),
             node: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            bets: AtomicU32::new(0),
             peaks: AtomicU64::new(0),
             touched_ms: AtomicU64::new(0),
         }
@@ -174,6 +180,10 @@ impl Slots {
         };
         entry.touched_ms.store(now_ms, Relaxed);
         let n = entry.in_flight.fetch_add(1, Relaxed) + 1;
+        if n <= max_lane(entry.peaks.load(Relaxed)) {
+            // The estimate holds an idle container for this call: a bet that it starts warm.
+            entry.bets.fetch_add(1, Relaxed);
+        }
         let lane0 = n.min(255) as u64;
         let mut grew = 0;
         let _ = entry.peaks.fetch_update(Relaxed, Relaxed, |p| {
@@ -196,17 +206,27 @@ impl Slots {
     pub fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
         if let Some(e) = self.find(tag(hash, node_id(node))) {
             e.touched_ms.store(now_ms, Relaxed);
-            let _ = e.in_flight.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            let left = e.in_flight.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).map_or(0, |n| n - 1);
+            // Which call ended is not known: keep the bets to what may still report.
+            e.bets.fetch_min(left + 1, Relaxed);
         }
     }
 
-    /// A call of the function on the node reported a cold start: when it came, the node held no
-    /// idle container of the function (evicted, or expired), so the function holds no more there
-    /// than its calls in flight and the container of the call that just ended. Caps the peaks at
-    /// that (call after [`finish`](Self::finish)); the node's footprint follows at the next tick.
+    /// A call of the function on the node reported a cold start (call after
+    /// [`finish`](Self::finish)). When the call had been sent on the estimate's word that an idle
+    /// container waited (a bet), the node held none when it came: evicted, or expired. The
+    /// function then holds no more there than its calls in flight and the container of the call
+    /// that just ended: caps the peaks at that; the node's footprint follows at the next tick. A
+    /// call sent to start a container (a burst of first calls, each cold) proves nothing and
+    /// leaves the estimate alone, so the containers it started are remembered.
     pub fn cold_seen(&self, hash: u64, node: &Node) {
         if let Some(e) = self.find(tag(hash, node_id(node))) {
-            let k = (e.in_flight.load(Relaxed) + 1).min(255) as u64;
+            if e.bets.fetch_update(Relaxed, Relaxed, |b| b.checked_sub(1)).is_err() {
+                return;
+            }
+            let now = e.in_flight.load(Relaxed);
+            e.bets.fetch_min(now, Relaxed);
+            let k = (now + 1).min(255) as u64;
             let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| {
                 Some((0..LANES).map(|l| ((p >> (8 * l)) & 0xff).min(k) << (8 * l)).fold(0, |a, b| a | b))
             });
@@ -241,6 +261,7 @@ impl Slots {
     fn reset(e: &Entry, node: u64, now_ms: u64) -> &Entry {
         e.node.store(node, Relaxed);
         e.in_flight.store(0, Relaxed);
+        e.bets.store(0, Relaxed);
         e.peaks.store(0, Relaxed);
         e.touched_ms.store(now_ms, Relaxed);
         e
@@ -259,6 +280,7 @@ impl Slots {
             }
             if let Some(n) = new.claim(t, node, e.touched_ms.load(Relaxed)) {
                 n.in_flight.store(e.in_flight.load(Relaxed), Relaxed);
+                n.bets.store(e.bets.load(Relaxed), Relaxed);
                 n.peaks.store(e.peaks.load(Relaxed), Relaxed);
             }
         }
@@ -526,15 +548,43 @@ mod tests {
         for _ in 0..5 {
             w.start(42, n, 10);
         }
-        for _ in 0..4 {
+        for _ in 0..5 {
             w.finish(42, n, 20);
         }
         w.tick(&snap, 1001); // the peak of 5 moves to an older lane
-        assert_eq!(w.get(42, n), Warm { in_flight: 1, containers: 5 });
-        // The last call reports it started cold: the node had evicted the idle ones.
+        assert_eq!(w.get(42, n), Warm { in_flight: 0, containers: 5 });
+        // A later call, alone, reports it started cold: the node had evicted the idle ones.
+        w.start(42, n, 1005);
         w.finish(42, n, 1010);
         w.cold_seen(42, n);
         assert_eq!(w.get(42, n), Warm { in_flight: 0, containers: 1 });
+    }
+
+    #[test]
+    fn a_burst_of_cold_calls_keeps_the_containers_it_started() {
+        let snap = snapshot(1, &[]);
+        let w = Warmth::fixed(64, 7000);
+        let n = &snap.nodes()[0];
+        w.tick(&snap, 1);
+        // Three calls at once, each the function's first here (expected cold, and cold): three
+        // containers now exist.
+        for _ in 0..3 {
+            w.start(42, n, 10);
+        }
+        for _ in 0..3 {
+            w.finish(42, n, 20);
+            w.cold_seen(42, n);
+        }
+        assert_eq!(w.get(42, n), Warm { in_flight: 0, containers: 3 });
+        // Two calls sent warm on that word, and one of them reports cold: the node lost them.
+        w.tick(&snap, 1001);
+        w.start(42, n, 1005);
+        w.start(42, n, 1005);
+        w.finish(42, n, 1010);
+        w.cold_seen(42, n);
+        assert_eq!(w.get(42, n), Warm { in_flight: 1, containers: 2 });
+        w.finish(42, n, 1010);
+        assert_eq!(w.get(42, n), Warm { in_flight: 0, containers: 2 });
     }
 
     #[test]
