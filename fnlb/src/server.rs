@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 use crate::config::Limits;
 use crate::mgmt::{is_mgmt_only_path, is_mgmt_path, Mgmt};
 use crate::node::clock_ms;
+use crate::proxy::body::SendDeadline;
 use crate::proxy::{h1, json_msg, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,7 +321,7 @@ async fn serve_http<IO>(
         let conn = builder.serve_connection(io, svc);
         return drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await;
     }
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = auto::Builder::new(Streams { send_timeout: limits.send_timeout, peer });
     let mut builder = if http == Http::Tls2 { builder.http2_only() } else { builder.http1_only() };
     // The same HTTP/1 settings as on plain TCP.
     builder.http1().timer(TokioTimer::new()).keep_alive(true).max_buf_size(buf_size(limits)).header_read_timeout(None);
@@ -337,6 +338,31 @@ async fn serve_http<IO>(
         .max_send_buf_size(H2_SEND_BUF);
     let conn = builder.serve_connection(io, svc);
     drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await
+}
+
+/// hyper's executor for the tasks of one HTTP/2 connection (one per stream): each runs under
+/// -send-timeout for its own answer ([`SendDeadline`]), as the connection's writes do
+/// ([`Watched`]). A stream whose client keeps its window closed is reset alone.
+#[derive(Clone)]
+struct Streams {
+    send_timeout: Duration,
+    peer: SocketAddr,
+}
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, task: F) {
+        let peer = self.peer;
+        let task = SendDeadline::new(task, self.send_timeout);
+        tokio::spawn(async move {
+            if task.run().await.is_none() {
+                debug!(%peer, "client has not read its answer on a stream for -send-timeout; resetting the stream");
+            }
+        });
+    }
 }
 
 /// HTTP/2 streams at once on one client connection (each is a call that may hold a node

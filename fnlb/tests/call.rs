@@ -387,3 +387,33 @@ async fn a_nodes_early_answer_reaches_the_client() {
     assert_eq!(status_of(&answer), 413, "{answer}");
     assert!(answer.ends_with("too large"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_early_answer_reaches_the_client_on_the_hyper_path() {
+    let node = raw_node(Behaviour::Early413).await;
+    let lb = balancer(&[node.addr], &[]).await;
+    for round in 0..5 {
+        let s = TcpStream::connect(lb.traffic).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let size = 8 << 20;
+        let writer = tokio::spawn(async move {
+            // HTTP/1.0: the hyper path.
+            let head = format!("POST /r/app/fn HTTP/1.0\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            if wr.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let block = vec![b'y'; 64 << 10];
+            for _ in 0..(size / block.len()) {
+                if wr.write_all(&block).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+        writer.abort();
+        let answer = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&answer), 413, "round {round}: {answer}");
+        assert!(answer.ends_with("too large"), "{answer}");
+    }
+}

@@ -487,3 +487,192 @@ async fn an_http2_stream_whose_body_stops_fails_alone_after_the_client_body_time
     let resp = tokio::time::timeout(LIMIT, sender.send_request(next)).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// A node whose `/r/app/big` answer is 64 MiB and `/r/app/medium` 1 MiB, sent as fast as they
+/// are taken; `open` counts those still being sent (one ends when its connection does). Other
+/// calls get `ok`.
+async fn big_node(open: Arc<std::sync::atomic::AtomicUsize>) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering::SeqCst;
+    /// 64 KiB at a time; counted in `open` until dropped.
+    struct Big(usize, Arc<std::sync::atomic::AtomicUsize>);
+    impl hyper::body::Body for Big {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.0 -= 1;
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 64 << 10])))))
+        }
+    }
+    impl Drop for Big {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, SeqCst);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let open = open.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body: http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> =
+                        match req.uri().path() {
+                            "/version" => Full::new(Bytes::from_static(br#"{"version":"0.3.753"}"#)).boxed(),
+                            "/r/app/big" => {
+                                open.fetch_add(1, SeqCst);
+                                Big(1024, open.clone()).boxed()
+                            }
+                            "/r/app/medium" => {
+                                open.fetch_add(1, SeqCst);
+                                Big(16, open.clone()).boxed()
+                            }
+                            _ => Full::new(Bytes::from_static(b"ok")).boxed(),
+                        };
+                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The sum of the samples of `name` in the balancer's metrics.
+async fn metric(lb: &Fnlb, certs: &Certs, name: &str) -> f64 {
+    let text = send_h1(lb.mgmt, certs, "GET", "/1/lb/metrics", &[], "").await.text();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_client_keeps_its_window_closed_is_reset_after_the_send_timeout() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let certs = Certs::new();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let node = big_node(open.clone()).await.to_string();
+    let lb = start(&certs, &["-nodes", &node, "-function-keys=false", "-send-timeout", "1"]);
+    wait_online(&lb, &certs, &node).await;
+    // The client grants each stream 64 KiB and never more for a body it does not read; the
+    // connection's window is wide, so that another stream still has room.
+    let tls = connect(lb.traffic, &certs, &[b"h2"]).await;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(65_535).initial_connection_window_size(16 << 20);
+    let (mut sender, conn) = builder.handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let authority = format!("localhost:{}", lb.traffic.port());
+    let req = Request::get(format!("https://{authority}/r/app/big")).body(Full::new(Bytes::new())).unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(LIMIT, sender.send_request(req)).await.expect("timed out").expect("failed");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(open.load(SeqCst), 1, "the node is sending the big answer");
+    // Nothing of the body is read: the stream's window stays shut. After -send-timeout the
+    // balancer gives the stream up, and with it the node's connection.
+    let deadline = Instant::now() + LIMIT;
+    while open.load(SeqCst) > 0 {
+        assert!(Instant::now() < deadline, "the stalled stream kept its node connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "given up too early: {:?}", started.elapsed());
+    // The client finds the stream reset: what was sent, then an error, never the whole answer.
+    let body = tokio::time::timeout(LIMIT, resp.into_body().collect()).await.expect("the stream was never reset");
+    let error = body.err().map(|e| format!("{e:?}")).expect("a stream given up ended as if whole");
+    assert!(error.contains("CANCEL"), "reset with CANCEL: {error}");
+    // Only that stream: the connection carries the next call.
+    let r = send_h2(&mut sender, "GET", &format!("https://{authority}/r/app/small"), "").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    // A client that reads slowly but steadily keeps its stream: each frame taken restarts the
+    // deadline, though the whole answer takes longer than -send-timeout to read.
+    let req = Request::get(format!("https://{authority}/r/app/medium")).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(LIMIT, sender.send_request(req)).await.expect("timed out").expect("failed");
+    let (mut body, mut got, slow_from) = (resp.into_body(), 0, Instant::now());
+    while let Some(frame) = tokio::time::timeout(LIMIT, body.frame()).await.expect("a slow reader's stream stalled") {
+        let n = frame.expect("a slow reader's stream was reset").into_data().map_or(0, |d| d.len());
+        got += n;
+        // About 500 kB/s: 2 s for the whole answer, some milliseconds per frame.
+        tokio::time::sleep(Duration::from_micros(2 * n as u64)).await;
+    }
+    assert_eq!(got, 16 << 16, "the whole answer");
+    assert!(slow_from.elapsed() > Duration::from_secs(1), "not slower than -send-timeout: {:?}", slow_from.elapsed());
+    // The client's fault: no node error counted, and the node stays in rotation.
+    assert_eq!(metric(&lb, &certs, "fnlb_upstream_errors_total").await, 0.0);
+    let nodes = send_h1(lb.mgmt, &certs, "GET", "/1/lb/nodes", &[], "").await;
+    assert_eq!(nodes.json()["nodes"][&node], "online", "{}", nodes.text());
+}
+
+/// A node that reads a call's head, answers 413 and closes, the body unread.
+async fn early_413_node() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    if buf.starts_with(b"GET /version ") {
+                        buf.drain(..end + 4);
+                        let body = r#"{"version":"0.3.753"}"#;
+                        let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        if sock.write_all(r.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let r = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+                    let _ = sock.write_all(r.as_bytes()).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_tls_gets_the_nodes_early_answer() {
+    let certs = Certs::new();
+    let node = early_413_node().await.to_string();
+    let lb = start(&certs, &["-nodes", &node, "-function-keys=false"]);
+    wait_online(&lb, &certs, &node).await;
+    let (mut sender, _conn) = h2(lb.traffic, &certs).await;
+    let url = format!("https://localhost:{}/r/app/upload", lb.traffic.port());
+    let upload = "y".repeat(8 << 20);
+    // Whether hyper reads the answer before its write fails is a race; each round is a draw.
+    for round in 0..10 {
+        let r = send_h2(&mut sender, "POST", &url, &upload).await;
+        assert_eq!((r.status, r.text().as_str()), (413, "too large"), "round {round}");
+        // And over TLS HTTP/1.1, the same hyper path. The client reads while it writes (as
+        // curl does): the answer comes before the upload is over.
+        let tls = connect(lb.traffic, &certs, &[b"http/1.1"]).await;
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let head = format!("POST /r/app/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", upload.len());
+        let body = upload.clone();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(body.as_bytes()).await;
+        });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(LIMIT, rd.read_to_end(&mut out)).await;
+        writer.abort();
+        let answer = String::from_utf8_lossy(&out);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "round {round}, HTTP/1.1: {answer}");
+        assert!(answer.ends_with("too large"), "round {round}, HTTP/1.1: {answer}");
+    }
+}

@@ -1,8 +1,11 @@
 //! Body types of the data path: the request body sent upstream (the client's stream, untouched)
 //! and the response body sent back (the node's stream, or a short local answer). Streaming both
-//! ways: nothing here buffers a whole body.
+//! ways: nothing here buffers a whole body. Also the per-stream send deadline of HTTP/2
+//! ([`SendDeadline`]): a response body reports each frame it yields, so that a stream whose
+//! client keeps its window closed is reset after -send-timeout.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -252,10 +255,14 @@ impl Body for RespBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
+        let r = match self.get_mut() {
             RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-        }
+        };
+        // On an HTTP/2 stream (the only place the slot is set), the stream's deadline hears of it.
+        let owed = matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_data());
+        let _ = FRAMES.try_with(|f| f.polled(owed));
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -270,6 +277,96 @@ impl Body for RespBody {
             RespBody::Upstream(b) => b.size_hint(),
             RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RespBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The frames of the response body sent on this task's HTTP/2 stream (set by
+    /// [`SendDeadline`]; absent elsewhere).
+    static FRAMES: Arc<Frames>;
+}
+
+/// What a response body tells its stream's deadline: how often it was polled, and whether the
+/// last poll yielded a data frame that hyper has not yet sent (it comes back for the next frame
+/// only once the client's flow-control window took that one).
+#[derive(Default)]
+struct Frames {
+    polls: AtomicU64,
+    owed: AtomicBool,
+}
+
+impl Frames {
+    fn polled(&self, owed: bool) {
+        self.polls.fetch_add(1, Relaxed);
+        self.owed.store(owed, Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// -send-timeout for one HTTP/2 stream: the task that serves it (hyper spawns one per stream),
+    /// watched. hyper polls a response body for its next frame only once the last one could be
+    /// sent, i.e. once the client's window had room: a frame yielded and not followed by another
+    /// poll for -send-timeout is a client that does not read this stream. The watch then drops the
+    /// stream's task: h2 resets the stream (RST_STREAM CANCEL), and the response body goes with it,
+    /// its node connection closed (mid-message, not pooled), its in-flight mark released. The node
+    /// is not blamed: the call was observed when its answer came (as on HTTP/1, where the same
+    /// timeout closes the connection). A body waiting for its node is not the client's stall: no
+    /// deadline runs then.
+    pub struct SendDeadline<F> {
+        #[pin]
+        inner: F,
+        frames: Arc<Frames>,
+        limit: Duration,
+        // The poll count when the current stall was first seen.
+        seen: u64,
+        // Armed while a stall lasts; one timer per stream, made at its first stall.
+        timer: Option<Pin<Box<Sleep>>>,
+        armed: bool,
+    }
+}
+
+impl<F: Future> SendDeadline<F> {
+    /// `inner` (a stream's task), under a send deadline of `limit`. Run it as
+    /// [`SendDeadline::run`]: the body reports to it through the task.
+    pub fn new(inner: F, limit: Duration) -> SendDeadline<F> {
+        SendDeadline { inner, frames: Arc::default(), limit, seen: 0, timer: None, armed: false }
+    }
+
+    /// Runs the task to its end, or until its stream has stalled for the limit (`None`).
+    pub async fn run(self) -> Option<F::Output> {
+        FRAMES.scope(self.frames.clone(), self).await
+    }
+}
+
+impl<F: Future> Future for SendDeadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !this.frames.owed.load(Relaxed) {
+            // Nothing waits for the client (the body waits for its node, or has not begun).
+            *this.armed = false;
+            return Poll::Pending;
+        }
+        let polls = this.frames.polls.load(Relaxed);
+        if polls != *this.seen {
+            // A frame sent and another yielded since: this stall starts now.
+            *this.seen = polls;
+            *this.armed = false;
+        }
+        let deadline = tokio::time::Instant::now() + *this.limit;
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !*this.armed {
+            *this.armed = true;
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -155,6 +155,7 @@ impl Proxy {
         let hash = self.keys.key(parts.uri.path());
         let snap = self.nodes.load_full();
         let bodiless = body.is_end_stream();
+        let head = parts.method == http::Method::HEAD;
         let facts = call::Request {
             method: &parts.method,
             bodiless,
@@ -230,6 +231,16 @@ impl Proxy {
                                 debug!(node = %node.addr, "kept-alive connection closed under the call; unread");
                                 Failure::Stale
                             }
+                            // As on the fast path: a node that stopped reading the body may have
+                            // answered first (a 413). Its answer is the client's; without one,
+                            // the failed write is the news.
+                            Failure::Broke(error) if !bodiless => match self.early_answer(conn.socket(), head).await {
+                                Some(resp) if rules::check_response(resp.status().as_u16(), resp.headers()).is_ok() => {
+                                    debug!(node = %node.addr, %error, "node stopped reading the body; passing on its answer");
+                                    return self.respond(resp, conn, &mut call);
+                                }
+                                _ => Failure::Broke(error),
+                            },
                             failure => failure,
                         }
                     }
@@ -279,6 +290,34 @@ impl Proxy {
         node.pool.connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
     }
 
+    /// The answer a node sent before it stopped reading the request body and closed, read after
+    /// hyper gave the connection up (its write failed; the answer, unread, is still in the
+    /// socket). Read by a hyper client of its own over a duplicate of the socket, so that it is
+    /// parsed and framed like any answer: the request written on it goes nowhere (it tells hyper
+    /// what the answer answers, `head`: a HEAD). `None`: no whole head came before the close, or
+    /// within -upstream-timeout (as on the fast path).
+    async fn early_answer(&self, socket: &tokio::net::TcpStream, head: bool) -> Option<Response<Incoming>> {
+        let socket: std::net::TcpStream = socket2::SockRef::from(socket).try_clone().ok()?.into();
+        let socket = tokio::net::TcpStream::from_std(socket).ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(64 * 1024)
+            .handshake::<_, ReqBody>(hyper_util::rt::TokioIo::new(Answered { socket, asked: false, reader: None }))
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(%error, "node's early answer ended with an error");
+            }
+        });
+        let mut req = Request::new(ReqBody::Empty);
+        *req.method_mut() = if head { http::Method::HEAD } else { http::Method::POST };
+        let answer = sender.send_request(req);
+        match self.upstream_timeout {
+            Some(limit) => tokio::time::timeout(limit, answer).await.ok()?.ok(),
+            None => answer.await.ok(),
+        }
+    }
+
     fn respond(&self, resp: Response<Incoming>, conn: pool::Conn, call: &mut Call<'_>) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         let wait = headers::response(&mut parts.headers).and_then(|v| parse_go_duration_bytes(v.as_bytes()));
@@ -296,6 +335,57 @@ enum Sent {
     Timeout(Duration),
     /// Boxed: only failures pay for its size.
     Failed(Box<hyper::client::conn::TrySendError<Request<ReqBody>>>),
+}
+
+/// A node's socket that is only read: what is written to it is dropped (the node has stopped
+/// reading). Reads wait for the first write: hyper takes bytes that come before its request is
+/// out for an unasked message.
+struct Answered {
+    socket: tokio::net::TcpStream,
+    asked: bool,
+    reader: Option<std::task::Waker>,
+}
+
+impl tokio::io::AsyncRead for Answered {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.asked {
+            self.reader = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.socket).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Answered {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.asked = true;
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Whose fault a hyper client error is, once the request was (at least partly) written.
