@@ -114,8 +114,8 @@ fn lb(policy: &str, balancers: u32, late: bool) -> Lb {
         load_factor: 1.25,
         late_binding: late,
     };
-    let wait = wait_config(balancers);
-    let (rule, queue) = (WaitRule::new(wait), WaitQueue::new(wait));
+    let wait = wait_config();
+    let (rule, queue) = (WaitRule::new(wait).shared_by(Balancers::new(balancers)), WaitQueue::new(wait));
     if let Some(spec) = policy.strip_prefix("bounded:") {
         let t = tuning(spec, late);
         let policy = Box::new(Bounded::with_tuning(1.25, SLOTS as u32, balancers, t));
@@ -127,8 +127,8 @@ fn lb(policy: &str, balancers: u32, late: bool) -> Lb {
 
 /// Late binding's knobs: a balancer's share of a node's slots; `FNLB_SIM_WAIT=min,max,give_up`
 /// (ms) varies the deadlines for tuning.
-fn wait_config(balancers: u32) -> WaitConfig {
-    let mut w = WaitConfig::new(SLOTS as u32 / balancers.max(1));
+fn wait_config() -> WaitConfig {
+    let mut w = WaitConfig::new(SLOTS as u32);
     if let Ok(v) = std::env::var("FNLB_SIM_WAIT") {
         let ms: Vec<u64> = v.split(',').map(|x| x.parse().expect("FNLB_SIM_WAIT=min,max,give_up")).collect();
         (w.min_wait_ms, w.max_wait_ms, w.give_up_ms) = (ms[0], ms[1], ms[2]);

@@ -154,9 +154,9 @@ async fn run(cfg: Config) -> Result<(), String> {
     let mut proxy = Proxy::new(nodes.clone(), policy, &cfg.limits).observed_by(obs.clone());
     proxy = proxy.keyed_by(function_keys.clone());
     if cfg.limits.late_binding {
-        // This balancer's share of a node: a cold start goes only onto a node with fewer of its
-        // calls in flight.
-        proxy = proxy.binding_late(route::wait::WaitConfig::new(cfg.node_capacity / cfg.balancers.max(1)));
+        // A cold start goes only onto a node with fewer of this balancer's calls in flight than
+        // its share of the node's slots, for the balancer count of the moment.
+        proxy = proxy.binding_late(route::wait::WaitConfig::new(cfg.node_capacity), balancers.clone());
     }
     let wait_queue = proxy.wait_queue();
     let services = Arc::new(Services {

@@ -22,7 +22,7 @@ use crate::metrics::{Retry, Unserved, UpstreamError};
 use crate::node::manager::NodesHandle;
 use crate::node::{InFlight, Node, Snapshot};
 use crate::route::wait::{Decision, Leave, WaitConfig, WaitQueue, WaitRule, Waiter};
-use crate::route::{clock, Attempt, Placement, Policy};
+use crate::route::{clock, Attempt, Balancers, Placement, Policy};
 use crate::telemetry::call::CallObs;
 
 /// Distinct nodes one call may be tried on before the client gets an error.
@@ -105,10 +105,10 @@ pub struct Late {
 }
 
 impl Late {
-    /// `cfg`: [`WaitConfig::new`] of this balancer's share of a node (`-node-capacity` ÷
-    /// `-balancers`).
-    pub fn new(cfg: WaitConfig) -> Late {
-        Late { rule: WaitRule::new(cfg), queue: WaitQueue::new(cfg) }
+    /// `cfg`: [`WaitConfig::new`] of a node's slots (`-node-capacity`), shared by the
+    /// balancers `balancers` counts (live).
+    pub fn new(cfg: WaitConfig, balancers: Balancers) -> Late {
+        Late { rule: WaitRule::new(cfg).shared_by(balancers), queue: WaitQueue::new(cfg) }
     }
 }
 
@@ -907,7 +907,7 @@ mod tests {
     fn a_call_that_finds_the_node_full_waits_and_is_handed_the_container_that_frees() {
         let w = world(1);
         let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
-        let late = Late::new(WaitConfig::new(1));
+        let late = Late::new(WaitConfig::new(1), Balancers::new(1));
         let mut first = late_call(&w, &policy, &late);
         let node = Arc::clone(send(first.next()));
         let mut second = late_call(&w, &policy, &late);
@@ -932,7 +932,7 @@ mod tests {
     fn a_call_still_unplaced_at_its_give_up_time_is_refused_with_retry_after() {
         let w = world(1);
         let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
-        let late = Late::new(WaitConfig::new(1));
+        let late = Late::new(WaitConfig::new(1), Balancers::new(1));
         let mut first = late_call(&w, &policy, &late);
         send(first.next());
         let mut second = late_call(&w, &policy, &late);
@@ -955,7 +955,7 @@ mod tests {
     fn a_waiting_call_dropped_leaves_no_trace_in_the_queue() {
         let w = world(1);
         let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
-        let late = Late::new(WaitConfig::new(1));
+        let late = Late::new(WaitConfig::new(1), Balancers::new(1));
         let mut first = late_call(&w, &policy, &late);
         send(first.next());
         let mut second = late_call(&w, &policy, &late);

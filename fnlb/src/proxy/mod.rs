@@ -86,8 +86,8 @@ impl Proxy {
 
     /// Holds calls at the balancer at saturation (`route::wait`; `cfg` from this balancer's
     /// share of a node).
-    pub fn binding_late(mut self, cfg: crate::route::wait::WaitConfig) -> Proxy {
-        self.late = Some(Late::new(cfg));
+    pub fn binding_late(mut self, cfg: crate::route::wait::WaitConfig, balancers: crate::route::Balancers) -> Proxy {
+        self.late = Some(Late::new(cfg, balancers));
         self
     }
 

@@ -28,13 +28,15 @@ use tokio::sync::oneshot;
 use super::warmth::Warmth;
 use super::Placement;
 use crate::node::Snapshot;
+use crate::route::Balancers;
 
 /// Late binding's knobs (defaults tuned with `examples/routesim.rs --late-binding`, see
 /// docs/BENCHMARKS.md "Late binding (routesim)").
 #[derive(Clone, Copy, Debug)]
 pub struct WaitConfig {
-    /// Calls a node runs at once for this balancer (`-node-capacity` ÷ `-balancers`): a cold
-    /// start is admitted only onto a node with fewer calls in flight, so it never queues there.
+    /// Calls a node runs at once (`-node-capacity`): a cold start is admitted only onto a node
+    /// with fewer of this balancer's calls in flight than its share of them (÷ the balancer
+    /// count of the moment, [`WaitRule::shared_by`]), so it never queues there.
     pub slots: u32,
     /// The cold deadline is the estimated cold start, clamped to these bounds (ms).
     pub min_wait_ms: u64,
@@ -91,6 +93,8 @@ pub struct FnView {
 /// The waiting rule, plus the one thing it learns: how long a cold start takes.
 pub struct WaitRule {
     pub cfg: WaitConfig,
+    /// How many balancers share the nodes, read at every use (live: heartbeats or pods).
+    balancers: Balancers,
     /// Decayed mean of reported waits long enough to be a cold start (µs; 0 = none seen).
     cold_us: AtomicU64,
     /// Per function, where it is known: a direct-mapped table of [`COLD_ENTRIES`] words, each
@@ -113,7 +117,13 @@ const COLD_GUESS_MS: u64 = 500;
 impl WaitRule {
     pub fn new(cfg: WaitConfig) -> WaitRule {
         let cold_by_fn = (0..COLD_ENTRIES).map(|_| AtomicU64::new(0)).collect();
-        WaitRule { cfg, cold_us: AtomicU64::new(0), cold_by_fn }
+        WaitRule { cfg, balancers: Balancers::new(1), cold_us: AtomicU64::new(0), cold_by_fn }
+    }
+
+    /// The nodes' slots are shared with the balancers `balancers` counts (one by default).
+    pub fn shared_by(mut self, balancers: Balancers) -> WaitRule {
+        self.balancers = balancers;
+        self
     }
 
     fn entry(&self, hash: u64) -> (&AtomicU64, u64) {
@@ -173,7 +183,7 @@ impl WaitRule {
 
     /// Whether node `i` can start a container now without queueing it.
     pub fn has_slot(&self, snap: &Snapshot, i: usize) -> bool {
-        snap.is_eligible(i) && snap.nodes()[i].in_flight() < self.cfg.slots
+        snap.is_eligible(i) && snap.nodes()[i].in_flight() < (self.cfg.slots / self.balancers.get()).max(1)
     }
 
     /// This balancer's calls of the function in flight on its probe chain: the containers that
@@ -630,6 +640,25 @@ mod tests {
                 snap.nodes()[i].start_call()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_node_s_slots_follow_the_live_balancer_count() {
+        let snap = snapshot(1, &[]);
+        let balancers = Balancers::new(1);
+        let r = WaitRule::new(WaitConfig::new(4)).shared_by(balancers.clone());
+        let _calls: Vec<_> = (0..2).map(|_| snap.nodes()[0].start_call()).collect();
+        // Alone, this balancer may run 4 calls on the node: 2 leave room.
+        assert!(r.has_slot(&snap, 0));
+        // A second balancer joins (a heartbeat, a pod): its share is 2, and they are taken.
+        balancers.set(2);
+        assert!(!r.has_slot(&snap, 0));
+        // Never less than one call, however many balancers count themselves.
+        balancers.set(8);
+        let alone = snapshot(1, &[]);
+        assert!(r.has_slot(&alone, 0));
+        balancers.set(1);
+        assert!(r.has_slot(&snap, 0));
     }
 
     #[test]
