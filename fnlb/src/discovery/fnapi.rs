@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use crate::health::probe::error_chain;
 use crate::node::manager::NodesHandle;
+use crate::node::table::key_hash;
 use crate::node::NodeAddr;
-use crate::route::table::key_hash;
 
 /// Items per page asked of the Fn API (its maximum).
 const PER_PAGE: u32 = 100;

@@ -13,8 +13,8 @@ use tracing::{debug, info, warn};
 
 use crate::health::probe::{ProbeError, Prober};
 use crate::health::{Health, HealthState, Thresholds};
+use crate::node::table::Table;
 use crate::node::{Node, NodeAddr, Snapshot};
-use crate::route::table::Table;
 
 enum Command {
     /// The full set discovery wants, read when the local mutation counter was `seq`.

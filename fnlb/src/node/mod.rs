@@ -2,15 +2,16 @@
 //! [`Snapshot`] of the node set that routing reads. Only [`manager`] builds snapshots.
 pub mod addr;
 pub mod manager;
+pub mod table;
 
 pub use addr::{AddrError, NodeAddr};
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::proxy::pool::Pool;
-use crate::route::table::Table;
+use table::Table;
 
 /// One Fn node as the data path sees it. Shared (`Arc`) between successive snapshots so its
 /// counters and pooled connections survive membership and health changes.
@@ -30,14 +31,15 @@ pub struct Node {
     /// Calls in flight on every node of the set, shared by all of them: policies compare a
     /// node's load with the mean without summing over the nodes.
     total_in_flight: Arc<AtomicU32>,
-    /// Kept-alive upstream connections to this node.
-    pub pool: Pool,
+    /// The proxy's kept-alive connections to this node (`proxy::pool::Pool::of`), which live as
+    /// long as the node.
+    pub attached: Attachment,
 }
 
 impl Node {
     pub fn new(addr: NodeAddr, total_in_flight: Arc<AtomicU32>) -> Arc<Node> {
         Arc::new(Node {
-            pool: Pool::new(addr.clone()),
+            attached: Attachment::default(),
             addr,
             in_flight: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
@@ -105,6 +107,21 @@ impl Node {
         // Weight 1/8: one cold start moves the mean by an eighth of its wait, not all of it.
         let new = old - old / 8 + sample / 8;
         self.wait_us.store(new, Ordering::Relaxed);
+    }
+}
+
+/// What another layer keeps per node for the node's lifetime, made at its first use. Its type is
+/// that layer's, so node/ does not depend on it: the proxy keeps its connection pool here, and
+/// finding it costs a call what a field would plus one type check, with no lock.
+#[derive(Default)]
+pub struct Attachment(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl Attachment {
+    /// The value, made by `init` at the first call. An attachment holds one type: it has one
+    /// accessor, the layer that owns it, so every call asks for the same `T`.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> &T {
+        let value = self.0.get_or_init(|| Box::new(init()));
+        value.downcast_ref().expect("a node's attachment is asked for one type only")
     }
 }
 

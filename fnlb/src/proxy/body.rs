@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::call::Held;
-use super::pool::Conn;
+use super::pool::{Conn, Pool};
 
 /// A request body on its way to the node.
 pub enum ReqBody {
@@ -176,7 +176,7 @@ impl UpstreamBody {
     fn finish(&mut self) {
         if let Some(call) = self.call.take() {
             if let Some(conn) = self.conn.take() {
-                call.node().pool.put_back(conn);
+                Pool::of(call.node()).put_back(conn);
             }
         }
     }

@@ -25,6 +25,7 @@ use crate::route::{goduration::parse_go_duration_bytes, Policy};
 use crate::telemetry::Observers;
 use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
 use call::{Call, Failure, Late, Next, RetryBudget, Rules};
+use pool::Pool;
 
 pub struct Proxy {
     nodes: NodesHandle,
@@ -271,12 +272,12 @@ impl Proxy {
     /// A pooled connection that is open and ready, or a new one (`fresh`: always a new one).
     /// Also says whether the connection was reused.
     async fn connection(&self, node: &Arc<Node>, fresh: bool) -> Result<(pool::Conn, bool), String> {
-        while let Some(mut c) = node.pool.take_idle().filter(|_| !fresh) {
+        while let Some(mut c) = Pool::of(node).take_idle().filter(|_| !fresh) {
             if c.sender.ready().await.is_ok() {
                 return Ok((c, true));
             }
         }
-        node.pool.connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
+        Pool::of(node).connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
     }
 
     fn respond(&self, resp: Response<Incoming>, conn: pool::Conn, call: &mut Call<'_>) -> Response<RespBody> {

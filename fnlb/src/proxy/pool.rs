@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::ReqBody;
-use crate::node::NodeAddr;
+use crate::node::{Node, NodeAddr};
 
 pub type Sender = http1::SendRequest<ReqBody>;
 
@@ -55,6 +55,12 @@ pub enum ConnectError {
 impl Pool {
     pub fn new(addr: NodeAddr) -> Pool {
         Pool { addr, idle: Mutex::new(Vec::new()), raw: Mutex::new(Vec::new()) }
+    }
+
+    /// The node's pool, made at its first call and dropped with the node (so it survives
+    /// membership and health changes as the node does).
+    pub fn of(node: &Node) -> &Pool {
+        node.attached.get_or_init(|| Pool::new(node.addr.clone()))
     }
 
     /// The most recently used idle raw connection that is still open: the node has not closed

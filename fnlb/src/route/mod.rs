@@ -1,4 +1,4 @@
-//! Routing: the key of a request, the consistent order of nodes for a key ([`table`]), and the
+//! Routing: the key of a request, the consistent order of nodes for a key ([`crate::node::table`]), and the
 //! policies that pick one node of a [`Snapshot`]. Policies are pure over the snapshot plus the
 //! per-node load counters; they never block and never allocate on the common path.
 pub mod bounded;
@@ -10,7 +10,6 @@ pub mod hermod;
 pub mod openwhisk;
 pub mod sketch;
 pub mod spread;
-pub mod table;
 pub mod wait;
 pub mod warmth;
 
@@ -237,8 +236,8 @@ pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> 
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use crate::node::table::Table;
     use crate::node::{Node, NodeAddr, Snapshot};
-    use crate::route::table::Table;
 
     /// A snapshot of `n` nodes (127.0.0.1:9001…), healthy as given (all when `healthy` is empty).
     pub fn snapshot(n: usize, healthy: &[bool]) -> Snapshot {
@@ -259,7 +258,7 @@ pub(crate) mod testing {
 
     pub fn key(i: usize) -> (Vec<u8>, u64) {
         let k = format!("/r/app/fn{i}").into_bytes();
-        let h = crate::route::table::key_hash(&k);
+        let h = crate::node::table::key_hash(&k);
         (k, h)
     }
 }

@@ -480,7 +480,7 @@ mod tests {
         // calls in flight) carried over, and nothing of the nodes that left.
         let four = Snapshot::new(
             eight.nodes_arc()[..4].iter().cloned().collect(),
-            std::sync::Arc::new(crate::route::table::Table::build(&[])),
+            std::sync::Arc::new(crate::node::table::Table::build(&[])),
             vec![true; 4].into(),
             Default::default(),
         );

@@ -322,7 +322,7 @@ pub fn stats_json(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::table::key_hash;
+    use crate::node::table::key_hash;
 
     const T0: u64 = 1_795_707_237_000_000;
 
@@ -421,7 +421,7 @@ mod cost {
         let paths: Vec<(String, u64)> = (0..100_000)
             .map(|i| {
                 let p = format!("/r/app/fn{i}");
-                let h = crate::route::table::key_hash(p.as_bytes());
+                let h = crate::node::table::key_hash(p.as_bytes());
                 (p, h)
             })
             .collect();
