@@ -27,10 +27,12 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tracing::{debug, warn};
 
+use crate::answer::json_msg;
 use crate::config::Limits;
 use crate::mgmt::{is_mgmt_only_path, is_mgmt_path, Mgmt};
 use crate::node::clock_ms;
-use crate::proxy::{h1, json_msg, Proxy};
+use crate::proxy::body::RespBody;
+use crate::proxy::{h1, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -417,12 +419,12 @@ async fn dispatch(
     role: Role,
     req: http::Request<hyper::body::Incoming>,
     peer: SocketAddr,
-) -> http::Response<crate::proxy::body::RespBody> {
+) -> http::Response<RespBody> {
     match role {
-        Role::Both if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await,
+        Role::Both if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await.map(RespBody::from),
         Role::Both | Role::Traffic => services.proxy.forward(req, peer).await,
-        Role::Mgmt if is_mgmt_only_path(req.uri().path()) => services.mgmt.handle(req).await,
-        Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command"),
+        Role::Mgmt if is_mgmt_only_path(req.uri().path()) => services.mgmt.handle(req).await.map(RespBody::from),
+        Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command").map(RespBody::from),
     }
 }
 

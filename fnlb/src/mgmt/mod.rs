@@ -9,12 +9,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use tracing::info;
 
+use crate::answer::{json_msg, json_response, LocalBody};
 use crate::discovery::{Store, StoreError};
 use crate::metrics;
 use crate::node::manager::NodesHandle;
 use crate::node::NodeAddr;
-use crate::proxy::body::RespBody;
-use crate::proxy::{json_msg, json_response};
 use crate::stats::{self, scale};
 use crate::telemetry::Observers;
 
@@ -122,7 +121,7 @@ impl Mgmt {
         c
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<RespBody> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<LocalBody> {
         match req.uri().path() {
             "/1/lb/nodes" => match *req.method() {
                 Method::GET => self.list(),
@@ -163,7 +162,7 @@ impl Mgmt {
         self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.capacity()))
     }
 
-    fn dash_data(&self) -> Response<RespBody> {
+    fn dash_data(&self) -> Response<LocalBody> {
         let now = scale::nodes_now(&self.nodes.load());
         let body = self.obs.stats.with_history(stats::time::now_micros(), |h| {
             let mut c = scale::cluster(h, &now, self.capacity());
@@ -175,7 +174,7 @@ impl Mgmt {
         r
     }
 
-    fn metrics(&self) -> Response<RespBody> {
+    fn metrics(&self) -> Response<LocalBody> {
         let snap = self.nodes.load_full();
         let cluster = self.cluster(&scale::nodes_now(&snap));
         let text = metrics::render(&metrics::Live {
@@ -185,13 +184,13 @@ impl Mgmt {
             spans: self.obs.tracer.as_ref().map(|t| t.counts()),
             waits: self.waits.as_ref().map(|q| q.stats().counts()),
         });
-        let mut r = Response::new(RespBody::full(Bytes::from(text)));
+        let mut r = Response::new(LocalBody::full(Bytes::from(text)));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
         r
     }
 
     /// Every node this balancer knows, online when its health checks pass now.
-    fn list(&self) -> Response<RespBody> {
+    fn list(&self) -> Response<LocalBody> {
         let snap = self.nodes.load();
         let mut nodes = serde_json::Map::with_capacity(snap.len());
         for (i, n) in snap.nodes().iter().enumerate() {
@@ -201,7 +200,7 @@ impl Mgmt {
         json_response(StatusCode::OK, serde_json::json!({ "nodes": nodes }).to_string())
     }
 
-    async fn change(&self, req: Request<Incoming>, add: bool) -> Response<RespBody> {
+    async fn change(&self, req: Request<Incoming>, add: bool) -> Response<LocalBody> {
         if let Some(token) = &self.access.token {
             if !authorized(req.headers(), token) {
                 let mut r = json_msg(StatusCode::UNAUTHORIZED, "changing nodes needs Authorization: Bearer <token>");
@@ -235,18 +234,18 @@ impl Mgmt {
     }
 }
 
-fn not_allowed(allow: &'static str) -> Response<RespBody> {
+fn not_allowed(allow: &'static str) -> Response<LocalBody> {
     let mut r = json_msg(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
-fn bad(msg: &str) -> Response<RespBody> {
+fn bad(msg: &str) -> Response<LocalBody> {
     json_msg(StatusCode::BAD_REQUEST, msg)
 }
 
 /// Reads and validates `{"node":"host:port"}`, answering the client's mistake precisely.
-async fn read_node(req: Request<Incoming>, max_body: usize) -> Result<NodeAddr, Response<RespBody>> {
+async fn read_node(req: Request<Incoming>, max_body: usize) -> Result<NodeAddr, Response<LocalBody>> {
     let too_large = || json_msg(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max_body} bytes"));
     // A declared length over the limit is refused before reading a byte of it.
     if req.body().size_hint().lower() > max_body as u64 {
@@ -294,8 +293,8 @@ pub fn parse_node(body: &[u8]) -> Result<NodeAddr, String> {
     NodeAddr::parse(s).map_err(|e| e.to_string())
 }
 
-fn dashboard() -> Response<RespBody> {
-    let mut r = Response::new(RespBody::full(Bytes::from_static(include_bytes!("dash.html"))));
+fn dashboard() -> Response<LocalBody> {
+    let mut r = Response::new(LocalBody::full(Bytes::from_static(include_bytes!("dash.html"))));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     // Everything the page uses is in it; it may talk to this balancer only.
     r.headers_mut().insert(

@@ -14,6 +14,7 @@ use tokio::time::Sleep;
 
 use super::call::Held;
 use super::pool::{Conn, Pool};
+use crate::answer::LocalBody;
 
 /// A request body on its way to the node.
 pub enum ReqBody {
@@ -234,16 +235,18 @@ impl Body for UpstreamBody {
 /// What the client receives: a node's stream or a short answer made here.
 pub enum RespBody {
     Upstream(UpstreamBody),
-    Full(Option<Bytes>),
+    Local(LocalBody),
 }
 
 impl RespBody {
-    pub fn full(b: impl Into<Bytes>) -> RespBody {
-        RespBody::Full(Some(b.into()))
-    }
-
     pub fn empty() -> RespBody {
-        RespBody::Full(None)
+        RespBody::Local(LocalBody::empty())
+    }
+}
+
+impl From<LocalBody> for RespBody {
+    fn from(b: LocalBody) -> RespBody {
+        RespBody::Local(b)
     }
 }
 
@@ -254,22 +257,21 @@ impl Body for RespBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RespBody::Local(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Upstream(b) => b.is_end_stream(),
-            RespBody::Full(b) => b.is_none(),
+            RespBody::Local(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream(b) => b.size_hint(),
-            RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            RespBody::Full(None) => SizeHint::with_exact(0),
+            RespBody::Local(b) => b.size_hint(),
         }
     }
 }

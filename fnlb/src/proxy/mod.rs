@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::answer::json_msg;
 use crate::discovery::fnapi::FunctionKeys;
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
@@ -46,26 +46,13 @@ pub struct Proxy {
     late: Option<Late>,
 }
 
-/// A short JSON answer made by the balancer itself: `{"msg": ...}`.
-pub fn json_msg(status: StatusCode, msg: &str) -> Response<RespBody> {
-    let body = serde_json::json!({ "msg": msg }).to_string();
-    json_response(status, body)
-}
-
 /// The balancer's answer of [`Next::Answer`]: `{"msg": ...}`, with `Retry-After` when late
 /// binding refused the call.
 pub fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>) -> Response<RespBody> {
-    let mut resp = json_msg(status, msg);
+    let mut resp: Response<RespBody> = json_msg(status, msg).map(RespBody::from);
     if let Some(s) = retry_after_s {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
-    resp
-}
-
-pub fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -197,7 +184,9 @@ impl Proxy {
                         again
                     }
                     // The engine resends only what can be replayed.
-                    None => return json_msg(StatusCode::BAD_GATEWAY, "the call cannot be sent again"),
+                    None => {
+                        return json_msg(StatusCode::BAD_GATEWAY, "the call cannot be sent again").map(RespBody::from)
+                    }
                 },
             };
             if r.headers().get(header::HOST).is_none() {
@@ -318,7 +307,9 @@ fn classify(e: &hyper::Error) -> Failure {
 fn local(answer: Next<'_>) -> Response<RespBody> {
     match answer {
         Next::Answer { status, msg, retry_after_s, .. } => answer_response(status, &msg, retry_after_s),
-        Next::Send { .. } | Next::Wait(_) => json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        Next::Send { .. } | Next::Wait(_) => {
+            json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error").map(RespBody::from)
+        }
     }
 }
 /// Whether a node's kernel reset the connection under a call (`error` is how the read ended):

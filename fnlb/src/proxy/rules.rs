@@ -189,7 +189,7 @@ impl Refusal {
 
 /// The balancer's answer to a refused request: `{"msg": ...}`, with `Allow` on a 405.
 pub(crate) fn answer(r: Refusal) -> http::Response<super::body::RespBody> {
-    let mut resp = super::json_msg(r.status, r.msg);
+    let mut resp = crate::answer::json_msg(r.status, r.msg).map(super::body::RespBody::from);
     if let Some(allow) = r.allow() {
         resp.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static(allow));
     }
