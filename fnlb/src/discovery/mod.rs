@@ -2,6 +2,7 @@
 //! polled every health-check interval and its list handed to the node manager as the desired
 //! set; the management API writes to the store. Kubernetes mode publishes the set from a watch.
 pub mod balancers;
+pub mod db_url;
 pub mod fnapi;
 pub mod k8s;
 pub mod sql;

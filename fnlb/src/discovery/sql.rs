@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection};
 use tracing::warn;
 
 use super::{BoxFuture, Store, StoreError};
-use crate::config::DbUrl;
+use crate::discovery::db_url::DbUrl;
 use crate::node::NodeAddr;
 
 /// Every store call is bounded: a database that hangs must not hang the API or the poller.
