@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::InvalidValue;
+use crate::config::parse::InvalidValue;
 
 /// The node store `-db` names.
 #[derive(Clone, PartialEq, Eq)]
