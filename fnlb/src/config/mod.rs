@@ -403,6 +403,7 @@ impl Config {
             function_keys: src.parse("function-keys", &f.function_keys, parse_bool)?,
         };
         check_listeners(&config)?;
+        check_nodes(&config, src)?;
         Ok(config)
     }
 }
@@ -416,6 +417,17 @@ fn check_listeners(c: &Config) -> Result<(), CliExit> {
             "-mgmt-listen {b} overlaps -listen {a}: give both the same address to share one \
              listener, or use another port"
         )));
+    }
+    Ok(())
+}
+
+/// A `-nodes` entry that is one of our own listeners would send every call back here: refused
+/// now, by the test `PUT /1/lb/nodes` applies. (A listener on port 0 has no port yet; no node
+/// matches it.)
+fn check_nodes(c: &Config, src: &Sources<'_>) -> Result<(), CliExit> {
+    let ours = [c.listen, c.mgmt_listen];
+    for node in &c.nodes {
+        node.refuse_loop(&ours).map_err(|why| src.invalid("nodes", &format!("{:?}", node.to_string()), why))?;
     }
     Ok(())
 }
@@ -881,6 +893,19 @@ mod tests {
         assert!(!msg.contains("s3cret"), "{msg}");
         let c = parse(&["-db", "postgres://u:s3cret@h/db"]).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn nodes_that_are_our_own_listeners_are_refused() {
+        let msg = error(&["-listen=127.0.0.1:18081", "-nodes=a:1,127.0.0.1:18081"]);
+        assert_eq!(
+            msg,
+            "fnlb: invalid value \"127.0.0.1:18081\" for -nodes: node 127.0.0.1:18081 is this balancer's own \
+             listener: every call would loop back to it"
+        );
+        let msg = error(&["-listen=:18081", "-mgmt-listen=:18082", "-nodes=localhost:18082"]);
+        assert!(msg.contains("for -nodes: node localhost:18082 is this balancer's own listener"), "{msg}");
+        assert!(parse(&["-listen=127.0.0.1:18081", "-nodes=127.0.0.2:18081,127.0.0.1:18082"]).is_ok());
     }
 
     #[test]

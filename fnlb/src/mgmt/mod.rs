@@ -212,8 +212,10 @@ impl Mgmt {
             Ok(n) => n,
             Err(resp) => return resp,
         };
-        if add && node.is_one_of(&self.listeners) {
-            return bad(&format!("node {node} is this balancer's own listener: every call would loop back to it"));
+        if add {
+            if let Err(why) = node.refuse_loop(&self.listeners) {
+                return bad(&why);
+            }
         }
         let result = if add { self.store.add(&node).await } else { self.store.remove(&node).await };
         match result {

@@ -85,6 +85,15 @@ impl NodeAddr {
         })
     }
 
+    /// Refuses a node that is one of `listeners` ([`NodeAddr::is_one_of`]): every call sent to
+    /// it would come back to this balancer. The one check of `-nodes` and `PUT /1/lb/nodes`.
+    pub fn refuse_loop(&self, listeners: &[std::net::SocketAddr]) -> Result<(), String> {
+        if self.is_one_of(listeners) {
+            return Err(format!("node {self} is this balancer's own listener: every call would loop back to it"));
+        }
+        Ok(())
+    }
+
     /// The address as a URI authority, for building `http://<node>/...` requests. Cheap: a clone of
     /// the stored one.
     pub fn authority(&self) -> Authority {
