@@ -8,20 +8,15 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 /// A body made here, whole (or empty): sent in one frame.
-pub struct LocalBody(Option<Bytes>);
+pub(crate) struct LocalBody(Option<Bytes>);
 
 impl LocalBody {
-    pub fn full(b: impl Into<Bytes>) -> LocalBody {
+    pub(crate) fn full(b: impl Into<Bytes>) -> LocalBody {
         LocalBody(Some(b.into()))
     }
 
-    pub fn empty() -> LocalBody {
+    pub(crate) fn empty() -> LocalBody {
         LocalBody(None)
-    }
-
-    /// The bytes not yet sent (all of them until the body is polled).
-    pub fn into_bytes(self) -> Option<Bytes> {
-        self.0
     }
 }
 
@@ -43,12 +38,12 @@ impl Body for LocalBody {
 }
 
 /// A short JSON answer made by the balancer itself: `{"msg": ...}`.
-pub fn json_msg(status: StatusCode, msg: &str) -> Response<LocalBody> {
+pub(crate) fn json_msg(status: StatusCode, msg: &str) -> Response<LocalBody> {
     let body = serde_json::json!({ "msg": msg }).to_string();
     json_response(status, body)
 }
 
-pub fn json_response(status: StatusCode, body: String) -> Response<LocalBody> {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response<LocalBody> {
     let mut resp = Response::new(LocalBody::full(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

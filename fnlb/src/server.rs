@@ -35,7 +35,7 @@ use crate::proxy::body::RespBody;
 use crate::proxy::{h1, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// One listener for both: management paths first, everything else proxied.
     Both,
     /// Proxies everything, `/1/lb/*` included.
@@ -44,7 +44,7 @@ pub enum Role {
     Mgmt,
 }
 
-pub struct Services {
+pub(crate) struct Services {
     pub proxy: Proxy,
     pub mgmt: Mgmt,
 }
@@ -53,7 +53,7 @@ pub struct Services {
 /// signal. Every accept loop and connection task holds a receiver of `stop`; the sender's
 /// `closed()` resolves when the last of them is gone, which is how shutdown knows it drained.
 #[derive(Clone)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     pub services: Arc<Services>,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
@@ -66,7 +66,7 @@ pub struct Listeners {
 }
 
 /// Accepts on `listener` until stop turns true.
-pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
+pub(crate) async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
     let mut stop = shared.stop.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -120,7 +120,7 @@ async fn make_room(shared: &Listeners, stop: &mut watch::Receiver<bool>) -> Opti
 const SHED_EVERY: Duration = Duration::from_millis(100);
 
 /// Serves one client connection (HTTP/1.x) until it ends, times out, or shutdown closes it.
-pub async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
+pub(crate) async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -343,7 +343,7 @@ async fn serve_http<IO>(
 
 /// HTTP/2 streams at once on one client connection (each is a call that may hold a node
 /// connection): more are refused with `REFUSED_STREAM`, which clients retry.
-pub const H2_MAX_STREAMS: u32 = 100;
+pub(crate) const H2_MAX_STREAMS: u32 = 100;
 /// Flow control: what a client may send on a stream, and on the connection, before we read it.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONN_WINDOW: u32 = 1024 * 1024;

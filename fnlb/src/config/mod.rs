@@ -22,7 +22,7 @@ use crate::telemetry::LogFormat;
 use parse::*;
 
 /// Routing policies `-policy` accepts (the one list lives with the policies).
-pub use crate::route::POLICIES;
+pub(crate) use crate::route::POLICIES;
 
 /// Everything fnlb was asked to do, validated.
 #[derive(Debug, Clone, PartialEq)]

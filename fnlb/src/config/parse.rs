@@ -11,7 +11,7 @@ use crate::route::goduration::parse_go_duration;
 use crate::telemetry::LogFormat;
 
 /// More worker threads than this is a typo, not a configuration.
-pub const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
 /// Why a flag's value was refused; the caller adds which flag and which value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +32,7 @@ impl From<&str> for InvalidValue {
 
 /// `:PORT` (all interfaces, as in Go), `HOST:PORT`, `[IPv6]:PORT`; names are resolved now and the
 /// first address is used. Port 0 asks the system for a free port.
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, InvalidValue> {
+pub(crate) fn parse_listen_addr(s: &str) -> Result<SocketAddr, InvalidValue> {
     const EXPECTED: &str = "expected :PORT, HOST:PORT or [IPv6]:PORT";
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
@@ -62,7 +62,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, InvalidValue> {
 
 /// A comma-separated list of node addresses; spaces around items and empty items are ignored,
 /// and repeats are dropped.
-pub fn parse_nodes(s: &str) -> Result<Vec<NodeAddr>, InvalidValue> {
+pub(crate) fn parse_nodes(s: &str) -> Result<Vec<NodeAddr>, InvalidValue> {
     let mut nodes: Vec<NodeAddr> = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let node = NodeAddr::parse(item).map_err(|e| e.to_string())?;
@@ -75,7 +75,7 @@ pub fn parse_nodes(s: &str) -> Result<Vec<NodeAddr>, InvalidValue> {
 
 /// Non-negative seconds: an integer or decimal (the Go original took integers: `3`, `0.5`), or a
 /// Go duration (`3s`, `500ms`, `1m30s`).
-pub fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
     const EXPECTED: &str = "expected seconds (3, 0.5) or a duration (3s, 500ms)";
     // The sign is handled here so that "-1" says "negative" rather than "invalid".
     let negative = s.starts_with('-');
@@ -90,7 +90,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, InvalidValue> {
 }
 
 /// Like [`parse_seconds`], and not zero.
-pub fn parse_positive_seconds(s: &str) -> Result<Duration, InvalidValue> {
+pub(crate) fn parse_positive_seconds(s: &str) -> Result<Duration, InvalidValue> {
     let d = parse_seconds(s)?;
     if d.is_zero() {
         return Err("must be greater than 0".into());
@@ -99,7 +99,7 @@ pub fn parse_positive_seconds(s: &str) -> Result<Duration, InvalidValue> {
 }
 
 /// An absolute path (and optional query) that can go in a request line.
-pub fn parse_hc_path(s: &str) -> Result<String, InvalidValue> {
+pub(crate) fn parse_hc_path(s: &str) -> Result<String, InvalidValue> {
     if !s.starts_with('/') {
         return Err("must start with '/'".into());
     }
@@ -111,7 +111,7 @@ pub fn parse_hc_path(s: &str) -> Result<String, InvalidValue> {
 }
 
 /// A count of consecutive checks: at least 1.
-pub fn parse_count(s: &str) -> Result<u32, InvalidValue> {
+pub(crate) fn parse_count(s: &str) -> Result<u32, InvalidValue> {
     let n = parse_integer(s)?;
     if n < 1 {
         return Err("must be at least 1".into());
@@ -120,7 +120,7 @@ pub fn parse_count(s: &str) -> Result<u32, InvalidValue> {
 }
 
 /// A TCP port, 1–65535.
-pub fn parse_port(s: &str) -> Result<u16, InvalidValue> {
+pub(crate) fn parse_port(s: &str) -> Result<u16, InvalidValue> {
     match parse_integer(s)? {
         n @ 1..=65535 => Ok(n as u16),
         _ => Err("must be a port from 1 to 65535".into()),
@@ -128,7 +128,7 @@ pub fn parse_port(s: &str) -> Result<u16, InvalidValue> {
 }
 
 /// Worker threads: 0 (one per CPU) up to [`MAX_THREADS`].
-pub fn parse_threads(s: &str) -> Result<usize, InvalidValue> {
+pub(crate) fn parse_threads(s: &str) -> Result<usize, InvalidValue> {
     let n = parse_integer(s)?;
     if n < 0 {
         return Err("must not be negative".into());
@@ -152,12 +152,12 @@ fn parse_integer(s: &str) -> Result<i64, InvalidValue> {
     s.parse::<i64>().map_err(|_| InvalidValue::from("expected an integer"))
 }
 
-pub fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
+pub(crate) fn parse_version(s: &str) -> Result<semver::Version, InvalidValue> {
     semver::Version::parse(s).map_err(|e| e.to_string().into())
 }
 
 /// hyper needs at least 8 KiB of read buffer; more than 1 MiB of headers is no request.
-pub fn parse_header_size(s: &str) -> Result<usize, InvalidValue> {
+pub(crate) fn parse_header_size(s: &str) -> Result<usize, InvalidValue> {
     match parse_integer(s)? {
         n @ 8192..=1_048_576 => Ok(n as usize),
         _ => Err("must be from 8192 to 1048576 bytes".into()),
@@ -165,7 +165,7 @@ pub fn parse_header_size(s: &str) -> Result<usize, InvalidValue> {
 }
 
 /// A share from 0 to 1.
-pub fn parse_fraction(s: &str) -> Result<f64, InvalidValue> {
+pub(crate) fn parse_fraction(s: &str) -> Result<f64, InvalidValue> {
     match s.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
         _ => Err("expected a fraction from 0 to 1, such as 0.5".into()),
@@ -173,7 +173,7 @@ pub fn parse_fraction(s: &str) -> Result<f64, InvalidValue> {
 }
 
 /// Empty: no token. Otherwise printable ASCII without spaces (it travels in a header).
-pub fn parse_token(s: &str) -> Result<Option<String>, InvalidValue> {
+pub(crate) fn parse_token(s: &str) -> Result<Option<String>, InvalidValue> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -184,7 +184,7 @@ pub fn parse_token(s: &str) -> Result<Option<String>, InvalidValue> {
 }
 
 /// Empty: not given. Otherwise a file path, read later.
-pub fn parse_optional_path(s: &str) -> Result<Option<PathBuf>, InvalidValue> {
+pub(crate) fn parse_optional_path(s: &str) -> Result<Option<PathBuf>, InvalidValue> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -203,7 +203,7 @@ pub(super) fn parse_db(s: &str) -> Result<DbUrl, InvalidValue> {
 }
 
 /// The bounded-load factor: a number above 1 (1.25 is the literature's choice).
-pub fn parse_load_factor(s: &str) -> Result<f64, InvalidValue> {
+pub(crate) fn parse_load_factor(s: &str) -> Result<f64, InvalidValue> {
     match s.parse::<f64>() {
         Ok(f) if f.is_finite() && f > 1.0 && f <= 100.0 => Ok(f),
         Ok(_) => Err("must be a number above 1 and at most 100".into()),
@@ -211,7 +211,7 @@ pub fn parse_load_factor(s: &str) -> Result<f64, InvalidValue> {
     }
 }
 
-pub fn parse_policy(s: &str) -> Result<String, InvalidValue> {
+pub(crate) fn parse_policy(s: &str) -> Result<String, InvalidValue> {
     if POLICIES.contains(&s) {
         return Ok(s.to_owned());
     }
@@ -219,7 +219,7 @@ pub fn parse_policy(s: &str) -> Result<String, InvalidValue> {
 }
 
 /// Empty: no tracing. Otherwise an http:// URL with a host (the exporter has no TLS).
-pub fn parse_zipkin(s: &str) -> Result<Option<String>, InvalidValue> {
+pub(crate) fn parse_zipkin(s: &str) -> Result<Option<String>, InvalidValue> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -236,12 +236,12 @@ pub fn parse_zipkin(s: &str) -> Result<Option<String>, InvalidValue> {
 }
 
 /// `-log-format`: `text` or `json`.
-pub fn parse_log_format(s: &str) -> Result<LogFormat, InvalidValue> {
+pub(crate) fn parse_log_format(s: &str) -> Result<LogFormat, InvalidValue> {
     LogFormat::parse(s).ok_or_else(|| "expected text or json".into())
 }
 
 /// A Go bool (`strconv.ParseBool`): 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
-pub fn parse_bool(s: &str) -> Result<bool, InvalidValue> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool, InvalidValue> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
@@ -250,7 +250,7 @@ pub fn parse_bool(s: &str) -> Result<bool, InvalidValue> {
 }
 
 /// Empty: the balancer's own namespace. Otherwise a Kubernetes namespace name (an RFC 1123 label).
-pub fn parse_namespace(s: &str) -> Result<Option<String>, InvalidValue> {
+pub(crate) fn parse_namespace(s: &str) -> Result<Option<String>, InvalidValue> {
     if s.is_empty() {
         return Ok(None);
     }

@@ -18,17 +18,17 @@ use crate::stats::{self, scale};
 use crate::telemetry::Observers;
 
 /// A node request is `{"node":"host:port"}`: 64 KiB is far more than any honest one.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Who may change the node set: with a token, PUT and DELETE need `Authorization: Bearer TOKEN`.
 #[derive(Clone, Default)]
-pub struct Access {
+pub(crate) struct Access {
     pub token: Option<String>,
     /// `-mgmt-max-body`.
     pub max_body: usize,
 }
 
-pub struct Mgmt {
+pub(crate) struct Mgmt {
     store: Arc<dyn Store>,
     nodes: NodesHandle,
     access: Access,
@@ -53,12 +53,12 @@ pub fn is_mgmt_path(path: &str) -> bool {
 
 /// Paths a management-only listener answers: those of [`is_mgmt_path`], and `/metrics` (nothing
 /// else could claim it there, and it is where Prometheus looks by default).
-pub fn is_mgmt_only_path(path: &str) -> bool {
+pub(crate) fn is_mgmt_only_path(path: &str) -> bool {
     is_mgmt_path(path) || path == "/metrics"
 }
 
 impl Mgmt {
-    pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
+    pub(crate) fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
         let capacity = scale::Capacity { per_node: 64, balancers: 1, counted_by: scale::CountedBy::Flag };
         let access = Access { token: None, max_body: MAX_BODY };
         Mgmt {
@@ -75,39 +75,39 @@ impl Mgmt {
     }
 
     /// Reports late binding's queue (`/1/lb/cluster` `waiting`, `/metrics` `fnlb_wait*`).
-    pub fn waiting_in(mut self, queue: Option<crate::route::wait::WaitQueue<Arc<crate::node::Node>>>) -> Mgmt {
+    pub(crate) fn waiting_in(mut self, queue: Option<crate::route::wait::WaitQueue<Arc<crate::node::Node>>>) -> Mgmt {
         self.waits = queue;
         self
     }
 
     /// The balancer's own listeners, refused as nodes (every call would come back to us).
-    pub fn listening_on(mut self, listeners: Vec<std::net::SocketAddr>) -> Mgmt {
+    pub(crate) fn listening_on(mut self, listeners: Vec<std::net::SocketAddr>) -> Mgmt {
         self.listeners = listeners;
         self
     }
 
     /// Requires the token (if any) on changes, and bounds request bodies.
-    pub fn guarded(mut self, access: Access) -> Mgmt {
+    pub(crate) fn guarded(mut self, access: Access) -> Mgmt {
         self.access = access;
         self
     }
 
     /// Reads stats from `obs` (shared with the proxy) and judges load against `capacity`.
-    pub fn observing(mut self, obs: Arc<Observers>, capacity: scale::Capacity) -> Mgmt {
+    pub(crate) fn observing(mut self, obs: Arc<Observers>, capacity: scale::Capacity) -> Mgmt {
         self.obs = obs;
         self.capacity = capacity;
         self
     }
 
     /// Judges load with the live balancer count, counted by `counted_by`.
-    pub fn counting(mut self, balancers: crate::route::Balancers, counted_by: scale::CountedBy) -> Mgmt {
+    pub(crate) fn counting(mut self, balancers: crate::route::Balancers, counted_by: scale::CountedBy) -> Mgmt {
         self.balancers = Some(balancers);
         self.capacity.counted_by = counted_by;
         self
     }
 
     /// Shows the trigger-to-function map in `/1/lb/cluster`.
-    pub fn keyed_by(mut self, keys: Arc<crate::discovery::fnapi::FunctionKeys>) -> Mgmt {
+    pub(crate) fn keyed_by(mut self, keys: Arc<crate::discovery::fnapi::FunctionKeys>) -> Mgmt {
         self.function_keys = Some(keys);
         self
     }
@@ -121,7 +121,7 @@ impl Mgmt {
         c
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<LocalBody> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<LocalBody> {
         match req.uri().path() {
             "/1/lb/nodes" => match *req.method() {
                 Method::GET => self.list(),

@@ -27,7 +27,7 @@ use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
 use call::{Call, Failure, Late, Next, RetryBudget, Rules};
 use pool::Pool;
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     nodes: NodesHandle,
     policy: Box<dyn Policy>,
     connect_timeout: Duration,
@@ -48,7 +48,7 @@ pub struct Proxy {
 
 /// The balancer's answer of [`Next::Answer`]: `{"msg": ...}`, with `Retry-After` when late
 /// binding refused the call.
-pub fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>) -> Response<RespBody> {
+pub(crate) fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>) -> Response<RespBody> {
     let mut resp: Response<RespBody> = json_msg(status, msg).map(RespBody::from);
     if let Some(s) = retry_after_s {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -57,7 +57,7 @@ pub fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>
 }
 
 impl Proxy {
-    pub fn new(nodes: NodesHandle, policy: Box<dyn Policy>, limits: &crate::config::Limits) -> Proxy {
+    pub(crate) fn new(nodes: NodesHandle, policy: Box<dyn Policy>, limits: &crate::config::Limits) -> Proxy {
         Proxy {
             nodes,
             policy,
@@ -74,30 +74,26 @@ impl Proxy {
 
     /// Holds calls at the balancer at saturation (`route::wait`; `cfg` from this balancer's
     /// share of a node).
-    pub fn binding_late(mut self, cfg: crate::route::wait::WaitConfig) -> Proxy {
+    pub(crate) fn binding_late(mut self, cfg: crate::route::wait::WaitConfig) -> Proxy {
         self.late = Some(Late::new(cfg));
         self
     }
 
     /// Late binding's queue, when it is on (the management API reads its counters).
-    pub fn wait_queue(&self) -> Option<crate::route::wait::WaitQueue<Arc<Node>>> {
+    pub(crate) fn wait_queue(&self) -> Option<crate::route::wait::WaitQueue<Arc<Node>>> {
         self.late.as_ref().map(|l| l.queue.clone())
     }
 
     /// Keys calls by function with `keys` (learned in the background from the nodes' API).
-    pub fn keyed_by(mut self, keys: Arc<FunctionKeys>) -> Proxy {
+    pub(crate) fn keyed_by(mut self, keys: Arc<FunctionKeys>) -> Proxy {
         self.keys = keys;
         self
     }
 
     /// Reports every call to `obs` (shared with the management API, which reads it back).
-    pub fn observed_by(mut self, obs: Arc<Observers>) -> Proxy {
+    pub(crate) fn observed_by(mut self, obs: Arc<Observers>) -> Proxy {
         self.obs = obs;
         self
-    }
-
-    pub fn policy(&self) -> &dyn Policy {
-        &*self.policy
     }
 
     /// What every call of this proxy shares, for the call engine.
@@ -114,7 +110,7 @@ impl Proxy {
     /// Forwards one call on the hyper path: TLS, HTTP/2, and whatever the fast path hands over.
     /// A thin shell around [`Call`]: the engine decides, this does the I/O. The observation
     /// lives in the call, so a client that drops this future still gets its call observed (499).
-    pub async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+    pub(crate) async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
         let uri = req.uri().clone();
         let (mut parts, body) = req.into_parts();
         let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());

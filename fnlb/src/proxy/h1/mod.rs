@@ -44,7 +44,7 @@ use framing::{Chunked, Framing};
 use head::{Request, Response, ResponseHead};
 
 /// How a fast-path connection ended.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Closed (by either side, a timeout, or shutdown).
     Done,
     /// The general server must take over, replaying these bytes first; the head they begin
@@ -98,7 +98,7 @@ struct Conn<'p> {
 /// Serves a plain-TCP client connection on the fast path until it closes, or until something
 /// needs the general server. `mgmt` says whether management paths are served on this listener
 /// (they go to the general server).
-pub async fn serve(
+pub(crate) async fn serve(
     proxy: &Proxy,
     client: &mut TcpStream,
     peer: SocketAddr,
