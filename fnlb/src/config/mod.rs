@@ -658,25 +658,6 @@ pub struct Limits {
     pub max_ejected: f64,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            client_header_timeout: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(75),
-            client_body_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(60),
-            retry_idempotent: false,
-            late_binding: true,
-            upstream_connect_timeout: Duration::from_secs(2),
-            upstream_timeout: Some(Duration::from_secs(300)),
-            max_header_size: 65536,
-            max_connections: 10000,
-            mgmt_max_body: 65536,
-            max_ejected: 0.5,
-        }
-    }
-}
-
 /// `-tls-cert` and `-tls-key` go together. Both files are read now: a missing, unreadable or
 /// mismatched file is a usage error naming its flag, not a failure at the first client.
 fn tls_files(src: &Sources<'_>, cert: &str, key: &str) -> Result<Option<crate::tls::ServerTls>, CliExit> {
