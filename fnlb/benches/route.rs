@@ -8,8 +8,8 @@
 //! machine, where the timer's 20 ns precision and preemption swamped a ~50 ns decision.
 use std::sync::Arc;
 
+use fnlb::node::table::{key_hash, Table};
 use fnlb::node::{Node, NodeAddr, Snapshot};
-use fnlb::route::table::{key_hash, Table};
 use fnlb::route::{policy_by_name, Balancers, Policy, PolicyConfig};
 
 fn main() {

@@ -37,9 +37,9 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fnlb::node::table::{key_hash, Table};
 use fnlb::node::{InFlight, Node, NodeAddr, Snapshot};
 use fnlb::route::bounded::{Bounded, Tuning};
-use fnlb::route::table::{key_hash, Table};
 use fnlb::route::wait::{Decision, Leave, WaitConfig, WaitQueue, WaitRule, Waiter};
 use fnlb::route::{policy_by_name, Balancers, Placement, Policy, PolicyConfig};
 use fnsim::azure::{self, Arrivals, AzureConfig};

@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, DbUrl};
+use crate::config::Config;
+use crate::discovery::db_url::DbUrl;
 use crate::discovery::fnapi::{self, FunctionKeys};
 use crate::discovery::{self, balancers, k8s::K8sSource, sql::SqlStore, Store};
 use crate::health::{probe::Prober, Thresholds};
@@ -170,7 +171,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             .waiting_in(wait_queue),
     });
 
-    if cfg.shares_listener() && cfg.mgmt_token.is_none() && cfg.db != crate::config::DbUrl::K8s {
+    if cfg.shares_listener() && cfg.mgmt_token.is_none() && cfg.db != DbUrl::K8s {
         warn!("the management API shares the traffic listener and -mgmt-token is not set: anyone who can send a call can add a node");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -225,7 +226,7 @@ fn observers(cfg: &Config, nodes: &NodesHandle) -> Result<Observers, String> {
     let tracer = match &cfg.zipkin {
         Some(url) => {
             let t = Tracer::spawn(url)?;
-            info!(collector = %crate::config::redact_url(url), "tracing to zipkin");
+            info!(collector = %crate::discovery::db_url::redact_url(url), "tracing to zipkin");
             Some(t)
         }
         None => None,

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod answer;
 pub mod app;
 pub mod config;
 pub mod discovery;

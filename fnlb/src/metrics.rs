@@ -23,7 +23,7 @@ use crate::node::{Node, NodeAddr, Snapshot};
 use crate::stats::scale::{Cluster, Recommendation};
 
 /// The `Content-Type` of `/metrics`.
-pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Seconds: 1 ms to 60 s, for call durations and reported waits (cold starts take seconds).
 const BUCKETS: [f64; 15] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -33,11 +33,6 @@ fn histogram() -> Histogram {
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// `"2xx"` for 200..=299; anything past 5xx counts as 5xx.
-pub fn status_class(status: u16) -> &'static str {
-    CLASSES[class_index(status)]
-}
 
 fn class_index(status: u16) -> usize {
     (usize::from(status / 100)).clamp(1, 5) - 1
@@ -89,7 +84,7 @@ type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Why a node failed a call; the `kind` label of `fnlb_upstream_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No connection could be made (refused, timed out).
     Connect,
     /// The connection broke after the request was sent, before an answer.
@@ -110,7 +105,7 @@ const ERROR_KINDS: [&str; 4] = ["connect", "send", "invalid_response", "timeout"
 
 /// Why a call moved on; the `reason` label of `fnlb_retries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retry {
+pub(crate) enum Retry {
     /// The previous node could not be connected to: the call goes to the next node.
     ConnectFailed,
     /// The previous node failed after the call was sent, and the call may be resent
@@ -124,7 +119,7 @@ const RETRY_REASONS: [&str; 3] = ["connect_failed", "send_failed", "stale_connec
 
 /// Why the balancer answered a call itself; the `reason` label of `fnlb_unserved_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unserved {
+pub(crate) enum Unserved {
     /// No healthy node (503).
     NoNodes,
     /// No node tried could be connected to: nothing ran (503).
@@ -146,7 +141,7 @@ const UNSERVED_REASONS: [&str; 7] =
     ["no_nodes", "unreachable", "bad_gateway", "node_failed", "timeout", "budget", "saturated"];
 
 /// The metric handles of one node, resolved once and shared.
-pub struct NodeMetrics {
+pub(crate) struct NodeMetrics {
     requests: [Counter; 5],
     upstream: Histogram,
     reported_wait: Histogram,
@@ -156,7 +151,7 @@ pub struct NodeMetrics {
 
 impl NodeMetrics {
     /// A node answered with this status after this round trip, reporting this wait.
-    pub fn answered(&self, status: u16, round_trip: Duration, wait: Option<Duration>) {
+    pub(crate) fn answered(&self, status: u16, round_trip: Duration, wait: Option<Duration>) {
         self.requests[class_index(status)].inc();
         self.upstream.observe(round_trip.as_secs_f64());
         if let Some(w) = wait {
@@ -165,25 +160,25 @@ impl NodeMetrics {
     }
 
     /// A call counted under this node without an answer of the node's: the client left (499).
-    pub fn abandoned(&self, status: u16) {
+    pub(crate) fn abandoned(&self, status: u16) {
         self.requests[class_index(status)].inc();
     }
 
-    pub fn error(&self, kind: UpstreamError) {
+    pub(crate) fn error(&self, kind: UpstreamError) {
         self.errors[kind.index()].inc();
     }
 
-    pub fn spill(&self) {
+    pub(crate) fn spill(&self) {
         self.spills.inc();
     }
 
     #[cfg(test)]
-    pub fn errors_snapshot(&self) -> [u64; 4] {
+    pub(crate) fn errors_snapshot(&self) -> [u64; 4] {
         self.errors.each_ref().map(|c| c.get())
     }
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<NodeClassL, Counter>,
     upstream: HistFamily<NodeL>,
@@ -199,13 +194,13 @@ pub struct Metrics {
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
 /// The process's metrics.
-pub fn get() -> &'static Metrics {
+pub(crate) fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
 /// Counts a spill: a call served by `node` although its key's home is another node (the home
 /// was loaded or down). For routing policies; cheap (a map read and an atomic add).
-pub fn spill(node: &Node) {
+pub(crate) fn spill(node: &Node) {
     get().node(&node.addr).spill();
 }
 
@@ -272,7 +267,7 @@ impl Metrics {
     }
 
     /// The handles of one node (created at its first call).
-    pub fn node(&self, addr: &NodeAddr) -> Arc<NodeMetrics> {
+    pub(crate) fn node(&self, addr: &NodeAddr) -> Arc<NodeMetrics> {
         if let Some(m) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(addr.as_str()) {
             return m.clone();
         }
@@ -288,12 +283,12 @@ impl Metrics {
         self.nodes.write().unwrap_or_else(|p| p.into_inner()).entry(addr.clone()).or_insert(m).clone()
     }
 
-    pub fn retry(&self, why: Retry) {
+    pub(crate) fn retry(&self, why: Retry) {
         self.retries[why as usize].inc();
     }
 
     /// One call is answered (by a node or by the balancer) after `elapsed`.
-    pub fn finished(&self, status: u16, elapsed: Duration, unserved: Option<Unserved>) {
+    pub(crate) fn finished(&self, status: u16, elapsed: Duration, unserved: Option<Unserved>) {
         self.duration[class_index(status)].observe(elapsed.as_secs_f64());
         if let Some(u) = unserved {
             self.unserved[u as usize].inc();
@@ -321,7 +316,7 @@ impl Metrics {
 }
 
 /// What `/metrics` reads from the rest of the balancer at scrape time.
-pub struct Live<'a> {
+pub(crate) struct Live<'a> {
     pub snapshot: &'a Snapshot,
     pub cluster: &'a Cluster,
     pub stats_dropped: crate::stats::Dropped,
@@ -332,7 +327,7 @@ pub struct Live<'a> {
 }
 
 /// The whole `/metrics` page.
-pub fn render(live: &Live<'_>) -> String {
+pub(crate) fn render(live: &Live<'_>) -> String {
     let m = get();
     let snap = live.snapshot;
     let addrs: HashSet<&str> = snap.nodes().iter().map(|n| n.addr.as_str()).collect();
@@ -454,15 +449,6 @@ fn scrape_registry(live: &Live<'_>) -> Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_classes() {
-        assert_eq!(status_class(200), "2xx");
-        assert_eq!(status_class(503), "5xx");
-        assert_eq!(status_class(101), "1xx");
-        assert_eq!(status_class(999), "5xx");
-        assert_eq!(status_class(0), "1xx");
-    }
 
     #[test]
     fn node_handles_are_shared_and_pruned() {

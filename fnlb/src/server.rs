@@ -27,14 +27,15 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tracing::{debug, warn};
 
+use crate::answer::json_msg;
 use crate::config::Limits;
 use crate::mgmt::{is_mgmt_only_path, is_mgmt_path, Mgmt};
 use crate::node::clock_ms;
-use crate::proxy::body::SendDeadline;
-use crate::proxy::{h1, json_msg, Proxy};
+use crate::proxy::body::{RespBody, SendDeadline};
+use crate::proxy::{h1, Proxy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// One listener for both: management paths first, everything else proxied.
     Both,
     /// Proxies everything, `/1/lb/*` included.
@@ -43,7 +44,7 @@ pub enum Role {
     Mgmt,
 }
 
-pub struct Services {
+pub(crate) struct Services {
     pub proxy: Proxy,
     pub mgmt: Mgmt,
 }
@@ -52,7 +53,7 @@ pub struct Services {
 /// signal. Every accept loop and connection task holds a receiver of `stop`; the sender's
 /// `closed()` resolves when the last of them is gone, which is how shutdown knows it drained.
 #[derive(Clone)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     pub services: Arc<Services>,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
@@ -65,7 +66,7 @@ pub struct Listeners {
 }
 
 /// Accepts on `listener` until stop turns true.
-pub async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
+pub(crate) async fn accept_loop(listener: TcpListener, role: Role, shared: Listeners) {
     let mut stop = shared.stop.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -119,7 +120,7 @@ async fn make_room(shared: &Listeners, stop: &mut watch::Receiver<bool>) -> Opti
 const SHED_EVERY: Duration = Duration::from_millis(100);
 
 /// Serves one client connection (HTTP/1.x) until it ends, times out, or shutdown closes it.
-pub async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
+pub(crate) async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, shared: Listeners)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -367,7 +368,7 @@ where
 
 /// HTTP/2 streams at once on one client connection (each is a call that may hold a node
 /// connection): more are refused with `REFUSED_STREAM`, which clients retry.
-pub const H2_MAX_STREAMS: u32 = 100;
+pub(crate) const H2_MAX_STREAMS: u32 = 100;
 /// Flow control: what a client may send on a stream, and on the connection, before we read it.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONN_WINDOW: u32 = 1024 * 1024;
@@ -443,12 +444,12 @@ async fn dispatch(
     role: Role,
     req: http::Request<hyper::body::Incoming>,
     peer: SocketAddr,
-) -> http::Response<crate::proxy::body::RespBody> {
+) -> http::Response<RespBody> {
     match role {
-        Role::Both if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await,
+        Role::Both if is_mgmt_path(req.uri().path()) => services.mgmt.handle(req).await.map(RespBody::from),
         Role::Both | Role::Traffic => services.proxy.forward(req, peer).await,
-        Role::Mgmt if is_mgmt_only_path(req.uri().path()) => services.mgmt.handle(req).await,
-        Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command"),
+        Role::Mgmt if is_mgmt_only_path(req.uri().path()) => services.mgmt.handle(req).await.map(RespBody::from),
+        Role::Mgmt => json_msg(http::StatusCode::NOT_FOUND, "unknown command").map(RespBody::from),
     }
 }
 

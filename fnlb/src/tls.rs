@@ -17,11 +17,11 @@ use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 /// ALPN protocol ids, in order of preference.
-pub const ALPN_H2: &[u8] = b"h2";
-pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// The provider every TLS configuration of fnlb uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -35,7 +35,7 @@ pub struct ServerTls {
 
 /// Which of the two files a problem is about, so that the error can name its flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsFile {
+pub(crate) enum TlsFile {
     Cert,
     Key,
 }
@@ -43,14 +43,14 @@ pub enum TlsFile {
 impl ServerTls {
     /// Reads both PEM files and builds the server configuration; the error names the file at
     /// fault. The certificate file is read first.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<ServerTls, (TlsFile, String)> {
+    pub(crate) fn load(cert_path: &Path, key_path: &Path) -> Result<ServerTls, (TlsFile, String)> {
         let chain = read_cert_chain(cert_path).map_err(|e| (TlsFile::Cert, e))?;
         let key = read_private_key(key_path).map_err(|e| (TlsFile::Key, e))?;
         ServerTls::new(cert_path, key_path, chain, key)
     }
 
     /// Builds the server configuration from a chain and key already read.
-    pub fn new(
+    pub(crate) fn new(
         cert_path: &Path,
         key_path: &Path,
         chain: Vec<CertificateDer<'static>>,
@@ -78,7 +78,7 @@ impl ServerTls {
         Ok(ServerTls { cert_path: cert_path.to_owned(), key_path: key_path.to_owned(), config: Arc::new(config) })
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.config.clone())
     }
 }
@@ -98,7 +98,7 @@ impl PartialEq for ServerTls {
 }
 
 /// Every `CERTIFICATE` block of a PEM file, the server's own first.
-pub fn read_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain =
         CertificateDer::pem_file_iter(path).map_err(pem_error)?.collect::<Result<Vec<_>, _>>().map_err(pem_error)?;
     if chain.is_empty() {
@@ -108,7 +108,7 @@ pub fn read_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Stri
 }
 
 /// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
         pem::Error::NoItemsFound => "no PRIVATE KEY block (PKCS#8, RSA or EC) in the PEM file".to_owned(),
         e => pem_error(e),

@@ -183,3 +183,30 @@ fn empty_environment_variable_counts_as_unset() {
     let line = usage_error(&out, "empty env");
     assert!(line.contains("-target-port"), "{line}");
 }
+
+/// A port nothing listens on now (the balancer must stop before it would bind it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_node_that_is_our_own_listener_is_refused_at_start() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let line = usage_error(&fnlb(&["-listen", &listen, "-nodes", &listen]), "-nodes = -listen");
+    assert_eq!(
+        line,
+        format!("fnlb: invalid value {listen:?} for -nodes: node {listen} is this balancer's own listener: every call would loop back to it")
+    );
+    // The management listener too, and `localhost` reaches a listener bound to every address.
+    let (traffic, mgmt) = (free_port(), free_port());
+    let out = fnlb(&[
+        "-listen",
+        &format!(":{traffic}"),
+        "-mgmt-listen",
+        &format!(":{mgmt}"),
+        "-nodes",
+        &format!("localhost:{mgmt}"),
+    ]);
+    let line = usage_error(&out, "-nodes = -mgmt-listen");
+    assert!(line.contains(" for -nodes: ") && line.contains("own listener"), "{line}");
+}

@@ -11,8 +11,8 @@ use fnlb::discovery::fnapi::{self, FunctionKeys, Refresh};
 use fnlb::health::probe::Prober;
 use fnlb::health::Thresholds;
 use fnlb::node::manager::{self, HealthConfig, NodesHandle};
+use fnlb::node::table::key_hash;
 use fnlb::node::NodeAddr;
-use fnlb::route::table::key_hash;
 use support::fnapi::FakeFnApi;
 use support::*;
 

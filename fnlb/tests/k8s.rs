@@ -1033,7 +1033,7 @@ fn manifests_are_valid_objects_that_fit_together() {
     argv.extend(args.iter().cloned());
     let cfg = fnlb::config::parse_args(argv.into_iter().map(Into::into).collect())
         .unwrap_or_else(|e| panic!("DaemonSet args {args:?}: {e}"));
-    assert_eq!(cfg.db, fnlb::config::DbUrl::K8s);
+    assert_eq!(cfg.db, fnlb::discovery::db_url::DbUrl::K8s);
     assert_eq!(cfg.label_selector, SELECTOR);
     assert!(container.command.is_none(), "the image's entrypoint is fnlb; args only");
 
@@ -1108,7 +1108,7 @@ fn manifests_are_valid_objects_that_fit_together() {
 fn the_originals_sample_daemonset_args_still_work() {
     let args = ["fnlb", "-db=k8s", "-label-selector=app=fn,role=fn-service", "-listen=:8080", "-mgmt-listen=:8080"];
     let cfg = fnlb::config::parse_args(args.iter().map(std::ffi::OsString::from).collect()).unwrap();
-    assert_eq!(cfg.db, fnlb::config::DbUrl::K8s);
+    assert_eq!(cfg.db, fnlb::discovery::db_url::DbUrl::K8s);
     assert_eq!(cfg.label_selector, SELECTOR);
     assert_eq!(cfg.namespace, None, "its own namespace");
     assert_eq!(cfg.target_port, 8080);

@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use fnlb::node::table::{key_hash, Table};
 use fnlb::node::NodeAddr;
-use fnlb::route::table::{key_hash, Table};
 use support::fnsim::Fnsim;
 use support::*;
 

@@ -6,7 +6,7 @@
 //!   inside the part fnlb redacts;
 //! - `redact_url` never panics on anything.
 #![no_main]
-use fnlb::config::{redact_url, DbUrl};
+use fnlb::discovery::db_url::{redact_url, DbUrl};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use fnlb::node::{Node, NodeAddr, Snapshot};
 use fnlb::proxy::headers;
 use fnlb::route::goduration::parse_go_duration_bytes;
-use fnlb::route::table::{key_hash, Table};
+use fnlb::node::table::{key_hash, Table};
 use fnlb::route::{policy_by_name, Policy, PolicyConfig, POLICIES};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

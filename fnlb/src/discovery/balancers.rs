@@ -5,7 +5,7 @@
 //!   original's `lb_nodes`, which stays as it was), written every `-hc-interval` and good for
 //!   [`heartbeat_ttl`]; the count is the rows still good. Rows of balancers that were killed are
 //!   not counted once expired, and deleted a minute later, at most
-//!   [`SWEEP_ROWS`](super::sql::SWEEP_ROWS) per sweep. A clean shutdown deletes the own row.
+//!   100 per sweep. A clean shutdown deletes the own row.
 //! - Kubernetes (`-db=k8s`): the Ready pods that `-balancer-selector` selects
 //!   ([`super::k8s::K8sSource::count_balancers`]).
 //! - `-balancers N` given: fixed, nothing counted.
@@ -24,16 +24,14 @@ use crate::route::Balancers;
 /// Heartbeats between sweeps of old rows.
 const SWEEP_EVERY: u32 = 20;
 
-pub use crate::stats::scale::CountedBy;
-
 /// How long a heartbeat row stays good: three intervals and a second, so one late heartbeat
 /// (a slow database, a busy machine) does not drop a balancer from the count.
-pub fn heartbeat_ttl(interval: Duration) -> Duration {
+pub(crate) fn heartbeat_ttl(interval: Duration) -> Duration {
     interval * 3 + Duration::from_secs(1)
 }
 
 /// This balancer's heartbeat id: host, process and a random part, unique per run.
-pub fn balancer_id() -> String {
+pub(crate) fn balancer_id() -> String {
     let host = std::env::var("POD_NAME")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -47,7 +45,7 @@ pub fn balancer_id() -> String {
 /// Writes the heartbeat every `interval` and sets `count` from the live rows, until `stop`
 /// turns true; then deletes the own row. A heartbeat under way when `stop` comes is finished
 /// first, so the delete is the last word.
-pub async fn keep_heartbeat(
+pub(crate) async fn keep_heartbeat(
     store: Arc<SqlStore>,
     id: String,
     count: Balancers,

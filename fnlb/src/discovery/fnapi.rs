@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use crate::health::probe::error_chain;
 use crate::node::manager::NodesHandle;
+use crate::node::table::key_hash;
 use crate::node::NodeAddr;
-use crate::route::table::key_hash;
 
 /// Items per page asked of the Fn API (its maximum).
 const PER_PAGE: u32 = 100;
@@ -98,7 +98,7 @@ type KeyMap = HashMap<u64, u64, BuildHasherDefault<PassThrough>>;
 
 /// One learned map, immutable.
 #[derive(Default)]
-pub struct FunctionMap {
+pub(crate) struct FunctionMap {
     keys: KeyMap,
     functions: usize,
     /// More triggers existed than [`Refresh::max_paths`].
@@ -109,12 +109,12 @@ pub struct FunctionMap {
 
 impl FunctionMap {
     /// Trigger paths known.
-    pub fn paths(&self) -> usize {
+    pub(crate) fn paths(&self) -> usize {
         self.keys.len()
     }
 
     /// Distinct functions those paths call.
-    pub fn functions(&self) -> usize {
+    pub(crate) fn functions(&self) -> usize {
         self.functions
     }
 }
@@ -143,24 +143,6 @@ impl FunctionKeys {
         Arc::new(FunctionKeys { enabled, map: ArcSwap::from_pointee(FunctionMap::default()) })
     }
 
-    /// Keys with a map given rather than learned: `(trigger path, fn id)` pairs. For tests and
-    /// benchmarks of the call engine.
-    pub fn with_triggers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Arc<FunctionKeys> {
-        let mut keys = KeyMap::default();
-        let mut functions = std::collections::HashSet::new();
-        for (path, fn_id) in pairs {
-            let key = function_key(fn_id);
-            keys.insert(key_hash(path.as_bytes()), key);
-            functions.insert(key);
-        }
-        let map = FunctionMap { keys, functions: functions.len(), truncated: false, learned: None };
-        Arc::new(FunctionKeys { enabled: true, map: ArcSwap::from_pointee(map) })
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// The key of a call to `path` (no query string): the hash of `/invoke/<fn id>` when `path`
     /// is a known trigger of that function, else the hash of `path` (so `/invoke/<fn id>` is its
     /// function's key without a lookup). Lock-free, no allocation.
@@ -174,7 +156,7 @@ impl FunctionKeys {
     }
 
     /// The map in use now.
-    pub fn map(&self) -> Arc<FunctionMap> {
+    pub(crate) fn map(&self) -> Arc<FunctionMap> {
         self.map.load_full()
     }
 
@@ -196,7 +178,7 @@ impl FunctionKeys {
 }
 
 /// The canonical key of a function: the hash of the path that calls it by ID.
-pub fn function_key(fn_id: &str) -> u64 {
+pub(crate) fn function_key(fn_id: &str) -> u64 {
     let mut path = String::with_capacity(8 + fn_id.len());
     path.push_str("/invoke/");
     path.push_str(fn_id);
@@ -205,7 +187,7 @@ pub fn function_key(fn_id: &str) -> u64 {
 
 /// Why the API could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("no healthy node to ask")]
     NoNode,
     #[error("{0}: no answer within {1:?}")]
@@ -247,14 +229,14 @@ struct Trigger {
 }
 
 /// Reads the map from one node's API.
-pub struct Learner {
+pub(crate) struct Learner {
     client: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
     max_paths: usize,
 }
 
 impl Learner {
-    pub fn new(timeout: Duration, max_paths: usize) -> Learner {
+    pub(crate) fn new(timeout: Duration, max_paths: usize) -> Learner {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -266,7 +248,7 @@ impl Learner {
     }
 
     /// Every HTTP trigger of every app on `node`, as a map.
-    pub async fn learn(&self, node: &NodeAddr) -> Result<FunctionMap, ApiError> {
+    pub(crate) async fn learn(&self, node: &NodeAddr) -> Result<FunctionMap, ApiError> {
         let mut requests = 0;
         let mut apps = Vec::new();
         self.pages(node, "/v2/apps?", &mut requests, |page: Vec<App>| {

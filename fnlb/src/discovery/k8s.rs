@@ -45,11 +45,11 @@ const RESTART_MIN: Duration = Duration::from_millis(200);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 
 /// What a pod is to the balancer: a node, or the reason it is not one.
-pub type Verdict = Result<NodeAddr, String>;
+pub(crate) type Verdict = Result<NodeAddr, String>;
 
 /// Decides whether a pod is a node: `Running`, with a pod IP, not being deleted, and not
 /// reported un-ready.
-pub fn pod_node(pod: &Pod, port: u16) -> Verdict {
+pub(crate) fn pod_node(pod: &Pod, port: u16) -> Verdict {
     if pod.metadata.deletion_timestamp.is_some() {
         return Err("terminating".into());
     }
@@ -73,7 +73,7 @@ pub fn pod_node(pod: &Pod, port: u16) -> Verdict {
 }
 
 /// The Kubernetes node source: answers the management API (read-only) and runs the watch.
-pub struct K8sSource {
+pub(crate) struct K8sSource {
     api: Api<Pod>,
     /// The client, for the balancer's own pods (its own namespace, which may differ).
     client: kube::Client,
@@ -92,7 +92,7 @@ pub struct K8sSource {
 impl K8sSource {
     /// Loads the client configuration, lists the selected pods once and checks that they may be
     /// watched. Errors are one line saying what to fix (a missing RBAC rule names the rule).
-    pub async fn connect(cfg: &Config) -> Result<K8sSource, String> {
+    pub(crate) async fn connect(cfg: &Config) -> Result<K8sSource, String> {
         let kube_cfg = kube::Config::infer().await.map_err(|e| {
             format!(
                 "-db=k8s: no Kubernetes configuration: not running in a pod with a service account, and \
@@ -202,7 +202,7 @@ impl K8sSource {
 
     /// Keeps the node set equal to the selected pods, forever. Every change goes to the manager
     /// at once and is logged pod by pod.
-    pub async fn watch(self: Arc<Self>, nodes: NodesHandle) {
+    pub(crate) async fn watch(self: Arc<Self>, nodes: NodesHandle) {
         let mut tracker =
             Tracker { pods: self.initial.lock().unwrap().take().unwrap_or_default(), ..Tracker::default() };
         tracker.published = tracker.node_set();
@@ -317,7 +317,7 @@ const PER_POD_LABELS: &[&str] = &[
 
 /// A balancer pod counts while it is Running, not being deleted, and reports Ready `True`:
 /// what a Service would send traffic to.
-pub fn pod_counts(pod: &Pod) -> bool {
+pub(crate) fn pod_counts(pod: &Pod) -> bool {
     let Some(status) = &pod.status else { return false };
     pod.metadata.deletion_timestamp.is_none()
         && status.phase.as_deref() == Some("Running")
@@ -325,7 +325,7 @@ pub fn pod_counts(pod: &Pod) -> bool {
 }
 
 /// The selector of a pod's workload: its labels, without the per-pod ones, as `k=v,k=v`.
-pub fn selector_of(labels: &BTreeMap<String, String>) -> String {
+pub(crate) fn selector_of(labels: &BTreeMap<String, String>) -> String {
     let mut parts: Vec<String> =
         labels.iter().filter(|(k, _)| !PER_POD_LABELS.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
     parts.sort();
@@ -333,14 +333,9 @@ pub fn selector_of(labels: &BTreeMap<String, String>) -> String {
 }
 
 impl K8sSource {
-    /// The balancers' own namespace.
-    pub fn own_namespace(&self) -> &str {
-        &self.own_namespace
-    }
-
     /// The selector of this balancer's pods: `flag` when set, else the labels of its own pod
     /// (`POD_NAME`, else the host name, in its own namespace). `Err` says why it is not known.
-    pub async fn balancer_selector(&self, flag: &str) -> Result<String, String> {
+    pub(crate) async fn balancer_selector(&self, flag: &str) -> Result<String, String> {
         if !flag.is_empty() {
             return Ok(flag.to_owned());
         }
@@ -367,7 +362,7 @@ impl K8sSource {
     /// Sets `count` to the Ready pods `selector` selects in the own namespace, every `interval`
     /// (from the API server's cache: `resourceVersion=0`), forever. A failed list keeps the last
     /// count, logged once per outage.
-    pub async fn count_balancers(
+    pub(crate) async fn count_balancers(
         self: Arc<Self>,
         selector: String,
         count: crate::route::Balancers,

@@ -2,6 +2,7 @@
 //! polled every health-check interval and its list handed to the node manager as the desired
 //! set; the management API writes to the store. Kubernetes mode publishes the set from a watch.
 pub mod balancers;
+pub mod db_url;
 pub mod fnapi;
 pub mod k8s;
 pub mod sql;
@@ -15,10 +16,10 @@ use tracing::{info, warn};
 use crate::node::manager::NodesHandle;
 use crate::node::NodeAddr;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// The store cannot be reached or failed: the caller answers 503.
     #[error("node store unavailable: {0}")]
     Unavailable(String),
@@ -28,7 +29,7 @@ pub enum StoreError {
 }
 
 /// The node list the management API edits and every balancer reads.
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Every stored node. Rows that are not valid node addresses (the original accepted any
     /// string) are skipped, not fatal.
     fn list(&self) -> BoxFuture<'_, Result<Vec<NodeAddr>, StoreError>>;
@@ -40,7 +41,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// Re-reads the store every `interval` and hands the list to the manager. An outage is logged
 /// once when it starts and once when it ends; routing keeps the last known list meanwhile.
-pub async fn poll_store(store: std::sync::Arc<dyn Store>, nodes: NodesHandle, interval: Duration) {
+pub(crate) async fn poll_store(store: std::sync::Arc<dyn Store>, nodes: NodesHandle, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down = false;

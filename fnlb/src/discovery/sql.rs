@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection};
 use tracing::warn;
 
 use super::{BoxFuture, Store, StoreError};
-use crate::config::DbUrl;
+use crate::discovery::db_url::DbUrl;
 use crate::node::NodeAddr;
 
 /// Every store call is bounded: a database that hangs must not hang the API or the poller.
@@ -35,9 +35,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Distinct invalid rows remembered so each is logged once (bounded: the table is not ours).
 const MAX_WARNED_ROWS: usize = 256;
-
-/// Old heartbeat rows deleted per sweep at most.
-pub const SWEEP_ROWS: u32 = 100;
 
 // The heartbeat statements, per database: `now` is the database's clock in Unix seconds.
 const PG_BEAT: &str = "INSERT INTO lb_balancers (id, seen, expires) \
@@ -64,7 +61,7 @@ enum Pool {
     MySql(sqlx::MySqlPool),
 }
 
-pub struct SqlStore {
+pub(crate) struct SqlStore {
     pool: Pool,
     /// Invalid stored rows already logged: each is logged once, not every poll.
     warned_rows: Mutex<HashSet<String>>,
@@ -81,7 +78,7 @@ enum Options {
 /// Parses a PostgreSQL or MySQL `-db` URL the way [`SqlStore::connect`] will (for example an
 /// unknown `sslmode` is an error), without connecting. `Ok` for SQLite and `k8s`. The error
 /// never contains the password.
-pub fn check_url(db: &DbUrl) -> Result<(), String> {
+pub(crate) fn check_url(db: &DbUrl) -> Result<(), String> {
     parse_options(db).map(|_| ())
 }
 
@@ -123,7 +120,7 @@ macro_rules! on_server {
 
 impl SqlStore {
     /// Connects and creates the table if missing. The error names the URL without its password.
-    pub async fn connect(db: &DbUrl) -> Result<SqlStore, String> {
+    pub(crate) async fn connect(db: &DbUrl) -> Result<SqlStore, String> {
         let redacted = db.redacted();
         let fail = |e: String| format!("cannot open node store {redacted}: {}", scrub(&e, db));
         let pool = match db {
@@ -268,7 +265,7 @@ impl SqlStore {
     /// `ttl`, and counts the rows that are still good: the balancers alive now, this one
     /// included. Times are the database's clock (whole seconds), so balancers whose clocks
     /// disagree still agree on who is alive.
-    pub async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<u32, StoreError> {
+    pub(crate) async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<u32, StoreError> {
         if !self.heartbeat_table.load(std::sync::atomic::Ordering::Relaxed) {
             self.ensure_heartbeat_table().await?;
             self.heartbeat_table.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -292,9 +289,9 @@ impl SqlStore {
         Ok(u32::try_from(count).unwrap_or(u32::MAX).max(1))
     }
 
-    /// Deletes up to [`SWEEP_ROWS`] heartbeat rows that expired more than a minute ago (of
+    /// Deletes up to 100 heartbeat rows (the `LIMIT` of the queries above) that expired more than a minute ago (of
     /// balancers that were killed): bounded, so a table full of old rows costs little per sweep.
-    pub async fn sweep_heartbeats(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn sweep_heartbeats(&self) -> Result<u64, StoreError> {
         let done = match &self.pool {
             Pool::Sqlite(p) => bounded(sqlx::query(SQLITE_SWEEP).execute(p)).await?.rows_affected(),
             Pool::Postgres(p) => on_server!(p, |c| sqlx::query(PG_SWEEP).execute(c))?.rows_affected(),
@@ -305,7 +302,7 @@ impl SqlStore {
 
     /// Removes this balancer's heartbeat row (clean shutdown): the others count one fewer at
     /// their next heartbeat.
-    pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn leave(&self, id: &str) -> Result<(), StoreError> {
         const Q_PG: &str = "DELETE FROM lb_balancers WHERE id = $1";
         const Q: &str = "DELETE FROM lb_balancers WHERE id = ?";
         match &self.pool {

@@ -4,7 +4,7 @@ pub mod probe;
 
 /// What the balancer believes about a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// Added but not checked yet: takes no traffic until its first check passes.
     Unknown,
     Healthy,
@@ -20,7 +20,7 @@ pub struct Thresholds {
 }
 
 #[derive(Clone, Debug)]
-pub struct HealthState {
+pub(crate) struct HealthState {
     health: Health,
     /// Consecutive results against the current state (failures while healthy, successes while
     /// unhealthy); reset by a result that agrees with it.
@@ -34,16 +34,16 @@ impl Default for HealthState {
 }
 
 impl HealthState {
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         self.health
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.health == Health::Healthy
     }
 
     /// Folds one check result in. Returns the new health when it changed.
-    pub fn observe(&mut self, passed: bool, t: Thresholds) -> Option<Health> {
+    pub(crate) fn observe(&mut self, passed: bool, t: Thresholds) -> Option<Health> {
         let next = match (self.health, passed) {
             // The first result decides an unknown node at once.
             (Health::Unknown, true) => Health::Healthy,

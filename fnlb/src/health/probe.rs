@@ -21,7 +21,7 @@ pub struct Prober {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("request failed: {0}")]
@@ -47,7 +47,7 @@ impl Prober {
     }
 
     /// Checks one node; Ok carries the version it reported.
-    pub async fn check(&self, node: &NodeAddr) -> Result<semver::Version, ProbeError> {
+    pub(crate) async fn check(&self, node: &NodeAddr) -> Result<semver::Version, ProbeError> {
         match tokio::time::timeout(self.timeout, self.request(node)).await {
             Ok(r) => r,
             Err(_) => Err(ProbeError::Timeout(self.timeout)),
@@ -80,7 +80,7 @@ impl Prober {
 }
 
 /// Parses a version answer and compares it with the minimum.
-pub fn check_version(body: &[u8], min: &semver::Version) -> Result<semver::Version, ProbeError> {
+pub(crate) fn check_version(body: &[u8], min: &semver::Version) -> Result<semver::Version, ProbeError> {
     #[derive(serde::Deserialize)]
     struct VersionAnswer {
         version: String,
@@ -95,7 +95,7 @@ pub fn check_version(body: &[u8], min: &semver::Version) -> Result<semver::Versi
 }
 
 /// hyper-util's errors hide the cause (connection refused, ...) in their source chain.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

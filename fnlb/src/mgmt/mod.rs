@@ -9,27 +9,26 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use tracing::info;
 
+use crate::answer::{json_msg, json_response, LocalBody};
 use crate::discovery::{Store, StoreError};
 use crate::metrics;
 use crate::node::manager::NodesHandle;
 use crate::node::NodeAddr;
-use crate::proxy::body::RespBody;
-use crate::proxy::{json_msg, json_response};
 use crate::stats::{self, scale};
 use crate::telemetry::Observers;
 
 /// A node request is `{"node":"host:port"}`: 64 KiB is far more than any honest one.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Who may change the node set: with a token, PUT and DELETE need `Authorization: Bearer TOKEN`.
 #[derive(Clone, Default)]
-pub struct Access {
+pub(crate) struct Access {
     pub token: Option<String>,
     /// `-mgmt-max-body`.
     pub max_body: usize,
 }
 
-pub struct Mgmt {
+pub(crate) struct Mgmt {
     store: Arc<dyn Store>,
     nodes: NodesHandle,
     access: Access,
@@ -54,12 +53,12 @@ pub fn is_mgmt_path(path: &str) -> bool {
 
 /// Paths a management-only listener answers: those of [`is_mgmt_path`], and `/metrics` (nothing
 /// else could claim it there, and it is where Prometheus looks by default).
-pub fn is_mgmt_only_path(path: &str) -> bool {
+pub(crate) fn is_mgmt_only_path(path: &str) -> bool {
     is_mgmt_path(path) || path == "/metrics"
 }
 
 impl Mgmt {
-    pub fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
+    pub(crate) fn new(store: Arc<dyn Store>, nodes: NodesHandle) -> Mgmt {
         let capacity = scale::Capacity { per_node: 64, balancers: 1, counted_by: scale::CountedBy::Flag };
         let access = Access { token: None, max_body: MAX_BODY };
         Mgmt {
@@ -76,39 +75,39 @@ impl Mgmt {
     }
 
     /// Reports late binding's queue (`/1/lb/cluster` `waiting`, `/metrics` `fnlb_wait*`).
-    pub fn waiting_in(mut self, queue: Option<crate::route::wait::WaitQueue<Arc<crate::node::Node>>>) -> Mgmt {
+    pub(crate) fn waiting_in(mut self, queue: Option<crate::route::wait::WaitQueue<Arc<crate::node::Node>>>) -> Mgmt {
         self.waits = queue;
         self
     }
 
     /// The balancer's own listeners, refused as nodes (every call would come back to us).
-    pub fn listening_on(mut self, listeners: Vec<std::net::SocketAddr>) -> Mgmt {
+    pub(crate) fn listening_on(mut self, listeners: Vec<std::net::SocketAddr>) -> Mgmt {
         self.listeners = listeners;
         self
     }
 
     /// Requires the token (if any) on changes, and bounds request bodies.
-    pub fn guarded(mut self, access: Access) -> Mgmt {
+    pub(crate) fn guarded(mut self, access: Access) -> Mgmt {
         self.access = access;
         self
     }
 
     /// Reads stats from `obs` (shared with the proxy) and judges load against `capacity`.
-    pub fn observing(mut self, obs: Arc<Observers>, capacity: scale::Capacity) -> Mgmt {
+    pub(crate) fn observing(mut self, obs: Arc<Observers>, capacity: scale::Capacity) -> Mgmt {
         self.obs = obs;
         self.capacity = capacity;
         self
     }
 
     /// Judges load with the live balancer count, counted by `counted_by`.
-    pub fn counting(mut self, balancers: crate::route::Balancers, counted_by: scale::CountedBy) -> Mgmt {
+    pub(crate) fn counting(mut self, balancers: crate::route::Balancers, counted_by: scale::CountedBy) -> Mgmt {
         self.balancers = Some(balancers);
         self.capacity.counted_by = counted_by;
         self
     }
 
     /// Shows the trigger-to-function map in `/1/lb/cluster`.
-    pub fn keyed_by(mut self, keys: Arc<crate::discovery::fnapi::FunctionKeys>) -> Mgmt {
+    pub(crate) fn keyed_by(mut self, keys: Arc<crate::discovery::fnapi::FunctionKeys>) -> Mgmt {
         self.function_keys = Some(keys);
         self
     }
@@ -122,7 +121,7 @@ impl Mgmt {
         c
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<RespBody> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<LocalBody> {
         match req.uri().path() {
             "/1/lb/nodes" => match *req.method() {
                 Method::GET => self.list(),
@@ -163,7 +162,7 @@ impl Mgmt {
         self.obs.stats.with_history(stats::time::now_micros(), |h| scale::cluster(h, now, self.capacity()))
     }
 
-    fn dash_data(&self) -> Response<RespBody> {
+    fn dash_data(&self) -> Response<LocalBody> {
         let now = scale::nodes_now(&self.nodes.load());
         let body = self.obs.stats.with_history(stats::time::now_micros(), |h| {
             let mut c = scale::cluster(h, &now, self.capacity());
@@ -175,7 +174,7 @@ impl Mgmt {
         r
     }
 
-    fn metrics(&self) -> Response<RespBody> {
+    fn metrics(&self) -> Response<LocalBody> {
         let snap = self.nodes.load_full();
         let cluster = self.cluster(&scale::nodes_now(&snap));
         let text = metrics::render(&metrics::Live {
@@ -185,13 +184,13 @@ impl Mgmt {
             spans: self.obs.tracer.as_ref().map(|t| t.counts()),
             waits: self.waits.as_ref().map(|q| q.stats().counts()),
         });
-        let mut r = Response::new(RespBody::full(Bytes::from(text)));
+        let mut r = Response::new(LocalBody::full(Bytes::from(text)));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
         r
     }
 
     /// Every node this balancer knows, online when its health checks pass now.
-    fn list(&self) -> Response<RespBody> {
+    fn list(&self) -> Response<LocalBody> {
         let snap = self.nodes.load();
         let mut nodes = serde_json::Map::with_capacity(snap.len());
         for (i, n) in snap.nodes().iter().enumerate() {
@@ -201,7 +200,7 @@ impl Mgmt {
         json_response(StatusCode::OK, serde_json::json!({ "nodes": nodes }).to_string())
     }
 
-    async fn change(&self, req: Request<Incoming>, add: bool) -> Response<RespBody> {
+    async fn change(&self, req: Request<Incoming>, add: bool) -> Response<LocalBody> {
         if let Some(token) = &self.access.token {
             if !authorized(req.headers(), token) {
                 let mut r = json_msg(StatusCode::UNAUTHORIZED, "changing nodes needs Authorization: Bearer <token>");
@@ -213,8 +212,10 @@ impl Mgmt {
             Ok(n) => n,
             Err(resp) => return resp,
         };
-        if add && node.is_one_of(&self.listeners) {
-            return bad(&format!("node {node} is this balancer's own listener: every call would loop back to it"));
+        if add {
+            if let Err(why) = node.refuse_loop(&self.listeners) {
+                return bad(&why);
+            }
         }
         let result = if add { self.store.add(&node).await } else { self.store.remove(&node).await };
         match result {
@@ -235,18 +236,18 @@ impl Mgmt {
     }
 }
 
-fn not_allowed(allow: &'static str) -> Response<RespBody> {
+fn not_allowed(allow: &'static str) -> Response<LocalBody> {
     let mut r = json_msg(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
-fn bad(msg: &str) -> Response<RespBody> {
+fn bad(msg: &str) -> Response<LocalBody> {
     json_msg(StatusCode::BAD_REQUEST, msg)
 }
 
 /// Reads and validates `{"node":"host:port"}`, answering the client's mistake precisely.
-async fn read_node(req: Request<Incoming>, max_body: usize) -> Result<NodeAddr, Response<RespBody>> {
+async fn read_node(req: Request<Incoming>, max_body: usize) -> Result<NodeAddr, Response<LocalBody>> {
     let too_large = || json_msg(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {max_body} bytes"));
     // A declared length over the limit is refused before reading a byte of it.
     if req.body().size_hint().lower() > max_body as u64 {
@@ -294,8 +295,8 @@ pub fn parse_node(body: &[u8]) -> Result<NodeAddr, String> {
     NodeAddr::parse(s).map_err(|e| e.to_string())
 }
 
-fn dashboard() -> Response<RespBody> {
-    let mut r = Response::new(RespBody::full(Bytes::from_static(include_bytes!("dash.html"))));
+fn dashboard() -> Response<LocalBody> {
+    let mut r = Response::new(LocalBody::full(Bytes::from_static(include_bytes!("dash.html"))));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     // Everything the page uses is in it; it may talk to this balancer only.
     r.headers_mut().insert(

@@ -67,7 +67,7 @@ impl NodeAddr {
     /// sockets): same port, and the host is the listener's address, or any local address when
     /// the listener is bound to the unspecified one, or `localhost`. Other host names are not
     /// resolved here (a blocking lookup); `Via` catches what they hide, call by call.
-    pub fn is_one_of(&self, listeners: &[std::net::SocketAddr]) -> bool {
+    pub(crate) fn is_one_of(&self, listeners: &[std::net::SocketAddr]) -> bool {
         let host = self.host().trim_end_matches('.');
         let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             Some(v6) => v6.parse::<std::net::IpAddr>().ok(),
@@ -83,6 +83,15 @@ impl NodeAddr {
                 None => localhost && (bound.is_loopback() || bound.is_unspecified()),
             }
         })
+    }
+
+    /// Refuses a node that is one of `listeners` ([`NodeAddr::is_one_of`]): every call sent to
+    /// it would come back to this balancer. The one check of `-nodes` and `PUT /1/lb/nodes`.
+    pub(crate) fn refuse_loop(&self, listeners: &[std::net::SocketAddr]) -> Result<(), String> {
+        if self.is_one_of(listeners) {
+            return Err(format!("node {self} is this balancer's own listener: every call would loop back to it"));
+        }
+        Ok(())
     }
 
     /// The address as a URI authority, for building `http://<node>/...` requests. Cheap: a clone of
@@ -236,7 +245,7 @@ pub struct AddrError {
 /// The rule an address broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum AddrErrorKind {
+pub(crate) enum AddrErrorKind {
     Empty,
     ControlCharacter,
     Whitespace,
@@ -264,7 +273,8 @@ impl AddrError {
         AddrError { shown, kind }
     }
 
-    pub fn kind(&self) -> AddrErrorKind {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> AddrErrorKind {
         self.kind
     }
 }

@@ -13,8 +13,8 @@ use tracing::{debug, info, warn};
 
 use crate::health::probe::{ProbeError, Prober};
 use crate::health::{Health, HealthState, Thresholds};
+use crate::node::table::Table;
 use crate::node::{Node, NodeAddr, Snapshot};
-use crate::route::table::Table;
 
 enum Command {
     /// The full set discovery wants, read when the local mutation counter was `seq`.
@@ -50,7 +50,7 @@ pub struct NodesHandle {
 
 impl NodesHandle {
     /// The current snapshot. Lock-free; hold the guard only while routing one call.
-    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
     }
 
@@ -79,7 +79,7 @@ impl NodesHandle {
     }
 
     /// Adds a node that is now in the store; it is checked at once. Returns once it is a member.
-    pub async fn add(&self, addr: NodeAddr) {
+    pub(crate) async fn add(&self, addr: NodeAddr) {
         let seq = self.mutations.fetch_add(1, Ordering::SeqCst) + 1;
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Add { addr, seq, done }).is_ok() {
@@ -88,7 +88,7 @@ impl NodesHandle {
     }
 
     /// Removes a node that is no longer in the store. Returns once no new call can pick it.
-    pub async fn remove(&self, addr: NodeAddr) {
+    pub(crate) async fn remove(&self, addr: NodeAddr) {
         let seq = self.mutations.fetch_add(1, Ordering::SeqCst) + 1;
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Remove { addr, seq, done }).is_ok() {
@@ -102,7 +102,7 @@ impl NodesHandle {
     /// Passive ejection is bounded: when `-max-ejected` of the nodes are already skipped, the
     /// node is only checked, not skipped — if that many nodes fail at once, the fault is more
     /// likely between us and them, and routing around it would pile every call on the rest.
-    pub fn report_unreachable(&self, node: &Node) {
+    pub(crate) fn report_unreachable(&self, node: &Node) {
         if node.is_suspect() {
             return;
         }

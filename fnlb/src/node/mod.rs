@@ -2,15 +2,16 @@
 //! [`Snapshot`] of the node set that routing reads. Only [`manager`] builds snapshots.
 pub mod addr;
 pub mod manager;
+pub mod table;
 
 pub use addr::{AddrError, NodeAddr};
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::proxy::pool::Pool;
-use crate::route::table::Table;
+use table::Table;
 
 /// One Fn node as the data path sees it. Shared (`Arc`) between successive snapshots so its
 /// counters and pooled connections survive membership and health changes.
@@ -30,14 +31,15 @@ pub struct Node {
     /// Calls in flight on every node of the set, shared by all of them: policies compare a
     /// node's load with the mean without summing over the nodes.
     total_in_flight: Arc<AtomicU32>,
-    /// Kept-alive upstream connections to this node.
-    pub pool: Pool,
+    /// The proxy's kept-alive connections to this node (`proxy::pool::Pool::of`), which live as
+    /// long as the node.
+    pub attached: Attachment,
 }
 
 impl Node {
     pub fn new(addr: NodeAddr, total_in_flight: Arc<AtomicU32>) -> Arc<Node> {
         Arc::new(Node {
-            pool: Pool::new(addr.clone()),
+            attached: Attachment::default(),
             addr,
             in_flight: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
@@ -49,13 +51,13 @@ impl Node {
     }
 
     /// Whether the node said "busy" (503) in the last moments.
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         let until = self.busy_until_ms.load(Ordering::Relaxed);
         until != 0 && clock_ms() < until
     }
 
     /// The node answered 503 (Fn's "server busy"): treat it as full for `for_ms`.
-    pub fn mark_busy(&self, for_ms: u64) {
+    pub(crate) fn mark_busy(&self, for_ms: u64) {
         self.busy_until_ms.store(clock_ms() + for_ms, Ordering::Relaxed);
     }
 
@@ -64,15 +66,15 @@ impl Node {
     }
 
     /// Containers the policy estimates this balancer's calls keep on the node.
-    pub fn containers(&self) -> u32 {
+    pub(crate) fn containers(&self) -> u32 {
         self.containers.load(Ordering::Relaxed)
     }
 
-    pub fn add_containers(&self, n: u32) {
+    pub(crate) fn add_containers(&self, n: u32) {
         self.containers.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn set_containers(&self, n: u32) {
+    pub(crate) fn set_containers(&self, n: u32) {
         self.containers.store(n, Ordering::Relaxed);
     }
 
@@ -83,17 +85,17 @@ impl Node {
         InFlight(self.clone())
     }
 
-    pub fn is_suspect(&self) -> bool {
+    pub(crate) fn is_suspect(&self) -> bool {
         self.suspect.load(Ordering::Relaxed)
     }
 
     /// Returns true when this call changed the flag (so the caller reports it only once).
-    pub fn set_suspect(&self, suspect: bool) -> bool {
+    pub(crate) fn set_suspect(&self, suspect: bool) -> bool {
         self.suspect.swap(suspect, Ordering::Relaxed) != suspect
     }
 
     /// The node's recent queue wait as it reports it (decayed mean, starts at zero).
-    pub fn wait(&self) -> Duration {
+    pub(crate) fn wait(&self) -> Duration {
         Duration::from_micros(self.wait_us.load(Ordering::Relaxed))
     }
 
@@ -108,11 +110,26 @@ impl Node {
     }
 }
 
+/// What another layer keeps per node for the node's lifetime, made at its first use. Its type is
+/// that layer's, so node/ does not depend on it: the proxy keeps its connection pool here, and
+/// finding it costs a call what a field would plus one type check, with no lock.
+#[derive(Default)]
+pub struct Attachment(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl Attachment {
+    /// The value, made by `init` at the first call. An attachment holds one type: it has one
+    /// accessor, the layer that owns it, so every call asks for the same `T`.
+    pub(crate) fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> &T {
+        let value = self.0.get_or_init(|| Box::new(init()));
+        value.downcast_ref().expect("a node's attachment is asked for one type only")
+    }
+}
+
 /// Marks one call in flight on a node until dropped.
 pub struct InFlight(Arc<Node>);
 
 impl InFlight {
-    pub fn node(&self) -> &Arc<Node> {
+    pub(crate) fn node(&self) -> &Arc<Node> {
         &self.0
     }
 }
@@ -131,13 +148,13 @@ impl Drop for InFlight {
 /// `Instant::now` plus `elapsed` at ~130 instructions per proxied request). Its resolution of a
 /// few ms is plenty for marks that last hundreds of ms. Never 0, so 0 can mean "never".
 #[cfg(target_os = "linux")]
-pub fn clock_ms() -> u64 {
+pub(crate) fn clock_ms() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn clock_ms() -> u64 {
+pub(crate) fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -154,7 +171,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn empty() -> Snapshot {
+    pub(crate) fn empty() -> Snapshot {
         Snapshot::new(Arc::from(Vec::new()), Arc::new(Table::build(&[])), Box::new([]), Arc::default())
     }
 
@@ -171,7 +188,7 @@ impl Snapshot {
     }
 
     /// Calls this balancer has in flight on all nodes.
-    pub fn total_in_flight(&self) -> u32 {
+    pub(crate) fn total_in_flight(&self) -> u32 {
         self.total_in_flight.load(Ordering::Relaxed)
     }
 
@@ -179,7 +196,8 @@ impl Snapshot {
         &self.nodes
     }
 
-    pub fn nodes_arc(&self) -> &Arc<[Arc<Node>]> {
+    #[cfg(test)]
+    pub(crate) fn nodes_arc(&self) -> &Arc<[Arc<Node>]> {
         &self.nodes
     }
 
@@ -195,16 +213,16 @@ impl Snapshot {
         self.nodes.is_empty()
     }
 
-    pub fn is_healthy(&self, i: usize) -> bool {
+    pub(crate) fn is_healthy(&self, i: usize) -> bool {
         self.healthy[i]
     }
 
-    pub fn healthy_count(&self) -> usize {
+    pub(crate) fn healthy_count(&self) -> usize {
         self.healthy_count
     }
 
     /// A node may take traffic: healthy by its checks and not just seen failing by the proxy.
-    pub fn is_eligible(&self, i: usize) -> bool {
+    pub(crate) fn is_eligible(&self, i: usize) -> bool {
         self.healthy[i] && !self.nodes[i].is_suspect()
     }
 }

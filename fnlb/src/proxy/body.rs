@@ -16,10 +16,11 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::call::Held;
-use super::pool::Conn;
+use super::pool::{Conn, Pool};
+use crate::answer::LocalBody;
 
 /// A request body on its way to the node.
-pub enum ReqBody {
+pub(crate) enum ReqBody {
     Stream(ClientBody),
     /// Used to resend a bodiless request whose first attempt failed.
     Empty,
@@ -28,7 +29,7 @@ pub enum ReqBody {
 /// Why a client's body did not reach its end: always the client's fault, never the node's. The
 /// hyper client hands it back as the source of its error, where the call engine finds it.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("request body did not arrive within the client body timeout")]
     Timeout,
     #[error("request body: {0}")]
@@ -37,7 +38,7 @@ pub enum BodyError {
 
 impl BodyError {
     /// The client's body error in the source chain of an upstream error, if there is one.
-    pub fn find<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e BodyError> {
+    pub(crate) fn find<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e BodyError> {
         loop {
             if let Some(b) = e.downcast_ref::<BodyError>() {
                 return Some(b);
@@ -49,7 +50,7 @@ impl BodyError {
 
 /// The client's body, with a deadline between two reads (-client-body-timeout), and the moment
 /// it was read to its end (when the node's time to answer starts).
-pub struct ClientBody {
+pub(crate) struct ClientBody {
     inner: Incoming,
     limit: Duration,
     /// Armed while the body waits for the client; one timer per body, reset per wait.
@@ -60,16 +61,16 @@ pub struct ClientBody {
 
 /// When a request body was read to its end, shared with the call waiting for the answer.
 #[derive(Default)]
-pub struct Ended(std::sync::OnceLock<tokio::time::Instant>);
+pub(crate) struct Ended(std::sync::OnceLock<tokio::time::Instant>);
 
 impl Ended {
-    pub fn at(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn at(&self) -> Option<tokio::time::Instant> {
         self.0.get().copied()
     }
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, limit: Duration) -> (ClientBody, Arc<Ended>) {
+    pub(crate) fn new(inner: Incoming, limit: Duration) -> (ClientBody, Arc<Ended>) {
         let ended = Arc::new(Ended::default());
         if inner.is_end_stream() {
             let _ = ended.0.set(tokio::time::Instant::now());
@@ -161,14 +162,14 @@ impl Body for ReqBody {
 /// connection goes back to the node's pool; when it ends or is dropped, the call stops counting
 /// as in flight. Dropped before its end (the client went away), the connection is mid-message
 /// and is closed with it.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: Incoming,
     conn: Option<Conn>,
     call: Option<Held>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, conn: Conn, call: Held) -> UpstreamBody {
+    pub(crate) fn new(inner: Incoming, conn: Conn, call: Held) -> UpstreamBody {
         let mut b = UpstreamBody { inner, conn: Some(conn), call: Some(call) };
         if b.inner.is_end_stream() {
             b.finish();
@@ -179,7 +180,7 @@ impl UpstreamBody {
     fn finish(&mut self) {
         if let Some(call) = self.call.take() {
             if let Some(conn) = self.conn.take() {
-                call.node().pool.put_back(conn);
+                Pool::of(call.node()).put_back(conn);
             }
         }
     }
@@ -235,18 +236,20 @@ impl Body for UpstreamBody {
 }
 
 /// What the client receives: a node's stream or a short answer made here.
-pub enum RespBody {
+pub(crate) enum RespBody {
     Upstream(UpstreamBody),
-    Full(Option<Bytes>),
+    Local(LocalBody),
 }
 
 impl RespBody {
-    pub fn full(b: impl Into<Bytes>) -> RespBody {
-        RespBody::Full(Some(b.into()))
+    pub(crate) fn empty() -> RespBody {
+        RespBody::Local(LocalBody::empty())
     }
+}
 
-    pub fn empty() -> RespBody {
-        RespBody::Full(None)
+impl From<LocalBody> for RespBody {
+    fn from(b: LocalBody) -> RespBody {
+        RespBody::Local(b)
     }
 }
 
@@ -257,7 +260,7 @@ impl Body for RespBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = match self.get_mut() {
             RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RespBody::Local(b) => Pin::new(b).poll_frame(cx),
         };
         // On an HTTP/2 stream (the only place the slot is set), the stream's deadline hears of it.
         let owed = matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_data());
@@ -268,15 +271,14 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Upstream(b) => b.is_end_stream(),
-            RespBody::Full(b) => b.is_none(),
+            RespBody::Local(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream(b) => b.size_hint(),
-            RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            RespBody::Full(None) => SizeHint::with_exact(0),
+            RespBody::Local(b) => b.size_hint(),
         }
     }
 }

@@ -26,19 +26,19 @@ use crate::route::{clock, Attempt, Balancers, Placement, Policy};
 use crate::telemetry::call::CallObs;
 
 /// Distinct nodes one call may be tried on before the client gets an error.
-pub const MAX_NODES_TRIED: usize = 3;
+pub(crate) const MAX_NODES_TRIED: usize = 3;
 /// Reused connections one call may find closed before it gets a fresh one (each costs nothing:
 /// no byte was sent), so that a pool full of dead connections cannot keep a call looping.
 const MAX_STALE: u8 = 4;
 
 /// nginx logs a call the client gave up on as 499.
-pub fn client_closed() -> StatusCode {
+pub(crate) fn client_closed() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// Whose fault a failure is (pingora's `ErrorSource`): only a node's fault counts against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Client,
     Node,
     /// Nobody's: a kept-alive connection the node closed while idle, as it may.
@@ -47,7 +47,7 @@ pub enum Fault {
 
 /// What went wrong in one attempt, as a transport saw it.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// No connection could be made (refused, unreachable, connect timeout): nothing was sent.
     Connect(String),
     /// A reused kept-alive connection was found closed before any byte of the call was written.
@@ -69,7 +69,7 @@ pub enum Failure {
 
 impl Failure {
     /// Whose fault it is.
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             Failure::Connect(_) | Failure::Broke(_) | Failure::Timeout(_) | Failure::Invalid(_) => Fault::Node,
             Failure::Stale => Fault::Nobody,
@@ -78,13 +78,13 @@ impl Failure {
     }
 
     /// Whether a node may have started the call (some byte of it was written).
-    pub fn may_have_run(&self) -> bool {
+    pub(crate) fn may_have_run(&self) -> bool {
         !matches!(self, Failure::Connect(_) | Failure::Stale)
     }
 }
 
 /// What the shell does next.
-pub enum Next<'a> {
+pub(crate) enum Next<'a> {
     /// Send the call to this node (over a fresh connection if `fresh`: the last reused one was
     /// found closed).
     Send { node: &'a Arc<Node>, fresh: bool },
@@ -99,7 +99,7 @@ pub enum Next<'a> {
 
 /// Late binding (`-late-binding`): the waiting rule and the calls waiting at the balancer,
 /// shared by every call of the proxy.
-pub struct Late {
+pub(crate) struct Late {
     pub rule: WaitRule,
     pub queue: WaitQueue<Arc<Node>>,
 }
@@ -107,28 +107,22 @@ pub struct Late {
 impl Late {
     /// `cfg`: [`WaitConfig::new`] of a node's slots (`-node-capacity`), shared by the
     /// balancers `balancers` counts (live).
-    pub fn new(cfg: WaitConfig, balancers: Balancers) -> Late {
+    pub(crate) fn new(cfg: WaitConfig, balancers: Balancers) -> Late {
         Late { rule: WaitRule::new(cfg).shared_by(balancers), queue: WaitQueue::new(cfg) }
     }
 }
 
 /// A call waiting at the balancer: its place in the queue and the time ([`clock::now_ms`]) to
 /// look again ([`Call::deadline`]).
-pub struct Waiting {
+pub(crate) struct Waiting {
     waiter: Waiter<Arc<Node>>,
     until_ms: u64,
-}
-
-impl Waiting {
-    pub fn until_ms(&self) -> u64 {
-        self.until_ms
-    }
 }
 
 /// Waits out [`Next::Wait`]: until the call is handed a node, its deadline says where it goes
 /// (or that it is refused), or `gone` resolves (the client left: returns false, and the waiter is
 /// dropped, which frees its place). Then the shell asks [`Call::next`] (or abandons the call).
-pub async fn wait<G: std::future::Future<Output = ()>>(call: &mut Call<'_>, mut w: Waiting, gone: G) -> bool {
+pub(crate) async fn wait<G: std::future::Future<Output = ()>>(call: &mut Call<'_>, mut w: Waiting, gone: G) -> bool {
     tokio::pin!(gone);
     loop {
         let sleep = tokio::time::sleep(Duration::from_millis(w.until_ms.saturating_sub(clock::now_ms())));
@@ -150,13 +144,13 @@ pub async fn wait<G: std::future::Future<Output = ()>>(call: &mut Call<'_>, mut 
 /// passed on. Dropped, the node's container is idle: with late binding, it goes to a call of
 /// the same function waiting at the balancer (warm), else the slot to the oldest waiter past its
 /// cold deadline.
-pub struct Held {
+pub(crate) struct Held {
     in_flight: Option<InFlight>,
     release: Option<(WaitQueue<Arc<Node>>, u32, u64)>,
 }
 
 impl Held {
-    pub fn node(&self) -> &Arc<Node> {
+    pub(crate) fn node(&self) -> &Arc<Node> {
         self.in_flight.as_ref().expect("held until dropped").node()
     }
 }
@@ -183,7 +177,7 @@ impl Drop for Held {
 
 /// The request facts the engine decides by.
 #[derive(Clone, Copy, Debug)]
-pub struct Request<'r> {
+pub(crate) struct Request<'r> {
     pub method: &'r Method,
     /// The request has no body (nothing to replay but the head).
     pub bodiless: bool,
@@ -203,7 +197,7 @@ impl Request<'_> {
 
 /// Who hears that a node looks unreachable. The node manager in the balancer; a recorder in
 /// tests.
-pub trait Suspects: Send + Sync {
+pub(crate) trait Suspects: Send + Sync {
     fn report_unreachable(&self, node: &Node);
 }
 
@@ -214,7 +208,7 @@ impl Suspects for NodesHandle {
 }
 
 /// What every call shares: the policy, the node marks, the budget and the operator's choices.
-pub struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     pub policy: &'a dyn Policy,
     pub suspects: &'a dyn Suspects,
     pub budget: &'a RetryBudget,
@@ -224,7 +218,7 @@ pub struct Rules<'a> {
 }
 
 /// One function call, from its arrival to its answer.
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     rules: Rules<'a>,
     snap: &'a Snapshot,
     hash: u64,
@@ -266,7 +260,7 @@ impl std::fmt::Debug for Next<'_> {
 }
 
 impl<'a> Call<'a> {
-    pub fn new(rules: Rules<'a>, snap: &'a Snapshot, hash: u64, req: Request<'_>, obs: CallObs<'a>) -> Call<'a> {
+    pub(crate) fn new(rules: Rules<'a>, snap: &'a Snapshot, hash: u64, req: Request<'_>, obs: CallObs<'a>) -> Call<'a> {
         rules.budget.deposit(obs.started());
         let resendable = req.resendable(rules.retry_idempotent);
         Call {
@@ -292,14 +286,14 @@ impl<'a> Call<'a> {
     }
 
     /// The observation, while the call runs (for the shell's trace headers).
-    pub fn obs(&mut self) -> &mut CallObs<'a> {
+    pub(crate) fn obs(&mut self) -> &mut CallObs<'a> {
         self.obs.as_mut().expect("the call is not finished")
     }
 
     /// Where the call goes now. A later step (waiting at the balancer for a warm container) fits
     /// between two picks here.
     #[allow(clippy::should_implement_trait)] // Not an iterator: each step depends on what the shell reports.
-    pub fn next(&mut self) -> Next<'a> {
+    pub(crate) fn next(&mut self) -> Next<'a> {
         if self.ready {
             self.ready = false;
             if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
@@ -392,7 +386,7 @@ impl<'a> Call<'a> {
 
     /// The waiting call was handed `node` (or nothing: the queue went away): it goes there if
     /// the node is still in the snapshot; else the ordinary pick places it.
-    pub fn waited(&mut self, node: Option<Arc<Node>>) {
+    pub(crate) fn waited(&mut self, node: Option<Arc<Node>>) {
         let i = node.and_then(|n| self.snap.nodes().iter().position(|m| Arc::ptr_eq(m, &n)));
         if let Some(i) = i {
             self.open(i);
@@ -402,7 +396,7 @@ impl<'a> Call<'a> {
     /// The waiting call's deadline: place it again; a node that can take it now, or one with a
     /// free slot, gets it (cold); else it waits on until its give-up time, then is refused.
     /// Returns the waiting to go on with, or `None`: ask [`Call::next`].
-    pub fn deadline(&mut self, w: Waiting) -> Option<Waiting> {
+    pub(crate) fn deadline(&mut self, w: Waiting) -> Option<Waiting> {
         let now = clock::now_ms();
         let late = self.rules.late?;
         let decision = match self.rules.policy.place(self.snap, self.hash, &[]) {
@@ -442,7 +436,7 @@ impl<'a> Call<'a> {
     /// The current attempt failed. The one place where a failure's fault decides the metrics, the
     /// node's mark, whether the call goes on, and the client's answer. Returns what to do: `None`,
     /// ask [`Call::next`]; `Some`, answer the client and end the call.
-    pub fn failed(&mut self, failure: Failure) -> Option<Next<'a>> {
+    pub(crate) fn failed(&mut self, failure: Failure) -> Option<Next<'a>> {
         let node = self.attempt.as_ref().map(|a| a.node());
         let addr = node.map_or("-", |n| n.addr.as_str());
         let error = match &failure {
@@ -522,7 +516,7 @@ impl<'a> Call<'a> {
 
     /// The node answered with this status, reporting this queue wait. Returns the in-flight
     /// mark, which the shell holds until the response body has been passed on.
-    pub fn answered(&mut self, status: StatusCode, wait: Option<Duration>) -> Option<Held> {
+    pub(crate) fn answered(&mut self, status: StatusCode, wait: Option<Duration>) -> Option<Held> {
         let attempt = self.attempt.take()?;
         let release = self.rules.late.map(|late| {
             if let Some(w) = wait {
@@ -550,7 +544,7 @@ impl<'a> Call<'a> {
     }
 
     /// The client left before its answer: 499, observed with the time spent.
-    pub fn abandon(&mut self) -> Next<'a> {
+    pub(crate) fn abandon(&mut self) -> Next<'a> {
         if let Some(obs) = self.obs.take() {
             obs.abandoned(self.attempt.as_ref().map(|a| &**a.node()), self.hash);
         }
@@ -593,7 +587,7 @@ impl Drop for Call<'_> {
 /// [`RetryBudget::WINDOW_S`] seconds, plus [`RetryBudget::FLOOR_PER_S`] per second. Lock-free:
 /// one slot per second of the window, each an epoch and two counters; a race at a slot's turn of
 /// the second loses a count or two, which a budget can afford.
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     base: Instant,
     /// Per slot: the second it counts (since `base`), calls, resends.
     slots: [[AtomicU64; 3]; RetryBudget::WINDOW_S as usize],
@@ -606,11 +600,11 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    pub const WINDOW_S: u64 = 10;
-    pub const RATIO: f64 = 0.2;
-    pub const FLOOR_PER_S: u64 = 10;
+    pub(crate) const WINDOW_S: u64 = 10;
+    pub(crate) const RATIO: f64 = 0.2;
+    pub(crate) const FLOOR_PER_S: u64 = 10;
 
-    pub fn new(base: Instant) -> RetryBudget {
+    pub(crate) fn new(base: Instant) -> RetryBudget {
         RetryBudget { base, slots: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]) }
     }
 
@@ -625,12 +619,12 @@ impl RetryBudget {
     }
 
     /// A call arrived.
-    pub fn deposit(&self, now: Instant) {
+    pub(crate) fn deposit(&self, now: Instant) {
         self.slot(now)[1].fetch_add(1, Relaxed);
     }
 
     /// Asks to resend a call; true (and counted) when the budget allows it.
-    pub fn withdraw(&self, now: Instant) -> bool {
+    pub(crate) fn withdraw(&self, now: Instant) -> bool {
         let current = self.slot(now);
         let sec = current[0].load(Relaxed);
         let (mut calls, mut resends) = (0, 0);
@@ -915,7 +909,7 @@ mod tests {
         assert_eq!(late.queue.len(), 1);
         // Its cold deadline: the node is still full, so it waits on, until its give-up time.
         wait = second.deadline(wait).expect("still waiting");
-        assert_eq!(wait.until_ms(), second.give_up_ms);
+        assert_eq!(wait.until_ms, second.give_up_ms);
         // The first call's answer has been passed on: its container goes to the waiter, warm.
         let held = first.answered(StatusCode::OK, Some(Duration::from_millis(1))).expect("held");
         assert_eq!(late.queue.len(), 1, "handed when the body has been passed on, not before");

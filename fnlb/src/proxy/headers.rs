@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::rules::{self, Kind};
 
 /// The header nodes use to report their queue wait to the balancer; never shown to clients.
-pub static FXLB_WAIT: HeaderName = HeaderName::from_static("xxx-fxlb-wait");
+pub(crate) static FXLB_WAIT: HeaderName = HeaderName::from_static("xxx-fxlb-wait");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 fn kind(name: &HeaderName) -> Kind {
@@ -52,7 +52,7 @@ pub fn request(headers: &mut HeaderMap, client: IpAddr) {
 
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 node wants one line, the pieces
 /// joined with `; ` (RFC 9113 §8.2.3).
-pub fn join_cookies(headers: &mut HeaderMap) {
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     let mut all = headers.get_all(header::COOKIE).iter();
     let (Some(first), Some(_)) = (all.next(), all.next()) else { return };
     let mut v = first.as_bytes().to_vec();
@@ -146,7 +146,7 @@ pub fn response(headers: &mut HeaderMap) -> Option<HeaderValue> {
 
 /// Trailer fields, either way: only those [`rules::trailer_passes`] (no framing, routing or
 /// connection fields, no wait report).
-pub fn trailers(headers: &mut HeaderMap) {
+pub(crate) fn trailers(headers: &mut HeaderMap) {
     if headers.keys().any(|n| !rules::trailer_passes(kind(n))) {
         let gone: Vec<HeaderName> = headers.keys().filter(|n| !rules::trailer_passes(kind(n))).cloned().collect();
         for name in gone {

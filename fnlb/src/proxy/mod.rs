@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::answer::json_msg;
 use crate::discovery::fnapi::FunctionKeys;
 use crate::node::manager::NodesHandle;
 use crate::node::Node;
@@ -25,8 +25,9 @@ use crate::route::{goduration::parse_go_duration_bytes, Policy};
 use crate::telemetry::Observers;
 use body::{BodyError, ClientBody, ReqBody, RespBody, UpstreamBody};
 use call::{Call, Failure, Late, Next, RetryBudget, Rules};
+use pool::Pool;
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     nodes: NodesHandle,
     policy: Box<dyn Policy>,
     connect_timeout: Duration,
@@ -45,31 +46,18 @@ pub struct Proxy {
     late: Option<Late>,
 }
 
-/// A short JSON answer made by the balancer itself: `{"msg": ...}`.
-pub fn json_msg(status: StatusCode, msg: &str) -> Response<RespBody> {
-    let body = serde_json::json!({ "msg": msg }).to_string();
-    json_response(status, body)
-}
-
 /// The balancer's answer of [`Next::Answer`]: `{"msg": ...}`, with `Retry-After` when late
 /// binding refused the call.
-pub fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>) -> Response<RespBody> {
-    let mut resp = json_msg(status, msg);
+pub(crate) fn answer_response(status: StatusCode, msg: &str, retry_after_s: Option<u32>) -> Response<RespBody> {
+    let mut resp: Response<RespBody> = json_msg(status, msg).map(RespBody::from);
     if let Some(s) = retry_after_s {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     resp
 }
 
-pub fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
 impl Proxy {
-    pub fn new(nodes: NodesHandle, policy: Box<dyn Policy>, limits: &crate::config::Limits) -> Proxy {
+    pub(crate) fn new(nodes: NodesHandle, policy: Box<dyn Policy>, limits: &crate::config::Limits) -> Proxy {
         Proxy {
             nodes,
             policy,
@@ -86,30 +74,26 @@ impl Proxy {
 
     /// Holds calls at the balancer at saturation (`route::wait`; `cfg` from this balancer's
     /// share of a node).
-    pub fn binding_late(mut self, cfg: crate::route::wait::WaitConfig, balancers: crate::route::Balancers) -> Proxy {
+    pub(crate) fn binding_late(mut self, cfg: crate::route::wait::WaitConfig, balancers: crate::route::Balancers) -> Proxy {
         self.late = Some(Late::new(cfg, balancers));
         self
     }
 
     /// Late binding's queue, when it is on (the management API reads its counters).
-    pub fn wait_queue(&self) -> Option<crate::route::wait::WaitQueue<Arc<Node>>> {
+    pub(crate) fn wait_queue(&self) -> Option<crate::route::wait::WaitQueue<Arc<Node>>> {
         self.late.as_ref().map(|l| l.queue.clone())
     }
 
     /// Keys calls by function with `keys` (learned in the background from the nodes' API).
-    pub fn keyed_by(mut self, keys: Arc<FunctionKeys>) -> Proxy {
+    pub(crate) fn keyed_by(mut self, keys: Arc<FunctionKeys>) -> Proxy {
         self.keys = keys;
         self
     }
 
     /// Reports every call to `obs` (shared with the management API, which reads it back).
-    pub fn observed_by(mut self, obs: Arc<Observers>) -> Proxy {
+    pub(crate) fn observed_by(mut self, obs: Arc<Observers>) -> Proxy {
         self.obs = obs;
         self
-    }
-
-    pub fn policy(&self) -> &dyn Policy {
-        &*self.policy
     }
 
     /// What every call of this proxy shares, for the call engine.
@@ -126,7 +110,7 @@ impl Proxy {
     /// Forwards one call on the hyper path: TLS, HTTP/2, and whatever the fast path hands over.
     /// A thin shell around [`Call`]: the engine decides, this does the I/O. The observation
     /// lives in the call, so a client that drops this future still gets its call observed (499).
-    pub async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+    pub(crate) async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
         let uri = req.uri().clone();
         let (mut parts, body) = req.into_parts();
         let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -197,7 +181,9 @@ impl Proxy {
                         again
                     }
                     // The engine resends only what can be replayed.
-                    None => return json_msg(StatusCode::BAD_GATEWAY, "the call cannot be sent again"),
+                    None => {
+                        return json_msg(StatusCode::BAD_GATEWAY, "the call cannot be sent again").map(RespBody::from)
+                    }
                 },
             };
             if r.headers().get(header::HOST).is_none() {
@@ -282,12 +268,12 @@ impl Proxy {
     /// A pooled connection that is open and ready, or a new one (`fresh`: always a new one).
     /// Also says whether the connection was reused.
     async fn connection(&self, node: &Arc<Node>, fresh: bool) -> Result<(pool::Conn, bool), String> {
-        while let Some(mut c) = node.pool.take_idle().filter(|_| !fresh) {
+        while let Some(mut c) = Pool::of(node).take_idle().filter(|_| !fresh) {
             if c.sender.ready().await.is_ok() {
                 return Ok((c, true));
             }
         }
-        node.pool.connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
+        Pool::of(node).connect(self.connect_timeout).await.map(|c| (c, false)).map_err(|e| e.to_string())
     }
 
     /// The answer a node sent before it stopped reading the request body and closed, read after
@@ -407,7 +393,9 @@ fn classify(e: &hyper::Error) -> Failure {
 fn local(answer: Next<'_>) -> Response<RespBody> {
     match answer {
         Next::Answer { status, msg, retry_after_s, .. } => answer_response(status, &msg, retry_after_s),
-        Next::Send { .. } | Next::Wait(_) => json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        Next::Send { .. } | Next::Wait(_) => {
+            json_msg(StatusCode::INTERNAL_SERVER_ERROR, "internal error").map(RespBody::from)
+        }
     }
 }
 /// Whether a node's kernel reset the connection under a call (`error` is how the read ended):

@@ -14,19 +14,19 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::ReqBody;
-use crate::node::NodeAddr;
+use crate::node::{Node, NodeAddr};
 
-pub type Sender = http1::SendRequest<ReqBody>;
+pub(crate) type Sender = http1::SendRequest<ReqBody>;
 
 /// A hyper client connection and its socket, which the pool can still ask whether the node
 /// closed it before a call is written to it.
-pub struct Conn {
+pub(crate) struct Conn {
     pub sender: Sender,
     socket: Arc<TcpStream>,
 }
 
 impl Conn {
-    pub fn socket(&self) -> &TcpStream {
+    pub(crate) fn socket(&self) -> &TcpStream {
         &self.socket
     }
 }
@@ -34,7 +34,7 @@ impl Conn {
 /// Idle connections kept per node; more than the busiest moment's concurrency is waste.
 const MAX_IDLE: usize = 512;
 
-pub struct Pool {
+pub(crate) struct Pool {
     addr: NodeAddr,
     // A plain mutex held for a push or a pop, never across an await.
     idle: Mutex<Vec<Conn>>,
@@ -43,7 +43,7 @@ pub struct Pool {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect to {0} timed out after {1:?}")]
     Timeout(NodeAddr, Duration),
     #[error("connect to {0}: {1}")]
@@ -53,15 +53,21 @@ pub enum ConnectError {
 }
 
 impl Pool {
-    pub fn new(addr: NodeAddr) -> Pool {
+    pub(crate) fn new(addr: NodeAddr) -> Pool {
         Pool { addr, idle: Mutex::new(Vec::new()), raw: Mutex::new(Vec::new()) }
+    }
+
+    /// The node's pool, made at its first call and dropped with the node (so it survives
+    /// membership and health changes as the node does).
+    pub(crate) fn of(node: &Node) -> &Pool {
+        node.attached.get_or_init(|| Pool::new(node.addr.clone()))
     }
 
     /// The most recently used idle raw connection that is still open: the node has not closed
     /// it and sent nothing unasked, asking the socket itself (one `recv(MSG_PEEK)`), not only the
     /// runtime's readiness flags, which can lag a close the kernel has already seen. A call is
     /// never sent twice once written, so this is the last moment a closed connection is free.
-    pub fn take_raw(&self) -> Option<TcpStream> {
+    pub(crate) fn take_raw(&self) -> Option<TcpStream> {
         loop {
             let s = self.raw.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             // No system call unless the socket was marked readable since its last read.
@@ -76,7 +82,7 @@ impl Pool {
     }
 
     /// Opens a new raw connection (for the fast path, and under the hyper client's handshake).
-    pub async fn connect_raw(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    pub(crate) async fn connect_raw(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
         let addr = &self.addr;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
             Err(_) => return Err(ConnectError::Timeout(addr.clone(), timeout)),
@@ -88,7 +94,7 @@ impl Pool {
     }
 
     /// Returns a raw connection whose last response was read to its end.
-    pub fn put_raw(&self, stream: TcpStream) {
+    pub(crate) fn put_raw(&self, stream: TcpStream) {
         let mut idle = self.raw.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(stream);
@@ -98,7 +104,7 @@ impl Pool {
     /// The most recently used idle hyper connection that is still open, asked as
     /// [`Pool::take_raw`] asks. It may still be finishing its last response: the caller waits
     /// for `ready()`.
-    pub fn take_idle(&self) -> Option<Conn> {
+    pub(crate) fn take_idle(&self) -> Option<Conn> {
         loop {
             let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if !c.sender.is_closed() && quiet(&c.socket) {
@@ -108,7 +114,7 @@ impl Pool {
     }
 
     /// Opens a new connection; its driver runs as its own task until either side closes it.
-    pub async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
         let addr = &self.addr;
         let socket = Arc::new(self.connect_raw(timeout).await?);
         // A bounded read buffer: hyper's default lets it grow to ~400 kB, and a body chunk
@@ -128,7 +134,7 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read to its end.
-    pub fn put_back(&self, conn: Conn) {
+    pub(crate) fn put_back(&self, conn: Conn) {
         if conn.sender.is_closed() {
             return;
         }

@@ -14,7 +14,7 @@ use http::{header, HeaderMap, Method, StatusCode};
 /// What a header field name means to the balancer (case-insensitive). One table: the fast path
 /// reads it on raw names, the hyper path on `HeaderName`s (lowercase already).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Any other field: passed on unchanged.
     Other,
     Host,
@@ -44,7 +44,7 @@ pub enum Kind {
 }
 
 /// The [`Kind`] of a header field name.
-pub fn kind(name: &[u8]) -> Kind {
+pub(crate) fn kind(name: &[u8]) -> Kind {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     let Some(&first) = name.first() else { return Kind::Other };
     // Length and first letter rule out most names before any comparison.
@@ -77,7 +77,7 @@ pub fn kind(name: &[u8]) -> Kind {
 /// stops too, and comes back as `TE: trailers` when the client listed `trailers`; the framing
 /// header is the balancer's own. Fields the `Connection` header names stop as well (the caller
 /// knows them).
-pub fn request_drops(k: Kind) -> bool {
+pub(crate) fn request_drops(k: Kind) -> bool {
     hop_by_hop(k) || matches!(k, Kind::Te | Kind::ProxyAuthorization | Kind::Expect)
 }
 
@@ -89,36 +89,36 @@ fn hop_by_hop(k: Kind) -> bool {
 
 /// Whether a node's header field of this kind stops at the balancer: hop-by-hop fields, and the
 /// node's wait report. (`Content-Length` is decided by the framing, not here.)
-pub fn response_drops(k: Kind) -> bool {
+pub(crate) fn response_drops(k: Kind) -> bool {
     hop_by_hop(k) || k == Kind::FxlbWait
 }
 
 /// Whether a trailer field of this kind is passed on. RFC 9110 §6.5.1 forbids framing, routing
 /// and connection fields in trailers; the wait report is never shown, in a trailer neither.
-pub fn trailer_passes(k: Kind) -> bool {
+pub(crate) fn trailer_passes(k: Kind) -> bool {
     matches!(k, Kind::Other)
 }
 
 /// The comma-separated tokens of a list header value, trimmed, empty ones skipped.
-pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
 /// The balancer's pseudonym in `Via` (`fnlb-` and 8 hex digits, random per process), so that a
 /// call coming back to the process that sent it is recognised, while a chain of distinct
 /// balancers is not a loop.
-pub fn pseudonym() -> &'static str {
+pub(crate) fn pseudonym() -> &'static str {
     &via()[4..]
 }
 
 /// The `Via` value the balancer adds to every forwarded call: `1.1 fnlb-<random>`.
-pub fn via() -> &'static str {
+pub(crate) fn via() -> &'static str {
     static VIA: OnceLock<String> = OnceLock::new();
     VIA.get_or_init(|| format!("1.1 fnlb-{:08x}", rand::random::<u32>()))
 }
 
 /// Whether a `Via` value lists this process: the call went round in a circle.
-pub fn via_is_ours(v: &[u8]) -> bool {
+pub(crate) fn via_is_ours(v: &[u8]) -> bool {
     let me = pseudonym().as_bytes();
     // Each entry is `protocol received-by [comment]`.
     tokens(v).any(|entry| entry.split(|b| *b == b' ' || *b == b'\t').filter(|p| !p.is_empty()).nth(1) == Some(me))
@@ -128,7 +128,7 @@ pub fn via_is_ours(v: &[u8]) -> bool {
 /// unreserved, sub-delims and percent-escapes, or an `[IPv6]` literal, and an optional port of
 /// at most 5 digits. An empty value is allowed (RFC 9112 §3.2). Refused: userinfo (`@`), a path
 /// (`/`), a query, whitespace, anything else.
-pub fn valid_host(v: &[u8]) -> bool {
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     let (host, port) = if v.first() == Some(&b'[') {
         let Some(close) = v.iter().position(|b| *b == b']') else { return false };
         let inner = &v[1..close];
@@ -175,21 +175,21 @@ pub fn valid_host(v: &[u8]) -> bool {
 /// A request the balancer answers itself instead of forwarding: the status and the `msg` of its
 /// JSON body (and, for 405, the methods allowed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub status: StatusCode,
     pub msg: &'static str,
 }
 
 impl Refusal {
     /// The `Allow` header that goes with a 405.
-    pub fn allow(&self) -> Option<&'static str> {
+    pub(crate) fn allow(&self) -> Option<&'static str> {
         (self.status == StatusCode::METHOD_NOT_ALLOWED).then_some(ALLOW)
     }
 }
 
 /// The balancer's answer to a refused request: `{"msg": ...}`, with `Allow` on a 405.
 pub(crate) fn answer(r: Refusal) -> http::Response<super::body::RespBody> {
-    let mut resp = super::json_msg(r.status, r.msg);
+    let mut resp = crate::answer::json_msg(r.status, r.msg).map(super::body::RespBody::from);
     if let Some(allow) = r.allow() {
         resp.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static(allow));
     }
@@ -197,17 +197,17 @@ pub(crate) fn answer(r: Refusal) -> http::Response<super::body::RespBody> {
 }
 
 /// The methods a function call may use (`Allow` of the 405 answer to `CONNECT`).
-pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
+pub(crate) const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
 
-pub const CONNECT_REFUSED: Refusal = Refusal {
+pub(crate) const CONNECT_REFUSED: Refusal = Refusal {
     status: StatusCode::METHOD_NOT_ALLOWED,
     msg: "CONNECT is not supported: fnlb forwards function calls, not tunnels",
 };
-pub const DUPLICATE_HOST: Refusal =
+pub(crate) const DUPLICATE_HOST: Refusal =
     Refusal { status: StatusCode::BAD_REQUEST, msg: "invalid request: more than one Host header" };
-pub const INVALID_HOST: Refusal =
+pub(crate) const INVALID_HOST: Refusal =
     Refusal { status: StatusCode::BAD_REQUEST, msg: "invalid request: Host must be host[:port]" };
-pub const LOOP: Refusal = Refusal {
+pub(crate) const LOOP: Refusal = Refusal {
     status: StatusCode::LOOP_DETECTED,
     msg: "loop detected: this call already passed through this balancer (its Via names us); is the balancer one of its own nodes?",
 };
@@ -216,7 +216,7 @@ pub const LOOP: Refusal = Refusal {
 /// header (at most one, well-formed: 400) and `Via` (ours already in it: 508). Called by the
 /// hyper path on every call; the fast path hands any request that would fail it to the hyper
 /// path ([`RequestCheck`] on its side), so both answer the same.
-pub fn check_request(method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(crate) fn check_request(method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
     if method == Method::CONNECT {
         return Err(CONNECT_REFUSED);
     }
@@ -232,13 +232,13 @@ pub fn check_request(method: &Method, headers: &HeaderMap) -> Result<(), Refusal
 
 /// [`check_request`]'s header part, fed one field at a time (the fast path's loop over a head).
 #[derive(Default)]
-pub struct RequestCheck {
+pub(crate) struct RequestCheck {
     hosts: u8,
     refusal: Option<Refusal>,
 }
 
 impl RequestCheck {
-    pub fn field(&mut self, k: Kind, value: &[u8]) {
+    pub(crate) fn field(&mut self, k: Kind, value: &[u8]) {
         match k {
             Kind::Host => {
                 self.hosts = self.hosts.saturating_add(1);
@@ -260,7 +260,7 @@ impl RequestCheck {
         }
     }
 
-    pub fn result(&self) -> Result<(), Refusal> {
+    pub(crate) fn result(&self) -> Result<(), Refusal> {
         self.refusal.map_or(Ok(()), Err)
     }
 }
@@ -268,7 +268,7 @@ impl RequestCheck {
 /// Whether a node's status can be passed to a client. The balancer never forwards `Upgrade`, so
 /// a `101` is never an answer to anything it asked (RFC 9110 §15.2.2); three digits outside
 /// 100-599 are not a status (§15).
-pub fn check_status(status: u16) -> Result<(), &'static str> {
+pub(crate) fn check_status(status: u16) -> Result<(), &'static str> {
     match status {
         101 => Err("unexpected 101 Switching Protocols (the balancer never asks to upgrade)"),
         100..=599 => Ok(()),
@@ -278,10 +278,10 @@ pub fn check_status(status: u16) -> Result<(), &'static str> {
 
 /// A node response head with both `Content-Length` and `Transfer-Encoding` is refused (RFC 9112
 /// §6.3 item 3 lets a proxy treat it as an error, and it is the shape of response smuggling).
-pub const LENGTH_AND_CHUNKED: &str = "both Content-Length and Transfer-Encoding";
+pub(crate) const LENGTH_AND_CHUNKED: &str = "both Content-Length and Transfer-Encoding";
 
 /// [`check_status`] and the framing rule on a node's response head (the hyper path's check).
-pub fn check_response(status: u16, headers: &HeaderMap) -> Result<(), &'static str> {
+pub(crate) fn check_response(status: u16, headers: &HeaderMap) -> Result<(), &'static str> {
     check_status(status)?;
     if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(LENGTH_AND_CHUNKED);
@@ -290,12 +290,12 @@ pub fn check_response(status: u16, headers: &HeaderMap) -> Result<(), &'static s
 }
 
 /// A header field name is a token (RFC 9110 §5.6.2).
-pub fn is_token(name: &[u8]) -> bool {
+pub(crate) fn is_token(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
 /// A field value has no control characters but HTAB (obs-text, bytes >= 0x80, is allowed).
-pub fn is_field_value(v: &[u8]) -> bool {
+pub(crate) fn is_field_value(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 

@@ -114,8 +114,10 @@ struct Shares {
 impl Bounded {
     /// `capacity`: calls a node runs well; `balancers`: how many balancers share the nodes
     /// (each sees only its own calls, so each may fill only its share of a node), a live count
-    /// another module may change at any time.
-    pub fn new(factor: f64, capacity: u32, balancers: impl Into<Balancers>) -> Bounded {
+    /// another module may change at any time. The default knobs (the tests; `-policy bounded`
+    /// sets `forget` from `-late-binding` through [`Bounded::with_tuning`]).
+    #[cfg(test)]
+    pub(crate) fn new(factor: f64, capacity: u32, balancers: impl Into<Balancers>) -> Bounded {
         Bounded::with_tuning(factor, capacity, balancers, Tuning::default())
     }
 
@@ -243,7 +245,7 @@ impl Bounded {
 
 /// The bounded-load rule's bound (Mirrokni, Thorup and Zadimoghaddam): `factor` × the mean calls
 /// in flight per healthy node, the call being placed included.
-pub fn mean_bound(snap: &Snapshot, factor: f64) -> u32 {
+pub(crate) fn mean_bound(snap: &Snapshot, factor: f64) -> u32 {
     let healthy = snap.healthy_count().max(1) as f64;
     // +1: the call being placed counts, as in the paper.
     let mean = (snap.total_in_flight() as f64 + 1.0) / healthy;

@@ -24,17 +24,17 @@ use crate::node::Snapshot;
 use crate::route::sketch::CountMin;
 
 /// Ring nodes a popular function may use.
-pub const POPULAR_CHAIN: usize = 3;
+pub(crate) const POPULAR_CHAIN: usize = 3;
 /// Ring nodes an unpopular function's overloaded home may pass its call to.
-pub const PROBES: usize = 8;
+pub(crate) const PROBES: usize = 8;
 /// The randomised load check adds up to this share of the node's load.
-pub const NOISE: f64 = 0.5;
+pub(crate) const NOISE: f64 = 0.5;
 /// The popularity counts halve this often (the paper's popularity window).
-pub const DECAY_MS: u64 = 10_000;
+pub(crate) const DECAY_MS: u64 = 10_000;
 /// Calls seen before any function counts as popular (the first calls say nothing).
 const MIN_CALLS: u64 = 64;
 
-pub struct ChRlu {
+pub(crate) struct ChRlu {
     capacity: u32,
     balancers: Balancers,
     popularity: CountMin,
@@ -43,7 +43,7 @@ pub struct ChRlu {
 }
 
 impl ChRlu {
-    pub fn new(capacity: u32, balancers: impl Into<Balancers>) -> ChRlu {
+    pub(crate) fn new(capacity: u32, balancers: impl Into<Balancers>) -> ChRlu {
         ChRlu {
             capacity,
             balancers: balancers.into(),

@@ -20,7 +20,7 @@ const UPPER: Duration = Duration::from_secs(2);
 /// Per node+function averages kept; past this the map starts over (the original grew forever).
 const MAX_ENTRIES: usize = 100_000;
 
-pub struct Classic {
+pub(crate) struct Classic {
     /// (node identity, key hash) → average wait in nanoseconds.
     load: Mutex<HashMap<(usize, u64), u64>>,
     rng: Rng,

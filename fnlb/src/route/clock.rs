@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static VIRTUAL_MS: AtomicU64 = AtomicU64::new(0);
 
 /// Now, in ms (never 0, so 0 can mean "never" in the policies' atomics).
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     match VIRTUAL_MS.load(Ordering::Relaxed) {
         0 => crate::node::clock_ms(),
         v => v,

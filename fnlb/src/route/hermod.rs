@@ -19,13 +19,13 @@ use super::{clock, Balancers, Policy, Rng};
 use crate::node::{Node, Snapshot};
 
 /// Nodes of a key's order a function packs onto at low load.
-pub const EARLY: usize = 4;
+pub(crate) const EARLY: usize = 4;
 /// The cluster load at which Hermod switches from packing to least-loaded.
-pub const HIGH_LOAD: f64 = 0.5;
+pub(crate) const HIGH_LOAD: f64 = 0.5;
 /// The nodes' idle timeout (Fn's default).
 const IDLE_TIMEOUT_MS: u64 = 30_000;
 
-pub struct Hermod {
+pub(crate) struct Hermod {
     capacity: u32,
     balancers: Balancers,
     warmth: Warmth,
@@ -33,7 +33,7 @@ pub struct Hermod {
 }
 
 impl Hermod {
-    pub fn new(capacity: u32, balancers: impl Into<Balancers>) -> Hermod {
+    pub(crate) fn new(capacity: u32, balancers: impl Into<Balancers>) -> Hermod {
         Hermod {
             capacity,
             balancers: balancers.into(),

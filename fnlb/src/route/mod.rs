@@ -1,4 +1,4 @@
-//! Routing: the key of a request, the consistent order of nodes for a key ([`table`]), and the
+//! Routing: the key of a request, the consistent order of nodes for a key ([`crate::node::table`]), and the
 //! policies that pick one node of a [`Snapshot`]. Policies are pure over the snapshot plus the
 //! per-node load counters; they never block and never allocate on the common path.
 pub mod bounded;
@@ -10,7 +10,6 @@ pub mod hermod;
 pub mod openwhisk;
 pub mod sketch;
 pub mod spread;
-pub mod table;
 pub mod wait;
 pub mod warmth;
 
@@ -83,7 +82,7 @@ impl dyn Policy {
 
     /// Opens the attempt on node `index` of `snap` (from [`Policy::place`], or a node a waiting
     /// call was handed): counts it ([`Policy::commit`]) and returns the guard that closes it.
-    pub fn open<'a>(&'a self, snap: &'a Snapshot, hash: u64, index: usize) -> Attempt<'a> {
+    pub(crate) fn open<'a>(&'a self, snap: &'a Snapshot, hash: u64, index: usize) -> Attempt<'a> {
         self.commit(snap, hash, index);
         Attempt { policy: self, node: &snap.nodes()[index], index, hash, open: true }
     }
@@ -102,7 +101,7 @@ pub struct Attempt<'a> {
 
 impl<'a> Attempt<'a> {
     /// The node picked.
-    pub fn node(&self) -> &'a Arc<Node> {
+    pub(crate) fn node(&self) -> &'a Arc<Node> {
         self.node
     }
 
@@ -128,7 +127,7 @@ impl Drop for Attempt<'_> {
 
 /// Plain consistent hashing: the first eligible node in the key's order. A node that is down
 /// hands its keys to their next choices; every other key stays where it is hot.
-pub struct ConsistentHash;
+pub(crate) struct ConsistentHash;
 
 impl Policy for ConsistentHash {
     fn name(&self) -> &'static str {
@@ -141,7 +140,7 @@ impl Policy for ConsistentHash {
 }
 
 /// The first node in the key's order that may take traffic and was not tried yet.
-pub fn first_eligible(snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
+pub(crate) fn first_eligible(snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usize> {
     if snap.healthy_count() == 0 {
         return None;
     }
@@ -150,14 +149,14 @@ pub fn first_eligible(snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<usi
 
 /// A tiny shared random source for policies (xorshift64). Lock-free; a lost update under a race
 /// only repeats a draw, which is harmless for load spreading.
-pub struct Rng(std::sync::atomic::AtomicU64);
+pub(crate) struct Rng(std::sync::atomic::AtomicU64);
 
 impl Rng {
-    pub const fn new(seed: u64) -> Rng {
+    pub(crate) const fn new(seed: u64) -> Rng {
         Rng(std::sync::atomic::AtomicU64::new(seed))
     }
 
-    pub fn next(&self) -> u64 {
+    pub(crate) fn next(&self) -> u64 {
         use std::sync::atomic::Ordering::Relaxed;
         let mut x = self.0.load(Relaxed);
         x ^= x << 13;
@@ -180,11 +179,11 @@ impl Balancers {
     }
 
     /// At least 1.
-    pub fn get(&self) -> u32 {
+    pub(crate) fn get(&self) -> u32 {
         self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
     }
 
-    pub fn set(&self, n: u32) {
+    pub(crate) fn set(&self, n: u32) {
         self.0.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -240,11 +239,11 @@ pub fn policy_by_name(name: &str, cfg: PolicyConfig) -> Option<Box<dyn Policy>> 
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use crate::node::table::Table;
     use crate::node::{Node, NodeAddr, Snapshot};
-    use crate::route::table::Table;
 
     /// A snapshot of `n` nodes (127.0.0.1:9001…), healthy as given (all when `healthy` is empty).
-    pub fn snapshot(n: usize, healthy: &[bool]) -> Snapshot {
+    pub(crate) fn snapshot(n: usize, healthy: &[bool]) -> Snapshot {
         let total = Arc::default();
         let mut addrs: Vec<NodeAddr> =
             (0..n).map(|i| NodeAddr::parse(&format!("127.0.0.1:{}", 9001 + i)).unwrap()).collect();
@@ -256,13 +255,13 @@ pub(crate) mod testing {
 
     /// The same nodes and table as `snap`, healthy as given. (Its count of calls in flight is a
     /// new one: for tests that answer each call before the next.)
-    pub fn with_health(snap: &Snapshot, healthy: &[bool]) -> Snapshot {
+    pub(crate) fn with_health(snap: &Snapshot, healthy: &[bool]) -> Snapshot {
         Snapshot::new(snap.nodes_arc().clone(), snap.table().clone(), healthy.into(), Arc::default())
     }
 
-    pub fn key(i: usize) -> (Vec<u8>, u64) {
+    pub(crate) fn key(i: usize) -> (Vec<u8>, u64) {
         let k = format!("/r/app/fn{i}").into_bytes();
-        let h = crate::route::table::key_hash(&k);
+        let h = crate::node::table::key_hash(&k);
         (k, h)
     }
 }

@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use super::{Balancers, Policy, Rng};
 use crate::node::Snapshot;
 
-pub struct OpenWhisk {
+pub(crate) struct OpenWhisk {
     capacity: u32,
     balancers: Balancers,
     /// The step sizes for the last node count seen (computed when the count changes).
@@ -36,7 +36,7 @@ struct Steps {
 
 /// The numbers in 1..=n that are coprime to n and to every smaller one chosen before (so
 /// 1, then primes that do not divide n, and the like): OpenWhisk's step sizes for n invokers.
-pub fn step_sizes(n: usize) -> Vec<usize> {
+pub(crate) fn step_sizes(n: usize) -> Vec<usize> {
     fn gcd(mut a: usize, mut b: usize) -> usize {
         while b != 0 {
             (a, b) = (b, a % b);
@@ -53,7 +53,7 @@ pub fn step_sizes(n: usize) -> Vec<usize> {
 }
 
 impl OpenWhisk {
-    pub fn new(capacity: u32, balancers: impl Into<Balancers>) -> OpenWhisk {
+    pub(crate) fn new(capacity: u32, balancers: impl Into<Balancers>) -> OpenWhisk {
         OpenWhisk {
             capacity,
             balancers: balancers.into(),

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Counters per row.
-pub const WIDTH: usize = 2048;
+pub(crate) const WIDTH: usize = 2048;
 
-pub struct CountMin {
+pub(crate) struct CountMin {
     rows: [Box<[AtomicU32]>; 2],
     total: AtomicU64,
 }
@@ -24,13 +24,13 @@ fn cells(hash: u64) -> [usize; 2] {
 }
 
 impl CountMin {
-    pub fn new() -> CountMin {
+    pub(crate) fn new() -> CountMin {
         let row = || (0..WIDTH).map(|_| AtomicU32::new(0)).collect::<Box<[AtomicU32]>>();
         CountMin { rows: [row(), row()], total: AtomicU64::new(0) }
     }
 
     /// Counts one call of the function; returns its estimated count and the total.
-    pub fn add(&self, hash: u64) -> (u64, u64) {
+    pub(crate) fn add(&self, hash: u64) -> (u64, u64) {
         let [a, b] = cells(hash);
         let x = self.rows[0][a].fetch_add(1, Relaxed).saturating_add(1);
         let y = self.rows[1][b].fetch_add(1, Relaxed).saturating_add(1);
@@ -39,14 +39,15 @@ impl CountMin {
     }
 
     /// The function's estimated count.
-    pub fn get(&self, hash: u64) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, hash: u64) -> u64 {
         let [a, b] = cells(hash);
         self.rows[0][a].load(Relaxed).min(self.rows[1][b].load(Relaxed)) as u64
     }
 
     /// Halves every count: old calls weigh half as much as new ones. (Concurrent adds may be
     /// halved or not; an estimate off by one call does not matter.)
-    pub fn halve(&self) {
+    pub(crate) fn halve(&self) {
         for row in &self.rows {
             for c in row.iter() {
                 let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v / 2));

@@ -6,7 +6,7 @@ use super::{Policy, Rng};
 use crate::node::Snapshot;
 
 #[derive(Default)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     next: AtomicUsize,
 }
 
@@ -25,7 +25,7 @@ impl Policy for RoundRobin {
     }
 }
 
-pub struct LeastConn {
+pub(crate) struct LeastConn {
     rng: Rng,
 }
 
@@ -51,7 +51,7 @@ impl Policy for LeastConn {
 
 /// The power of two choices: of two random eligible nodes not in `tried` (found by walking on
 /// from two random starts taken from `r`), the one with fewer calls in flight.
-pub fn two_choices(snap: &Snapshot, tried: &[usize], r: u64) -> Option<usize> {
+pub(crate) fn two_choices(snap: &Snapshot, tried: &[usize], r: u64) -> Option<usize> {
     let n = snap.len();
     let ok = |i: usize| snap.is_eligible(i) && !tried.contains(&i);
     let a = (0..n).map(|k| (r as usize + k) % n).find(|i| ok(*i))?;

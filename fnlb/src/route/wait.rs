@@ -172,7 +172,7 @@ impl WaitRule {
 
     /// The cold deadline for the function: a cold start long, as the nodes report it for the
     /// function (or, unknown, for all), within the bounds.
-    pub fn cold_ms(&self, hash: u64) -> u64 {
+    pub(crate) fn cold_ms(&self, hash: u64) -> u64 {
         let est = match (self.known(hash).0, self.cold_us.load(Relaxed) / 1000) {
             (0, 0) => COLD_GUESS_MS,
             (0, seen) => seen,
@@ -316,7 +316,7 @@ pub struct WaitStats {
 
 /// [`WaitStats`] read at one moment (for `/1/lb/cluster`'s `waiting` and `/metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WaitCounts {
+pub(crate) struct WaitCounts {
     /// Waiting now.
     pub now: usize,
     pub waits: u64,
@@ -331,7 +331,7 @@ pub struct WaitCounts {
 }
 
 impl WaitStats {
-    pub fn counts(&self) -> WaitCounts {
+    pub(crate) fn counts(&self) -> WaitCounts {
         WaitCounts {
             now: self.waiting.load(Relaxed),
             waits: self.waits.load(Relaxed),
@@ -514,11 +514,11 @@ impl<N: Clone + Send + 'static> WaitQueue<N> {
     }
 
     /// Waiting now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.stats.waiting.load(Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -574,7 +574,7 @@ impl<N> Waiter<N> {
     }
 
     /// The node it is handed, when it is; `None` if the queue went away.
-    pub async fn handed(&mut self) -> Option<Handover<N>> {
+    pub(crate) async fn handed(&mut self) -> Option<Handover<N>> {
         let h = (&mut self.rx).await.ok();
         self.done = h.is_some();
         h

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 
 /// Peak lanes per entry (one byte each in a u64): the current period and seven before it.
-pub const LANES: u64 = 8;
+pub(crate) const LANES: u64 = 8;
 /// Slots looked at for a key before giving up on tracking it.
 const WINDOW: usize = 8;
 /// Calls in flight counted for an entry untouched this long are forgotten (a call whose answer
@@ -37,7 +37,7 @@ const STALE_TIMEOUTS: u64 = 4;
 /// Entries per container the cluster can hold. A (function, node) entry stands for at least one
 /// container, so the table is at most half full when every slot of every node holds a different
 /// function: linear probing over [`WINDOW`] then almost never fails to place a key.
-pub const HEADROOM: usize = 2;
+pub(crate) const HEADROOM: usize = 2;
 /// The smallest table (a cluster of one small node, or none yet).
 const MIN_ENTRIES: usize = 256;
 /// A period's pass over a table this large runs on a blocking thread when there is a runtime.
@@ -78,7 +78,7 @@ impl Entry {
 
 /// What the table says about a function on a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Warm {
+pub(crate) struct Warm {
     /// This balancer's calls of the function in flight on the node.
     pub in_flight: u32,
     /// Containers the function probably holds there (busy and idle).
@@ -87,7 +87,7 @@ pub struct Warm {
 
 impl Warm {
     /// An idle container of the function is probably waiting on the node.
-    pub fn has_idle(&self) -> bool {
+    pub(crate) fn has_idle(&self) -> bool {
         self.in_flight < self.containers
     }
 }
@@ -115,7 +115,7 @@ struct Shared {
 
 /// A node's identity while it is stored: its address in memory (nodes are shared between
 /// snapshots for as long as they stay in the set).
-pub fn node_id(node: &Node) -> u64 {
+pub(crate) fn node_id(node: &Node) -> u64 {
     node as *const Node as usize as u64
 }
 
@@ -134,7 +134,7 @@ fn max_lane(peaks: u64) -> u32 {
 }
 
 /// Entries for a cluster of `nodes` nodes of `per_node` containers each.
-pub fn entries_for(nodes: usize, per_node: usize) -> usize {
+pub(crate) fn entries_for(nodes: usize, per_node: usize) -> usize {
     nodes.saturating_mul(per_node).saturating_mul(HEADROOM).max(MIN_ENTRIES).next_power_of_two()
 }
 
@@ -145,7 +145,7 @@ impl Slots {
     }
 
     /// Entries in the table.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
@@ -159,7 +159,7 @@ impl Slots {
     }
 
     /// The function's standing on the node.
-    pub fn get(&self, hash: u64, node: &Node) -> Warm {
+    pub(crate) fn get(&self, hash: u64, node: &Node) -> Warm {
         match self.find(tag(hash, node_id(node))) {
             Some(e) => Warm { in_flight: e.in_flight.load(Relaxed), containers: max_lane(e.peaks.load(Relaxed)) },
             None => Warm::default(),
@@ -168,7 +168,7 @@ impl Slots {
 
     /// A call of the function goes to the node: counts it, and the node's footprint grows when
     /// the call needs a container the function did not hold there.
-    pub fn start(&self, hash: u64, node: &Node, now_ms: u64) {
+    pub(crate) fn start(&self, hash: u64, node: &Node, now_ms: u64) {
         let id = node_id(node);
         let t = tag(hash, id);
         let entry = match self.find(t) {
@@ -203,7 +203,7 @@ impl Slots {
 
     /// A call of the function on the node is over (the node answered, or the attempt ended
     /// without an answer).
-    pub fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
+    pub(crate) fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
         if let Some(e) = self.find(tag(hash, node_id(node))) {
             e.touched_ms.store(now_ms, Relaxed);
             let left = e.in_flight.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).map_or(0, |n| n - 1);
@@ -219,7 +219,7 @@ impl Slots {
     /// that just ended: caps the peaks at that; the node's footprint follows at the next tick. A
     /// call sent to start a container (a burst of first calls, each cold) proves nothing and
     /// leaves the estimate alone, so the containers it started are remembered.
-    pub fn cold_seen(&self, hash: u64, node: &Node) {
+    pub(crate) fn cold_seen(&self, hash: u64, node: &Node) {
         if let Some(e) = self.find(tag(hash, node_id(node))) {
             if e.bets.fetch_update(Relaxed, Relaxed, |b| b.checked_sub(1)).is_err() {
                 return;
@@ -295,12 +295,12 @@ impl Warmth {
     /// A table sized to the cluster: [`entries_for`] the snapshot's nodes of `per_node`
     /// containers each, resized when their number changes; for nodes whose idle containers
     /// live `timeout_ms`.
-    pub fn for_cluster(per_node: u32, timeout_ms: u64) -> Warmth {
+    pub(crate) fn for_cluster(per_node: u32, timeout_ms: u64) -> Warmth {
         Warmth::build(entries_for(1, per_node as usize), per_node as usize, timeout_ms)
     }
 
     /// A table of `size` entries (rounded up to a power of two) that keeps its size.
-    pub fn fixed(size: usize, timeout_ms: u64) -> Warmth {
+    pub(crate) fn fixed(size: usize, timeout_ms: u64) -> Warmth {
         Warmth::build(size, 0, timeout_ms)
     }
 
@@ -318,7 +318,7 @@ impl Warmth {
     }
 
     /// The table now: one atomic load, for a pick's several lookups.
-    pub fn view(&self) -> arc_swap::Guard<Arc<Slots>> {
+    pub(crate) fn view(&self) -> arc_swap::Guard<Arc<Slots>> {
         self.shared.slots.load()
     }
 
@@ -331,20 +331,20 @@ impl Warmth {
         self.view().is_empty()
     }
 
-    pub fn get(&self, hash: u64, node: &Node) -> Warm {
+    pub(crate) fn get(&self, hash: u64, node: &Node) -> Warm {
         self.view().get(hash, node)
     }
 
-    pub fn start(&self, hash: u64, node: &Node, now_ms: u64) {
+    pub(crate) fn start(&self, hash: u64, node: &Node, now_ms: u64) {
         self.view().start(hash, node, now_ms)
     }
 
-    pub fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
+    pub(crate) fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
         self.view().finish(hash, node, now_ms)
     }
 
     /// See [`Slots::cold_seen`]: a reported cold start caps the pair's estimate.
-    pub fn cold_seen(&self, hash: u64, node: &Node) {
+    pub(crate) fn cold_seen(&self, hash: u64, node: &Node) {
         self.view().cold_seen(hash, node)
     }
 
@@ -352,7 +352,7 @@ impl Warmth {
     /// resizes the table if the node count asks for another size, and recomputes the footprint
     /// of every node of `snap` from the table. Cost: nothing between periods; once a period, a
     /// pass over the table (on a blocking thread when there is a runtime and the table is large).
-    pub fn tick(&self, snap: &Snapshot, now_ms: u64) {
+    pub(crate) fn tick(&self, snap: &Snapshot, now_ms: u64) {
         let s = &self.shared;
         let next = s.next_roll_ms.load(Relaxed);
         if now_ms < next || s.rolling.swap(true, Ordering::Acquire) {
@@ -502,7 +502,7 @@ mod tests {
         // calls in flight) carried over, and nothing of the nodes that left.
         let four = Snapshot::new(
             eight.nodes_arc()[..4].iter().cloned().collect(),
-            std::sync::Arc::new(crate::route::table::Table::build(&[])),
+            std::sync::Arc::new(crate::node::table::Table::build(&[])),
             vec![true; 4].into(),
             Default::default(),
         );

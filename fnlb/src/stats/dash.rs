@@ -9,9 +9,9 @@ use super::history::History;
 use super::scale::{Cluster, NodeNow};
 
 /// Functions the dashboard charts (the busiest over the history).
-pub const TOP_FUNCS: usize = 8;
+pub(crate) const TOP_FUNCS: usize = 8;
 /// "Where calls go" covers this many recent seconds.
-pub const RECENT_SECS: usize = 60;
+pub(crate) const RECENT_SECS: usize = 60;
 
 fn mean_wait(sum_us: u64, n: u32) -> Value {
     if n == 0 {
@@ -25,7 +25,7 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-pub fn data(history: &History, now: &[NodeNow], cluster: &Cluster) -> Value {
+pub(crate) fn data(history: &History, now: &[NodeNow], cluster: &Cluster) -> Value {
     let secs = history.seconds();
     let n = secs.len();
     let t: Vec<u64> = secs.iter().map(|s| s.t).collect();

@@ -9,12 +9,12 @@ use super::{Entry, OTHER};
 use crate::node::NodeAddr;
 
 /// Five minutes.
-pub const HISTORY_SECS: usize = 300;
+pub(crate) const HISTORY_SECS: usize = 300;
 /// Functions kept per second; the others are pooled under [`OTHER`].
-pub const MAX_FUNCS: usize = 32;
+pub(crate) const MAX_FUNCS: usize = 32;
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct NodeSec {
+pub(crate) struct NodeSec {
     pub addr: NodeAddr,
     pub calls: u32,
     pub busy: u32,
@@ -31,7 +31,7 @@ impl NodeSec {
     }
 
     /// Mean calls in flight during the second (0 when it was not sampled).
-    pub fn in_flight(&self) -> f64 {
+    pub(crate) fn in_flight(&self) -> f64 {
         if self.samples == 0 {
             0.0
         } else {
@@ -41,7 +41,7 @@ impl NodeSec {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct FuncSec {
+pub(crate) struct FuncSec {
     pub name: Arc<str>,
     pub calls: u32,
     pub busy: u32,
@@ -52,7 +52,7 @@ pub struct FuncSec {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Second {
+pub(crate) struct Second {
     /// Seconds since the epoch.
     pub t: u64,
     /// Sorted by address.
@@ -68,7 +68,7 @@ struct Open {
 }
 
 #[derive(Default)]
-pub struct History {
+pub(crate) struct History {
     ring: VecDeque<Second>,
     open: BTreeMap<u64, Open>,
     last_closed: Option<u64>,
@@ -76,12 +76,12 @@ pub struct History {
 
 impl History {
     /// Closed seconds, oldest first.
-    pub fn seconds(&self) -> &VecDeque<Second> {
+    pub(crate) fn seconds(&self) -> &VecDeque<Second> {
         &self.ring
     }
 
     /// The newest `n` closed seconds, oldest first.
-    pub fn last(&self, n: usize) -> impl Iterator<Item = &Second> + '_ {
+    pub(crate) fn last(&self, n: usize) -> impl Iterator<Item = &Second> + '_ {
         self.ring.iter().skip(self.ring.len().saturating_sub(n))
     }
 

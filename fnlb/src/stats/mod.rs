@@ -26,19 +26,19 @@ use history::History;
 
 const SHARDS: usize = 16;
 /// Distinct (node, function) pairs one shard keeps per second: 8,192 over all shards.
-pub const KEYS_PER_SHARD: usize = 512;
+pub(crate) const KEYS_PER_SHARD: usize = 512;
 /// Closed window entries kept for the next `GET /1/lb/stats`; older ones are dropped (counted).
-pub const MAX_UNREAD: usize = 16_384;
+pub(crate) const MAX_UNREAD: usize = 16_384;
 /// Longer function paths are cut to this many bytes (at a character boundary).
-pub const MAX_FUNC_LEN: usize = 256;
+pub(crate) const MAX_FUNC_LEN: usize = 256;
 /// The function under which calls are pooled once a window holds all the pairs it may.
-pub const OTHER: &str = "(other)";
+pub(crate) const OTHER: &str = "(other)";
 /// How often the background task samples in-flight calls and closes windows.
-pub const TICK: Duration = Duration::from_millis(100);
+pub(crate) const TICK: Duration = Duration::from_millis(100);
 
 /// Calls of one (node, function) pair in one second.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub second: u64,
     /// When the window's first call was answered, in microseconds since the epoch.
     pub first_us: u64,
@@ -55,7 +55,7 @@ pub struct Entry {
 
 impl Entry {
     /// Mean reported wait in seconds; 0 when no call reported one.
-    pub fn mean_wait(&self) -> f64 {
+    pub(crate) fn mean_wait(&self) -> f64 {
         if self.wait_n == 0 {
             0.0
         } else {
@@ -76,7 +76,7 @@ impl Entry {
 
 /// Counters of what the bounds cost, for `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Dropped {
+pub(crate) struct Dropped {
     /// Calls pooled under [`OTHER`] because their window was full.
     pub overflow_calls: u64,
     /// Window entries dropped because nobody read `/1/lb/stats` in time.
@@ -129,7 +129,7 @@ struct Collected {
     history: History,
 }
 
-pub struct Stats {
+pub(crate) struct Stats {
     shards: Box<[Mutex<Shard>]>,
     collected: Mutex<Collected>,
     overflow: AtomicU64,
@@ -155,7 +155,7 @@ fn node_mix(node: &Node) -> u64 {
 const OTHER_SALT: u64 = 0x6f74_6865_7266_6e6c;
 
 /// `func` cut to [`MAX_FUNC_LEN`] bytes at a character boundary.
-pub fn clip_func(func: &str) -> &str {
+pub(crate) fn clip_func(func: &str) -> &str {
     if func.len() <= MAX_FUNC_LEN {
         return func;
     }
@@ -167,7 +167,7 @@ pub fn clip_func(func: &str) -> &str {
 }
 
 impl Stats {
-    pub fn new() -> Stats {
+    pub(crate) fn new() -> Stats {
         let shards =
             (0..SHARDS).map(|_| Mutex::new(Shard { second: 0, cur: KeyMap::default(), closed: Vec::new() })).collect();
         Stats {
@@ -180,11 +180,19 @@ impl Stats {
 
     /// Records one call a node answered. `hash` is the key's hash the proxy already computed;
     /// `func` is the routing key (the path). Cheap: one short lock, no await.
-    pub fn record(&self, node: &Node, hash: u64, func: &str, wait: Option<Duration>, busy: bool) {
+    pub(crate) fn record(&self, node: &Node, hash: u64, func: &str, wait: Option<Duration>, busy: bool) {
         self.record_at(time::now_micros(), node, hash, func, wait, busy);
     }
 
-    pub fn record_at(&self, now_us: u64, node: &Node, hash: u64, func: &str, wait: Option<Duration>, busy: bool) {
+    pub(crate) fn record_at(
+        &self,
+        now_us: u64,
+        node: &Node,
+        hash: u64,
+        func: &str,
+        wait: Option<Duration>,
+        busy: bool,
+    ) {
         let sec = now_us / 1_000_000;
         let func = clip_func(func);
         let wait_us = wait.map(|w| w.as_micros().min(u64::MAX as u128) as u64);
@@ -227,7 +235,7 @@ impl Stats {
 
     /// Samples calls in flight per node, and closes the windows of past seconds (the background
     /// task calls this every [`TICK`]).
-    pub fn tick(&self, now_us: u64, in_flight: &[(NodeAddr, u32)]) {
+    pub(crate) fn tick(&self, now_us: u64, in_flight: &[(NodeAddr, u32)]) {
         let mut c = self.collect(now_us);
         c.history.sample(now_us / 1_000_000, in_flight);
     }
@@ -259,11 +267,11 @@ impl Stats {
     }
 
     /// Every closed window since the previous call (drained), in time order.
-    pub fn drain(&self) -> Vec<Entry> {
+    pub(crate) fn drain(&self) -> Vec<Entry> {
         self.drain_at(time::now_micros())
     }
 
-    pub fn drain_at(&self, now_us: u64) -> Vec<Entry> {
+    pub(crate) fn drain_at(&self, now_us: u64) -> Vec<Entry> {
         let mut c = self.collect(now_us);
         let mut out: Vec<Entry> = c.unread.drain(..).collect();
         drop(c);
@@ -272,12 +280,12 @@ impl Stats {
     }
 
     /// Runs `f` over the history (closing past windows first).
-    pub fn with_history<R>(&self, now_us: u64, f: impl FnOnce(&History) -> R) -> R {
+    pub(crate) fn with_history<R>(&self, now_us: u64, f: impl FnOnce(&History) -> R) -> R {
         let c = self.collect(now_us);
         f(&c.history)
     }
 
-    pub fn dropped(&self) -> Dropped {
+    pub(crate) fn dropped(&self) -> Dropped {
         Dropped {
             overflow_calls: self.overflow.load(Ordering::Relaxed),
             unread_entries: self.unread_dropped.load(Ordering::Relaxed),
@@ -285,7 +293,7 @@ impl Stats {
     }
 
     /// The background task: samples in-flight calls every [`TICK`] and closes windows on time.
-    pub async fn run(self: Arc<Self>, nodes: NodesHandle) {
+    pub(crate) async fn run(self: Arc<Self>, nodes: NodesHandle) {
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut sample = Vec::new();
@@ -303,7 +311,7 @@ impl Stats {
 
 /// `/1/lb/stats`'s body for these entries: `{"stats":[{"timestamp":...,"tp":..,"node":..,"func":..,
 /// "wait":..}]}`; an empty list is `[]`.
-pub fn stats_json(entries: &[Entry]) -> String {
+pub(crate) fn stats_json(entries: &[Entry]) -> String {
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
@@ -322,7 +330,7 @@ pub fn stats_json(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::table::key_hash;
+    use crate::node::table::key_hash;
 
     const T0: u64 = 1_795_707_237_000_000;
 
@@ -421,7 +429,7 @@ mod cost {
         let paths: Vec<(String, u64)> = (0..100_000)
             .map(|i| {
                 let p = format!("/r/app/fn{i}");
-                let h = crate::route::table::key_hash(p.as_bytes());
+                let h = crate::node::table::key_hash(p.as_bytes());
                 (p, h)
             })
             .collect();

@@ -10,30 +10,30 @@ use super::history::{History, Second};
 use crate::node::{NodeAddr, Snapshot};
 
 /// Seconds of history the signal looks at.
-pub const WINDOW_SECS: usize = 60;
+pub(crate) const WINDOW_SECS: usize = 60;
 /// Utilisation (mean over the window) at or above which more nodes are needed.
-pub const OUT_UTILISATION: f64 = 0.80;
+pub(crate) const OUT_UTILISATION: f64 = 0.80;
 /// A node may go when, without it, the 95th-percentile utilisation stays below this.
-pub const IN_UTILISATION: f64 = 0.50;
+pub(crate) const IN_UTILISATION: f64 = 0.50;
 /// What `suggested_nodes` aims for: between the two thresholds, so it does not flap.
-pub const TARGET_UTILISATION: f64 = 0.60;
+pub(crate) const TARGET_UTILISATION: f64 = 0.60;
 /// Share of calls answered 503 (Fn's "too busy") at or above which more nodes are needed...
-pub const OUT_BUSY_RATIO: f64 = 0.01;
+pub(crate) const OUT_BUSY_RATIO: f64 = 0.01;
 /// ...once at least this many were.
-pub const OUT_BUSY_MIN: u64 = 5;
+pub(crate) const OUT_BUSY_MIN: u64 = 5;
 /// Mean reported wait (last half window, seconds) at or above which more nodes are needed...
-pub const OUT_WAIT_SECS: f64 = 1.0;
+pub(crate) const OUT_WAIT_SECS: f64 = 1.0;
 /// ...once at least this many calls reported a wait.
-pub const WAIT_MIN_CALLS: u64 = 10;
+pub(crate) const WAIT_MIN_CALLS: u64 = 10;
 /// Scale in only while the mean reported wait stays below this (seconds).
-pub const IN_WAIT_SECS: f64 = 0.1;
+pub(crate) const IN_WAIT_SECS: f64 = 0.1;
 
 /// How many calls a node runs well, and how much of that is this balancer's: with `balancers`
 /// balancers sharing the nodes, each sees only its own calls, so it counts on 1/`balancers` of a
 /// node. `balancers` is the count at the moment of asking: the `-balancers` flag, or the live
 /// count (`route::Balancers`, read anew for every answer by the management API).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     pub per_node: u32,
     pub balancers: u32,
     pub counted_by: CountedBy,
@@ -42,7 +42,7 @@ pub struct Capacity {
 /// Who sets the balancer count, as `/1/lb/cluster` says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CountedBy {
+pub(crate) enum CountedBy {
     /// `-balancers N` (or its default, 1, where nothing counts).
     Flag,
     /// Heartbeat rows in the shared SQL store (`lb_balancers`).
@@ -53,14 +53,14 @@ pub enum CountedBy {
 
 impl Capacity {
     /// Concurrent calls of one node this balancer may count on.
-    pub fn share(self) -> f64 {
+    pub(crate) fn share(self) -> f64 {
         f64::from(self.per_node.max(1)) / f64::from(self.balancers.max(1))
     }
 }
 
 /// One node as it is now, as the balancer sees it.
 #[derive(Clone, Debug)]
-pub struct NodeNow {
+pub(crate) struct NodeNow {
     pub addr: NodeAddr,
     pub healthy: bool,
     pub suspect: bool,
@@ -69,7 +69,7 @@ pub struct NodeNow {
     pub reported_wait: Duration,
 }
 
-pub fn nodes_now(snap: &Snapshot) -> Vec<NodeNow> {
+pub(crate) fn nodes_now(snap: &Snapshot) -> Vec<NodeNow> {
     snap.nodes()
         .iter()
         .enumerate()
@@ -85,14 +85,14 @@ pub fn nodes_now(snap: &Snapshot) -> Vec<NodeNow> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Recommendation {
+pub(crate) enum Recommendation {
     ScaleOut,
     ScaleIn,
     Steady,
 }
 
 impl Recommendation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Recommendation::ScaleOut => "scale_out",
             Recommendation::ScaleIn => "scale_in",
@@ -102,7 +102,7 @@ impl Recommendation {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub recommendation: Recommendation,
     pub reason: String,
     /// Healthy nodes the figures call for (the current count when steady).
@@ -139,7 +139,7 @@ pub struct Cluster {
 
 /// Mean reported waits, in seconds, over the whole window and its two halves.
 #[derive(Clone, Debug, Serialize)]
-pub struct WaitTrend {
+pub(crate) struct WaitTrend {
     pub mean: f64,
     pub recent: f64,
     pub previous: f64,
@@ -148,7 +148,7 @@ pub struct WaitTrend {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct NodeLoad {
+pub(crate) struct NodeLoad {
     pub node: String,
     pub healthy: bool,
     pub suspect: bool,
@@ -164,7 +164,7 @@ pub struct NodeLoad {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     pub scale_out_utilisation: f64,
     pub scale_in_utilisation: f64,
     pub target_utilisation: f64,
@@ -233,7 +233,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 }
 
 /// The signal over the newest [`WINDOW_SECS`] seconds of `history` and the nodes now.
-pub fn cluster(history: &History, now: &[NodeNow], capacity: Capacity) -> Cluster {
+pub(crate) fn cluster(history: &History, now: &[NodeNow], capacity: Capacity) -> Cluster {
     let window: Vec<&Second> = history.last(WINDOW_SECS).collect();
     let secs = window.len();
     let half = secs / 2;

@@ -3,16 +3,16 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_micros(t: SystemTime) -> u64 {
+pub(crate) fn unix_micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_micros().min(u64::MAX as u128) as u64).unwrap_or(0)
 }
 
-pub fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     unix_micros(SystemTime::now())
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the epoch.
-pub fn rfc3339_micros(us: u64) -> String {
+pub(crate) fn rfc3339_micros(us: u64) -> String {
     let secs = us / 1_000_000;
     let frac = us % 1_000_000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);

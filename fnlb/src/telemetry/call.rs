@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use tracing::info;
 
 use super::trace::{self, CallTrace};
@@ -14,7 +14,7 @@ use super::Observers;
 use crate::metrics::{self, NodeMetrics, Retry, Unserved, UpstreamError};
 use crate::node::{Node, NodeAddr};
 
-pub struct CallObs<'a> {
+pub(crate) struct CallObs<'a> {
     obs: &'a Observers,
     start: Instant,
     method: Method,
@@ -31,8 +31,10 @@ pub struct CallObs<'a> {
 }
 
 impl Observers {
-    /// Begins observing a call, before the proxy touches its headers.
-    pub fn call<'a, B>(&'a self, req: &'a Request<B>, client: std::net::SocketAddr) -> CallObs<'a> {
+    /// Begins observing a call from its hyper request (the benchmark below; the proxy calls
+    /// [`Observers::start`] with its own header lookup).
+    #[cfg(test)]
+    pub(crate) fn call<'a, B>(&'a self, req: &'a http::Request<B>, client: std::net::SocketAddr) -> CallObs<'a> {
         let headers = req.headers();
         self.start(
             req.method().clone(),
@@ -44,7 +46,7 @@ impl Observers {
 
     /// Begins observing a call from its parts: method, path, and a lookup of the caller's
     /// headers (read only when tracing is on).
-    pub fn start<'a, 'h>(
+    pub(crate) fn start<'a, 'h>(
         &'a self,
         method: Method,
         path: &'a str,
@@ -79,7 +81,7 @@ impl CallObs<'_> {
     }
 
     /// The policy picked a node for a new attempt.
-    pub fn attempt(&mut self) {
+    pub(crate) fn attempt(&mut self) {
         self.attempts += 1;
         if let Some(why) = self.failure.take() {
             metrics::get().retry(why);
@@ -92,7 +94,7 @@ impl CallObs<'_> {
     /// An attempt on `node` failed. `kind`: the node's fault, counted against it (None: not the
     /// node's fault, nothing counted); `retry`: why the next attempt, if one is made, is made.
     /// The call engine ([`crate::proxy::call`]) decides both.
-    pub fn failed(&mut self, node: &Node, kind: Option<UpstreamError>, retry: Option<Retry>, error: &str) {
+    pub(crate) fn failed(&mut self, node: &Node, kind: Option<UpstreamError>, retry: Option<Retry>, error: &str) {
         if let Some(kind) = kind {
             match &self.node {
                 Some((a, m)) if *a == node.addr => m.error(kind),
@@ -112,13 +114,13 @@ impl CallObs<'_> {
     }
 
     /// When the call arrived.
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.start
     }
 
     /// The request is about to go to the node: ends the `route` span and writes the trace context
     /// into the request's headers.
-    pub fn sending(&mut self, node: &Node, headers: &mut HeaderMap) {
+    pub(crate) fn sending(&mut self, node: &Node, headers: &mut HeaderMap) {
         let now = self.sending_to(node);
         if let Some(t) = &mut self.trace {
             t.send(now, headers);
@@ -127,7 +129,7 @@ impl CallObs<'_> {
 
     /// [`CallObs::sending`] for a head being written as bytes: appends the trace context's
     /// header lines to `out` (nothing when the call is not traced).
-    pub fn sending_raw(&mut self, node: &Node, out: &mut Vec<u8>) {
+    pub(crate) fn sending_raw(&mut self, node: &Node, out: &mut Vec<u8>) {
         let now = self.sending_to(node);
         if let Some(t) = &mut self.trace {
             t.send_raw(now, out);
@@ -135,7 +137,7 @@ impl CallObs<'_> {
     }
 
     /// Whether this call is traced: then the caller's trace context headers are replaced.
-    pub fn is_traced(&self) -> bool {
+    pub(crate) fn is_traced(&self) -> bool {
         self.trace.is_some()
     }
 
@@ -155,7 +157,7 @@ impl CallObs<'_> {
     }
 
     /// The node answered with `status`, reporting `wait` (if it said one). `hash` is the key's.
-    pub fn answered(&mut self, node: &Node, hash: u64, status: StatusCode, wait: Option<Duration>) {
+    pub(crate) fn answered(&mut self, node: &Node, hash: u64, status: StatusCode, wait: Option<Duration>) {
         let now = Instant::now();
         let round_trip = self.sent_at.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         match &self.node {
@@ -171,7 +173,7 @@ impl CallObs<'_> {
 
     /// The client left before its call was answered (499): counted against the call's node (if
     /// one was picked) in the metrics and the stats, then finished like any call.
-    pub fn abandoned(self, node: Option<&Node>, hash: u64) {
+    pub(crate) fn abandoned(self, node: Option<&Node>, hash: u64) {
         let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
         if let Some(node) = node {
             match &self.node {
@@ -185,7 +187,7 @@ impl CallObs<'_> {
 
     /// The client's answer is ready (its body may still be streaming). `unserved`: why the
     /// balancer answered itself, when it did.
-    pub fn finish(self, status: StatusCode, unserved: Option<Unserved>) {
+    pub(crate) fn finish(self, status: StatusCode, unserved: Option<Unserved>) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.start);
         metrics::get().finished(status.as_u16(), elapsed, unserved);

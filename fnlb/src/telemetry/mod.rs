@@ -23,7 +23,7 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    pub fn parse(s: &str) -> Option<LogFormat> {
+    pub(crate) fn parse(s: &str) -> Option<LogFormat> {
         match s {
             "text" => Some(LogFormat::Text),
             "json" => Some(LogFormat::Json),
@@ -33,7 +33,7 @@ impl LogFormat {
 }
 
 /// Maps a logrus level name to a tracing level; unknown names fall back to info.
-pub fn level_from_logrus(name: &str) -> &'static str {
+pub(crate) fn level_from_logrus(name: &str) -> &'static str {
     match name.trim().to_ascii_lowercase().as_str() {
         "trace" => "trace",
         "debug" => "debug",
@@ -45,13 +45,13 @@ pub fn level_from_logrus(name: &str) -> &'static str {
 
 /// The filter: fnlb at `LOG_LEVEL`, libraries only when something is wrong (sqlx would log every
 /// query at info), and the access log whenever it is on, whatever the level.
-pub fn filter(level: &str, access_log: bool) -> String {
+pub(crate) fn filter(level: &str, access_log: bool) -> String {
     let mut f = format!("warn,fnlb={level}");
     f.push_str(if access_log { ",fnlb::access=info" } else { ",fnlb::access=off" });
     f
 }
 
-pub fn init_logging(format: LogFormat, access_log: bool) {
+pub(crate) fn init_logging(format: LogFormat, access_log: bool) {
     let level = level_from_logrus(&std::env::var("LOG_LEVEL").unwrap_or_default());
     let filter = EnvFilter::new(filter(level, access_log));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -65,7 +65,7 @@ pub fn init_logging(format: LogFormat, access_log: bool) {
 }
 
 /// Whom the proxy tells about each call, and what the management API reads back.
-pub struct Observers {
+pub(crate) struct Observers {
     pub stats: Arc<Stats>,
     /// `None` without `-zipkin`: tracing then costs a branch per call.
     pub tracer: Option<zipkin::Tracer>,

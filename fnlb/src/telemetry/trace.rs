@@ -11,14 +11,14 @@ use crate::node::NodeAddr;
 
 /// A trace id: 64 or 128 bits. A 64-bit id stays 64-bit (16 hex digits) in our spans, as B3 allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceId {
+pub(crate) struct TraceId {
     pub hi: u64,
     pub lo: u64,
     pub wide: bool,
 }
 
 impl TraceId {
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         if self.wide {
             format!("{:016x}{:016x}", self.hi, self.lo)
         } else {
@@ -27,7 +27,7 @@ impl TraceId {
     }
 
     /// Always 32 digits, for `traceparent`.
-    pub fn hex32(&self) -> String {
+    pub(crate) fn hex32(&self) -> String {
         format!("{:016x}{:016x}", self.hi, self.lo)
     }
 
@@ -40,7 +40,7 @@ impl TraceId {
         (id.hi != 0 || id.lo != 0).then_some(id)
     }
 
-    pub fn random() -> TraceId {
+    pub(crate) fn random() -> TraceId {
         TraceId { hi: span_id(), lo: span_id(), wide: true }
     }
 }
@@ -57,7 +57,7 @@ fn span_hex(s: &str) -> Option<u64> {
 }
 
 /// A random non-zero span id.
-pub fn span_id() -> u64 {
+pub(crate) fn span_id() -> u64 {
     loop {
         let v: u64 = rand::random();
         if v != 0 {
@@ -68,7 +68,7 @@ pub fn span_id() -> u64 {
 
 /// What the caller sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     /// Trace id and the caller's span id, when it sent a valid context.
     pub context: Option<(TraceId, u64)>,
     /// The caller's sampling decision, when it made one.
@@ -83,6 +83,7 @@ const B3_SAMPLED: &str = "x-b3-sampled";
 const B3_FLAGS: &str = "x-b3-flags";
 const TRACEPARENT: &str = "traceparent";
 
+#[cfg(test)]
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
@@ -97,12 +98,13 @@ fn sampling(s: &str) -> Option<bool> {
 
 /// Reads the caller's context: `b3` first, then `X-B3-*`, then `traceparent`; an invalid one is
 /// ignored (the next is tried).
-pub fn extract(h: &HeaderMap) -> Incoming {
+#[cfg(test)]
+pub(crate) fn extract(h: &HeaderMap) -> Incoming {
     extract_with(|name| header(h, name))
 }
 
 /// [`extract`] over any header lookup (`get` returns the first value of a header).
-pub fn extract_with<'h>(get: impl Fn(&str) -> Option<&'h str>) -> Incoming {
+pub(crate) fn extract_with<'h>(get: impl Fn(&str) -> Option<&'h str>) -> Incoming {
     let header = |name: &str| get(name).map(str::trim);
     if let Some(v) = header(B3) {
         if let Some(x) = parse_b3_single(v) {
@@ -170,7 +172,7 @@ fn parse_traceparent(v: &str) -> Option<Incoming> {
 }
 
 /// Replaces the caller's context with ours: the node's parent is our `upstream` span.
-pub fn inject(h: &mut HeaderMap, trace: TraceId, upstream_span: u64, serve_span: u64) {
+pub(crate) fn inject(h: &mut HeaderMap, trace: TraceId, upstream_span: u64, serve_span: u64) {
     for name in [B3, B3_TRACE, B3_SPAN, B3_PARENT, B3_SAMPLED, B3_FLAGS, TRACEPARENT] {
         h.remove(name);
     }
@@ -188,7 +190,7 @@ pub fn inject(h: &mut HeaderMap, trace: TraceId, upstream_span: u64, serve_span:
 
 /// [`inject`] as header lines appended to a head being written (the caller has left the
 /// caller's context headers out).
-pub fn inject_raw(out: &mut Vec<u8>, trace: TraceId, upstream_span: u64, serve_span: u64) {
+pub(crate) fn inject_raw(out: &mut Vec<u8>, trace: TraceId, upstream_span: u64, serve_span: u64) {
     use std::io::Write;
     let _ = write!(
         out,
@@ -199,21 +201,21 @@ pub fn inject_raw(out: &mut Vec<u8>, trace: TraceId, upstream_span: u64, serve_s
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Server,
     Client,
 }
 
 /// Where the other side of a span is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Remote {
+pub(crate) enum Remote {
     Client(SocketAddr),
     Node(NodeAddr),
 }
 
 /// One finished span, ready for the exporter.
 #[derive(Clone, Debug)]
-pub struct Span {
+pub(crate) struct Span {
     pub trace: TraceId,
     pub id: u64,
     pub parent: Option<u64>,
@@ -227,7 +229,7 @@ pub struct Span {
 }
 
 /// The trace of one sampled call as it goes.
-pub struct CallTrace {
+pub(crate) struct CallTrace {
     pub trace: TraceId,
     /// The caller's span, parent of `serve`.
     pub parent: Option<u64>,
@@ -243,7 +245,7 @@ pub struct CallTrace {
 impl CallTrace {
     /// A trace for a call, or `None` when the caller decided not to sample it (its headers then
     /// pass through untouched).
-    pub fn start(incoming: Incoming, client: SocketAddr, start: Instant) -> Option<CallTrace> {
+    pub(crate) fn start(incoming: Incoming, client: SocketAddr, start: Instant) -> Option<CallTrace> {
         if incoming.sampled == Some(false) {
             return None;
         }
@@ -282,13 +284,13 @@ impl CallTrace {
         }
     }
 
-    pub fn attempt(&mut self, now: Instant) {
+    pub(crate) fn attempt(&mut self, now: Instant) {
         self.attempt_start = now;
     }
 
     /// The `route` span of the current attempt, ended now (a connection is ready, or none could
     /// be made).
-    pub fn route_span(&self, now: Instant, node: &NodeAddr, attempt: u32, error: Option<&str>) -> Span {
+    pub(crate) fn route_span(&self, now: Instant, node: &NodeAddr, attempt: u32, error: Option<&str>) -> Span {
         let mut s = self.child("route", None, span_id(), self.attempt_start, now);
         s.tags.push(("fnlb.node", node.to_string()));
         s.tags.push(("fnlb.attempt", attempt.to_string()));
@@ -299,21 +301,27 @@ impl CallTrace {
     }
 
     /// Starts the `upstream` span and writes the context the node should continue.
-    pub fn send(&mut self, now: Instant, headers: &mut HeaderMap) {
+    pub(crate) fn send(&mut self, now: Instant, headers: &mut HeaderMap) {
         self.upstream_id = span_id();
         self.upstream_start = now;
         inject(headers, self.trace, self.upstream_id, self.serve_id);
     }
 
     /// [`CallTrace::send`] for a head being written as bytes.
-    pub fn send_raw(&mut self, now: Instant, out: &mut Vec<u8>) {
+    pub(crate) fn send_raw(&mut self, now: Instant, out: &mut Vec<u8>) {
         self.upstream_id = span_id();
         self.upstream_start = now;
         inject_raw(out, self.trace, self.upstream_id, self.serve_id);
     }
 
     /// The `upstream` span, ended now with the node's status or an error.
-    pub fn upstream_span(&self, now: Instant, node: &NodeAddr, status: Option<u16>, error: Option<&str>) -> Span {
+    pub(crate) fn upstream_span(
+        &self,
+        now: Instant,
+        node: &NodeAddr,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) -> Span {
         let mut s = self.child("upstream", Some(Kind::Client), self.upstream_id, self.upstream_start, now);
         s.remote = Some(Remote::Node(node.clone()));
         s.tags.push(("fnlb.node", node.to_string()));
@@ -327,7 +335,14 @@ impl CallTrace {
     }
 
     /// The `serve` span: the whole call, from arrival to response headers.
-    pub fn serve_span(&self, now: Instant, method: &str, path: &str, status: u16, node: Option<&NodeAddr>) -> Span {
+    pub(crate) fn serve_span(
+        &self,
+        now: Instant,
+        method: &str,
+        path: &str,
+        status: u16,
+        node: Option<&NodeAddr>,
+    ) -> Span {
         let mut s = Span {
             trace: self.trace,
             id: self.serve_id,

@@ -18,13 +18,13 @@ use tracing::{info, warn};
 use super::trace::{Kind, Remote, Span};
 
 /// Spans waiting for export; past this they are dropped.
-pub const QUEUE: usize = 8192;
+pub(crate) const QUEUE: usize = 8192;
 /// Spans per post.
-pub const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 /// How long the exporter gathers spans before posting a batch that is not full.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// A post that takes longer is abandoned (its spans dropped).
-pub const POST_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const POST_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -36,7 +36,7 @@ struct Counters {
 
 /// What happened to the spans so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SpanCounts {
+pub(crate) struct SpanCounts {
     pub exported: u64,
     pub queue_full: u64,
     pub export_failed: u64,
@@ -44,14 +44,14 @@ pub struct SpanCounts {
 
 /// The sending side, held by the proxy. Cheap to clone.
 #[derive(Clone)]
-pub struct Tracer {
+pub(crate) struct Tracer {
     tx: mpsc::Sender<Span>,
     counters: Arc<Counters>,
 }
 
 impl Tracer {
     /// Starts the exporter task posting to `url` (an `http://` URL); must run inside a runtime.
-    pub fn spawn(url: &str) -> Result<Tracer, String> {
+    pub(crate) fn spawn(url: &str) -> Result<Tracer, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("-zipkin {url}: {e}"))?;
         if uri.scheme_str() != Some("http") {
             return Err(format!("-zipkin {url}: only http:// collectors are supported"));
@@ -63,13 +63,13 @@ impl Tracer {
     }
 
     /// Queues a finished span; never waits. A full queue drops it.
-    pub fn emit(&self, span: Span) {
+    pub(crate) fn emit(&self, span: Span) {
         if self.tx.try_send(span).is_err() {
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub fn counts(&self) -> SpanCounts {
+    pub(crate) fn counts(&self) -> SpanCounts {
         SpanCounts {
             exported: self.counters.exported.load(Ordering::Relaxed),
             queue_full: self.counters.queue_full.load(Ordering::Relaxed),
@@ -137,7 +137,7 @@ async fn post(client: &Client<HttpConnector, Full<Bytes>>, uri: &http::Uri, body
 }
 
 /// A span in Zipkin's v2 JSON (`POST /api/v2/spans`).
-pub fn to_json(s: &Span) -> Value {
+pub(crate) fn to_json(s: &Span) -> Value {
     let mut o = Map::new();
     o.insert("traceId".into(), s.trace.hex().into());
     o.insert("id".into(), format!("{:016x}", s.id).into());

@@ -8,7 +8,7 @@ use crate::proxy::rules;
 
 /// How the body of a message is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body (bodiless request; HEAD answer, 1xx, 204, 304).
     None,
     /// Exactly this many bytes.
@@ -20,7 +20,7 @@ pub enum Framing {
 }
 
 /// A `Content-Length` value: ASCII digits only (no sign, no list, no spaces), at most 18 of them.
-pub fn content_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -61,7 +61,7 @@ enum State {
 /// are checked for framing only and passed on as they are; trailer fields are held back and
 /// rewritten ([`Chunked::tail`]).
 #[derive(Clone, Debug, Default)]
-pub struct Chunked {
+pub(crate) struct Chunked {
     state: State,
     /// Size digits read so far, or data bytes left in the current chunk.
     left: u64,
@@ -78,7 +78,7 @@ pub struct Chunked {
 
 /// What one [`Chunked::scan`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Scanned {
+pub(crate) struct Scanned {
     /// Bytes of the input that belong to the body.
     pub used: usize,
     /// The first `pass` of them go on as they are; the rest are trailer bytes held back.
@@ -90,20 +90,20 @@ pub struct Scanned {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid chunked framing")]
-pub struct ChunkError;
+pub(crate) struct ChunkError;
 
 /// Bytes of chunk extensions plus trailer fields a body may carry.
 const MAX_META: usize = 64 * 1024;
 
 impl Chunked {
     #[cfg(test)]
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// The rewritten trailer section with its final CRLF, once the body is done; empty when the
     /// body had no trailer section to rewrite (its bytes were passed on).
-    pub fn tail(&self) -> &[u8] {
+    pub(crate) fn tail(&self) -> &[u8] {
         if self.state == State::Done {
             &self.held
         } else {
@@ -114,7 +114,7 @@ impl Chunked {
     /// Scans the next piece of the body. Says how many of `data`'s bytes belong to it, how many
     /// of those go on unchanged, and whether the body ended with them (the rest of `data` is
     /// whatever follows the body).
-    pub fn scan(&mut self, data: &[u8]) -> Result<Scanned, ChunkError> {
+    pub(crate) fn scan(&mut self, data: &[u8]) -> Result<Scanned, ChunkError> {
         let was_holding = self.holding;
         let mut pass = None;
         let (used, done) = self.scan_bytes(data, &mut pass)?;

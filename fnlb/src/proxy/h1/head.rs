@@ -13,11 +13,11 @@ use crate::proxy::rules::{self, kind, tokens, Kind, RequestCheck};
 use crate::route::goduration::parse_go_duration_bytes;
 
 /// Header fields a head may have (hyper's limit too).
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// The outcome of reading a request head. (On the stack only, so the size of `Ready` is fine.)
 #[allow(clippy::large_enum_variant)]
-pub enum Request<'b> {
+pub(crate) enum Request<'b> {
     /// More bytes are needed.
     Partial,
     /// Not for the fast path (malformed, HTTP/1.0, Upgrade, Expect, unusual framing, ...): the
@@ -27,7 +27,7 @@ pub enum Request<'b> {
 }
 
 /// A parsed request head; `headers` borrow the caller's array and buffer.
-pub struct RequestHead<'b> {
+pub(crate) struct RequestHead<'b> {
     /// Bytes of the head, final CRLF included.
     pub len: usize,
     pub method: Method,
@@ -70,7 +70,7 @@ fn plain_target(t: &str) -> bool {
 }
 
 /// Parses a request head from the start of `buf`.
-pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::Header<'b>>]) -> Request<'b> {
+pub(crate) fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::Header<'b>>]) -> Request<'b> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -146,12 +146,12 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::
 
 impl<'b> RequestHead<'b> {
     /// The routing key: the target's path, without the query.
-    pub fn path(&self) -> &'b str {
+    pub(crate) fn path(&self) -> &'b str {
         &self.target[..self.path_len]
     }
 
     /// The value of a header, for reading trace context.
-    pub fn header(&self, name: &str) -> Option<&'b str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&'b str> {
         self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     }
 
@@ -160,7 +160,7 @@ impl<'b> RequestHead<'b> {
     /// Returns whether the client sent a Host. The rules are those of
     /// [`crate::proxy::headers::request`]: hop-by-hop headers stop here (`TE: trailers`
     /// excepted), `X-Forwarded-For` gets the client appended, and the framing header is ours.
-    pub fn write_upstream(&self, out: &mut Vec<u8>, client: &[u8], traced: bool) -> bool {
+    pub(crate) fn write_upstream(&self, out: &mut Vec<u8>, client: &[u8], traced: bool) -> bool {
         out.clear();
         let buf = self.buf;
         match self.headers.first().map(|h| offset(buf, h.name.as_bytes())) {
@@ -209,7 +209,7 @@ impl<'b> RequestHead<'b> {
 
 /// Completes the node's copy of a head for one node: Host if the client sent none, then the
 /// final CRLF. (The trace context, if any, goes between the two.)
-pub fn upstream_host(out: &mut Vec<u8>, has_host: bool, node: &str) {
+pub(crate) fn upstream_host(out: &mut Vec<u8>, has_host: bool, node: &str) {
     if !has_host {
         header_line(out, b"host", node.as_bytes());
     }
@@ -255,7 +255,7 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// The outcome of reading a response head.
-pub enum Response {
+pub(crate) enum Response {
     Partial,
     /// Not a usable HTTP/1.x response: the client gets a 502.
     Invalid(&'static str),
@@ -264,7 +264,7 @@ pub enum Response {
     Ready(ResponseHead),
 }
 
-pub struct ResponseHead {
+pub(crate) struct ResponseHead {
     /// Bytes of the head, final CRLF included.
     pub len: usize,
     pub status: u16,
@@ -284,7 +284,7 @@ const MAX_CONNECTION: usize = 8;
 /// `XXX-FXLB-WAIT` removed), framing per RFC 9112 §6.3 (a HEAD request's, 1xx, 204 and 304
 /// answers have no body; a body delimited by the node closing is re-framed as chunked), and
 /// `Connection: close` when the client's connection ends with this response.
-pub fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Vec<u8>) -> Response {
+pub(crate) fn parse_response(buf: &[u8], head_request: bool, close_client: bool, out: &mut Vec<u8>) -> Response {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
@@ -412,7 +412,7 @@ fn itoa3(n: u16) -> [u8; 3] {
 }
 
 /// A short JSON answer of the balancer's own, written whole into `out`.
-pub fn local_response(out: &mut Vec<u8>, status: http::StatusCode, body: &str, close: bool) {
+pub(crate) fn local_response(out: &mut Vec<u8>, status: http::StatusCode, body: &str, close: bool) {
     use std::io::Write;
     out.clear();
     let _ = write!(

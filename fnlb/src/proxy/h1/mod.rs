@@ -33,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::call::{self, Call, Failure, Next};
+use super::pool::Pool;
 use super::Proxy;
 use crate::config::Limits;
 use crate::mgmt::is_mgmt_path;
@@ -43,7 +44,7 @@ use framing::{Chunked, Framing};
 use head::{Request, Response, ResponseHead};
 
 /// How a fast-path connection ended.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Closed (by either side, a timeout, or shutdown).
     Done,
     /// The general server must take over, replaying these bytes first; the head they begin
@@ -97,7 +98,7 @@ struct Conn<'p> {
 /// Serves a plain-TCP client connection on the fast path until it closes, or until something
 /// needs the general server. `mgmt` says whether management paths are served on this listener
 /// (they go to the general server).
-pub async fn serve(
+pub(crate) async fn serve(
     proxy: &Proxy,
     client: &mut TcpStream,
     peer: SocketAddr,
@@ -348,10 +349,10 @@ impl Conn<'_> {
                 // A body not read to its end is not worth reading: the connection closes.
                 answer => return self.answer(Some(answer), close || !body_done).await,
             };
-            let reused = if fresh { None } else { node.pool.take_raw() };
+            let reused = if fresh { None } else { Pool::of(node).take_raw() };
             let (mut up, reused) = match reused {
                 Some(s) => (s, true),
-                None => match node.pool.connect_raw(proxy.connect_timeout).await {
+                None => match Pool::of(node).connect_raw(proxy.connect_timeout).await {
                     Ok(s) => (s, false),
                     Err(error) => match call.failed(Failure::Connect(error.to_string())) {
                         None => continue,
@@ -695,7 +696,7 @@ impl Conn<'_> {
             }
         };
         if clean && !resp.close {
-            node.pool.put_raw(up);
+            Pool::of(node).put_raw(up);
         }
         Ok(())
     }

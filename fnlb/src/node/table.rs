@@ -13,11 +13,11 @@ use crate::node::NodeAddr;
 
 /// Number of slots. Each node's share of the slots is binomial: about 1 % relative deviation
 /// for 8 nodes. A power of two so the slot is a mask of the key hash.
-pub const SLOTS: usize = 1 << 16;
+pub(crate) const SLOTS: usize = 1 << 16;
 /// Choices per slot kept in the table; deeper choices are computed on demand (a sort over every
 /// node, with an allocation). Eight covers the bounded policy's whole probe chain, so a loaded
 /// cluster's spills stay on the table; at 16 bytes a slot the table is 1 MiB.
-pub const KEPT: usize = 8;
+pub(crate) const KEPT: usize = 8;
 
 /// SipHash-2-4 keys of the original fnlb (k1 spells "LaryBoat").
 const K0: u64 = 0;
@@ -103,15 +103,11 @@ impl Table {
         Table { seeds, choices, kept }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.seeds.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.seeds.is_empty()
-    }
-
-    pub fn slot(hash: u64) -> usize {
+    pub(crate) fn slot(hash: u64) -> usize {
         (hash as usize) & (SLOTS - 1)
     }
 
