@@ -74,7 +74,11 @@ impl Proxy {
 
     /// Holds calls at the balancer at saturation (`route::wait`; `cfg` from this balancer's
     /// share of a node).
-    pub(crate) fn binding_late(mut self, cfg: crate::route::wait::WaitConfig, balancers: crate::route::Balancers) -> Proxy {
+    pub(crate) fn binding_late(
+        mut self,
+        cfg: crate::route::wait::WaitConfig,
+        balancers: crate::route::Balancers,
+    ) -> Proxy {
         self.late = Some(Late::new(cfg, balancers));
         self
     }
