@@ -72,8 +72,8 @@ impl Proxy {
         }
     }
 
-    /// Holds calls at the balancer at saturation (`route::wait`; `cfg` from this balancer's
-    /// share of a node).
+    /// Holds calls at the balancer at saturation (`route::wait`; `cfg` of a node's slots, shared
+    /// by the balancers `balancers` counts at the moment).
     pub(crate) fn binding_late(
         mut self,
         cfg: crate::route::wait::WaitConfig,
