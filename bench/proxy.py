@@ -9,9 +9,12 @@ function path, and 1 MiB responses. Several interleaved rounds; medians.
 
     bench/proxy.py                       # 3 rounds, 10 s each (about 15 minutes)
     bench/proxy.py --rounds 1 --seconds 5 --conns 64
+    bench/proxy.py --base /tmp/fnlb-old      # adds that binary, -threads 1, as fnlb-1-base
+    bench/proxy.py --only direct,fnlb-1 --body-sizes 65536,262144   # answers of those sizes too
 
-Reports req/s, p50/p99, peak RSS of the proxy under load, CPU seconds per 100k requests, and
-each as a ratio to nginx and HAProxy of the same round. nginx, HAProxy and wrk are installed from
+Reports req/s (and MB/s for sized answers), p50/p99, peak RSS of the proxy under load, CPU
+seconds per 100k requests, and each as a ratio to going direct, nginx and HAProxy of the same
+round. nginx, HAProxy and wrk are installed from
 Debian's packages if missing.
 """
 import argparse
@@ -31,9 +34,10 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 BACKENDS = [19101, 19102, 19103]
-PORTS = {"nginx": 18091, "haproxy": 18092, "fnlb-1": 18093, "fnlb": 18094}
+PORTS = {"nginx": 18091, "haproxy": 18092, "fnlb-1": 18093, "fnlb": 18094, "fnlb-1-base": 18095}
 PATH = "/r/app/hello"
 BIG = "/r/app/big"
+SIZES = []  # --body-sizes
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,12 +98,17 @@ def start_backends(procs, work):
     with open(os.path.join(work, "big.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
     os.chmod(os.path.join(work, "big.bin"), 0o644)
+    for size in SIZES:
+        with open(os.path.join(work, f"body-{size}.bin"), "wb") as f:
+            f.write(os.urandom(size))
+        os.chmod(os.path.join(work, f"body-{size}.bin"), 0o644)
+    sized = "".join(f"\n    location = {BIG}-{size} {{ alias {work}/body-{size}.bin; }}" for size in SIZES)
     servers = "\n".join(f"""
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     add_header XXX-FXLB-WAIT 1ms always;
     location = /version {{ default_type application/json; return 200 '{{"version":"0.3.753"}}'; }}
-    location = {BIG} {{ alias {work}/big.bin; }}
+    location = {BIG} {{ alias {work}/big.bin; }}{sized}
     location / {{ return 200 'hello'; }}
   }}""" for port in BACKENDS)
     conf = f"""worker_processes 1; daemon off; pid {work}/backend.pid; error_log {work}/backend-error.log warn;
@@ -114,7 +123,7 @@ http {{ access_log off; keepalive_requests 1000000; {servers}
         wait_for(f"http://127.0.0.1:{p}/version")
 
 
-def start_contenders(procs, work):
+def start_contenders(procs, work, base):
     ups = "\n".join(f"    server 127.0.0.1:{p};" for p in BACKENDS)
     conf = f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log warn;
 worker_rlimit_nofile 65535;
@@ -154,15 +163,21 @@ backend be
     procs.start("haproxy", [which("haproxy"), "-f", hpath, "-db"], os.path.join(work, "haproxy.log"))
 
     nodes = ",".join(f"127.0.0.1:{p}" for p in BACKENDS)
-    for name, threads in (("fnlb-1", ["-threads", "1"]), ("fnlb", [])):
+    fnlbs = [("fnlb-1", os.path.join(BIN, "fnlb"), ["-threads", "1"]), ("fnlb", os.path.join(BIN, "fnlb"), [])]
+    if base:
+        # Another build (before a change) in the same run, on the same backends.
+        fnlbs.append(("fnlb-1-base", base, ["-threads", "1"]))
+    else:
+        del PORTS["fnlb-1-base"]
+    for name, binary, threads in fnlbs:
         port = PORTS[name]
-        procs.start(name, [os.path.join(BIN, "fnlb"), "-listen", f"127.0.0.1:{port}", "-mgmt-listen",
+        procs.start(name, [binary, "-listen", f"127.0.0.1:{port}", "-mgmt-listen",
                            f"127.0.0.1:{port}", "-nodes", nodes, *threads],
                     os.path.join(work, f"{name}.log"))
     for name, port in PORTS.items():
         wait_for(f"http://127.0.0.1:{port}{PATH}")
     # fnlb serves once its first health checks passed.
-    for name in ("fnlb-1", "fnlb"):
+    for name, _, _ in fnlbs:
         end = time.time() + 20
         while time.time() < end:
             body = urllib.request.urlopen(f"http://127.0.0.1:{PORTS[name]}/1/lb/nodes").read()
@@ -235,7 +250,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", default="16,64,256")
     ap.add_argument("--no-big", action="store_true", help="skip the 1 MiB responses")
+    ap.add_argument("--base", help="another fnlb binary to run as fnlb-1-base (-threads 1): before/after in one run")
+    ap.add_argument("--only", help="comma-separated contenders to measure (default: all)")
+    ap.add_argument("--body-sizes", default="", help="comma-separated answer sizes in bytes to add as loads (c16)")
     args = ap.parse_args()
+    SIZES.extend(int(s) for s in args.body_sizes.split(",") if s)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65535), hard))
     ensure_tools()
@@ -243,11 +262,14 @@ def main():
     procs = Procs()
     try:
         start_backends(procs, work)
-        start_contenders(procs, work)
-        contenders = ["direct", "nginx", "haproxy", "fnlb-1", "fnlb"]
+        start_contenders(procs, work, args.base)
+        contenders = ["direct", "nginx", "haproxy", "fnlb-1", "fnlb"] + (["fnlb-1-base"] if args.base else [])
+        if args.only:
+            contenders = [c for c in contenders if c in args.only.split(",")]
         loads = [(f"c{c}", PATH, int(c)) for c in args.conns.split(",")]
         if not args.no_big:
             loads.append(("1MiB c16", BIG, 16))
+        loads += [(f"{size}B c16", f"{BIG}-{size}", 16) for size in SIZES]
         results = {}  # (load, contender) -> [round results]
         for rnd in range(args.rounds):
             for load, path, conns in loads:
@@ -261,19 +283,27 @@ def main():
                     print(f"  round {rnd + 1} {load} {c}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms",
                           file=sys.stderr)
         print(f"\nproxy benchmark: {args.rounds} round(s) x {args.seconds} s, medians; "
-              f"{os.cpu_count()} CPUs; ratios are to nginx / HAProxy of the same run\n")
-        for load, _, _ in loads:
+              f"{os.cpu_count()} CPUs; ratios are to direct / nginx / HAProxy of the same run\n")
+
+        def ratio(m, med, c):
+            return f"{m['rps'] / med[c]['rps']:.2f}" if c in med else "-"
+        for load, path, _ in loads:
             print(f"### {load}\n")
-            print("| contender | req/s | vs nginx | vs haproxy | p50 ms | p99 ms | RSS MB | CPU s/100k | errors |")
-            print("|---|---|---|---|---|---|---|---|---|")
+            # MB/s of body: the 1 MiB answers' size times req/s.
+            size = (1 << 20) if path == BIG else int(path.rsplit("-", 1)[1]) if path.startswith(BIG + "-") else 0
+            mbs = " MB/s |" if size else ""
+            print(f"| contender | req/s |{mbs} vs direct | vs nginx | vs haproxy | p50 ms | p99 ms | RSS MB | "
+                  "CPU s/100k | errors |")
+            print("|---|---|" + ("---|" if size else "") + "---|---|---|---|---|---|---|---|")
             med = {c: {k: statistics.median(r[k] for r in results[(load, c)])
                        for k in ("rps", "p50", "p99", "rss", "cpu100k", "errors")} for c in contenders}
             for c in contenders:
                 m = med[c]
                 rss = f"{m['rss'] / 1e6:.1f}" if c != "direct" else "-"
                 cpu = f"{m['cpu100k']:.2f}" if c != "direct" else "-"
-                print(f"| {c} | {m['rps']:.0f} | {m['rps'] / med['nginx']['rps']:.2f} | "
-                      f"{m['rps'] / med['haproxy']['rps']:.2f} | {m['p50']:.2f} | {m['p99']:.2f} | {rss} | {cpu} | "
+                mb = f" {m['rps'] * size / 1e6:.0f} |" if size else ""
+                print(f"| {c} | {m['rps']:.0f} |{mb} {ratio(m, med, 'direct')} | {ratio(m, med, 'nginx')} | "
+                      f"{ratio(m, med, 'haproxy')} | {m['p50']:.2f} | {m['p99']:.2f} | {rss} | {cpu} | "
                       f"{m['errors']:.0f} |")
             print()
     finally:

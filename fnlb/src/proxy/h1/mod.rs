@@ -3,7 +3,8 @@
 //! A client connection is read into one reusable buffer; each request head is parsed in place
 //! ([`head::parse_request`]), the node's copy of the head is written with the header rules of
 //! [`super::headers`], and the bodies pass through unchanged, their ends found by the framing
-//! rules ([`framing`]). Upstream connections are plain sockets kept alive per node
+//! rules ([`framing`]); on Linux, the rest of a large `Content-Length` body moves between the
+//! sockets inside the kernel (`splice.rs`). Upstream connections are plain sockets kept alive per node
 //! ([`super::pool::Pool::take_raw`]). What happens to a call — routing, retries, the client's
 //! answer, observation — is decided by the call engine ([`super::call::Call`]), as on the hyper
 //! path: this module only does the I/O. Its deadlines (request head, idle, body, blocked write
@@ -18,6 +19,8 @@ pub mod framing;
 pub mod head;
 #[doc(hidden)]
 pub mod props;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -93,6 +96,9 @@ struct Conn<'p> {
     /// -client-body-timeout and -send-timeout.
     body_timeout: Duration,
     send_timeout: Duration,
+    /// Large `Content-Length` bodies go through its pipe, made on the first one.
+    #[cfg(target_os = "linux")]
+    splicer: splice::Splicer,
 }
 
 /// Serves a plain-TCP client connection on the fast path until it closes, or until something
@@ -122,6 +128,8 @@ pub(crate) async fn serve(
         draining: false,
         body_timeout: limits.client_body_timeout,
         send_timeout: limits.send_timeout,
+        #[cfg(target_os = "linux")]
+        splicer: splice::Splicer::default(),
     };
     let mut path = String::new();
     let mut ip = IpText::default();
@@ -485,6 +493,19 @@ impl Conn<'_> {
     ) -> Result<(), StreamError> {
         self.start = 0;
         self.filled = 0;
+        // A large sized body goes through the kernel; read no further than its end, it leaves
+        // nothing in the buffer.
+        #[cfg(target_os = "linux")]
+        if matches!(body, Framing::Length(_)) && left >= splice::MIN && self.splicer.ready() {
+            let limit = Some(self.body_timeout);
+            return self.splicer.body(self.client, up, left, &mut self.client_timer, limit, None).await.map_err(|b| {
+                match b {
+                    splice::Broke::SourceClosed | splice::Broke::Source(_) => StreamError::Client(ClientError::Gone),
+                    splice::Broke::SourceTimeout => StreamError::Client(ClientError::Timeout),
+                    splice::Broke::Dest(e) => StreamError::Upstream(e),
+                }
+            });
+        }
         if self.ubuf.len() < UPSTREAM_BUF {
             self.ubuf.resize(UPSTREAM_BUF, 0);
         }
@@ -613,6 +634,17 @@ impl Conn<'_> {
                     .await
                     .map_err(to_client)?;
                 let mut left = n - first as u64;
+                #[cfg(target_os = "linux")]
+                if left >= splice::MIN && self.splicer.ready() {
+                    self.splicer.body(&up, client, left, timer, None, Some(limit)).await.map_err(|b| match b {
+                        splice::Broke::SourceClosed => node_closed_mid_body(),
+                        splice::Broke::Source(e) => StreamError::Upstream(e),
+                        // No limit on the node's side: not reached.
+                        splice::Broke::SourceTimeout => StreamError::Upstream(io::ErrorKind::TimedOut.into()),
+                        splice::Broke::Dest(e) => to_client(e),
+                    })?;
+                    left = 0;
+                }
                 while left > 0 {
                     let room = self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     let n = read_upstream(&mut up, &mut self.ubuf[..room]).await?;
@@ -727,10 +759,14 @@ fn bad_upstream() -> StreamError {
 /// Reads part of a body from the node; the end of the stream before the body's end is an error.
 async fn read_upstream(up: &mut TcpStream, buf: &mut [u8]) -> Result<usize, StreamError> {
     match up.read(buf).await {
-        Ok(0) => Err(StreamError::Upstream(io::Error::new(io::ErrorKind::UnexpectedEof, "node closed mid-body"))),
+        Ok(0) => Err(node_closed_mid_body()),
         Ok(n) => Ok(n),
         Err(e) => Err(StreamError::Upstream(e)),
     }
+}
+
+fn node_closed_mid_body() -> StreamError {
+    StreamError::Upstream(io::Error::new(io::ErrorKind::UnexpectedEof, "node closed mid-body"))
 }
 
 /// `{n:x}\r\n` without `fmt`.
