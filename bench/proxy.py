@@ -45,8 +45,9 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, **kw)
 
 
-def ensure_tools():
-    sh("cargo", "build", "--release", "-q", "-p", "fnlb", cwd=ROOT)
+def ensure_tools(build):
+    if build:
+        sh("cargo", "build", "--release", "-q", "-p", "fnlb", cwd=ROOT)
     missing = [p for p, b in (("nginx-light", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"))
                if not (shutil.which(b) or os.path.exists(f"/usr/sbin/{b}"))]
     if missing:
@@ -123,7 +124,7 @@ http {{ access_log off; keepalive_requests 1000000; {servers}
         wait_for(f"http://127.0.0.1:{p}/version")
 
 
-def start_contenders(procs, work, base):
+def start_contenders(procs, work, fnlb, base):
     ups = "\n".join(f"    server 127.0.0.1:{p};" for p in BACKENDS)
     conf = f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log warn;
 worker_rlimit_nofile 65535;
@@ -163,7 +164,7 @@ backend be
     procs.start("haproxy", [which("haproxy"), "-f", hpath, "-db"], os.path.join(work, "haproxy.log"))
 
     nodes = ",".join(f"127.0.0.1:{p}" for p in BACKENDS)
-    fnlbs = [("fnlb-1", os.path.join(BIN, "fnlb"), ["-threads", "1"]), ("fnlb", os.path.join(BIN, "fnlb"), [])]
+    fnlbs = [("fnlb-1", fnlb, ["-threads", "1"]), ("fnlb", fnlb, [])]
     if base:
         # Another build (before a change) in the same run, on the same backends.
         fnlbs.append(("fnlb-1-base", base, ["-threads", "1"]))
@@ -250,6 +251,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", default="16,64,256")
     ap.add_argument("--no-big", action="store_true", help="skip the 1 MiB responses")
+    ap.add_argument("--fnlb", help="the fnlb binary to measure (default: target/release/fnlb, built first)")
     ap.add_argument("--base", help="another fnlb binary to run as fnlb-1-base (-threads 1): before/after in one run")
     ap.add_argument("--only", help="comma-separated contenders to measure (default: all)")
     ap.add_argument("--body-sizes", default="", help="comma-separated answer sizes in bytes to add as loads (c16)")
@@ -257,12 +259,12 @@ def main():
     SIZES.extend(int(s) for s in args.body_sizes.split(",") if s)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65535), hard))
-    ensure_tools()
+    ensure_tools(build=not args.fnlb)
     work = tempfile.mkdtemp(prefix="fnlb-proxy-bench-")
     procs = Procs()
     try:
         start_backends(procs, work)
-        start_contenders(procs, work, args.base)
+        start_contenders(procs, work, args.fnlb or os.path.join(BIN, "fnlb"), args.base)
         contenders = ["direct", "nginx", "haproxy", "fnlb-1", "fnlb"] + (["fnlb-1-base"] if args.base else [])
         if args.only:
             contenders = [c for c in contenders if c in args.only.split(",")]
