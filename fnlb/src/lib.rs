@@ -16,8 +16,12 @@ pub mod health;
 pub mod metrics;
 pub mod mgmt;
 pub mod node;
+// The request path (proxy, route, server): an `unwrap` there would take calls down with it.
+#[cfg_attr(not(test), deny(clippy::unwrap_used))]
 pub mod proxy;
+#[cfg_attr(not(test), deny(clippy::unwrap_used))]
 pub mod route;
+#[cfg_attr(not(test), deny(clippy::unwrap_used))]
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -150,7 +150,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
         }
         match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
             Err(_) => panic!("no complete response in time; got {:?}", String::from_utf8_lossy(buf)),
-            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(buf).into_owned(),
+            Ok(Ok(0) | Err(_)) => return String::from_utf8_lossy(buf).into_owned(),
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -339,7 +339,7 @@ async fn broken_chunked_framing_after_the_head_cuts_the_client_and_counts_agains
         loop {
             match tokio::time::timeout(LIMIT, s.read(&mut chunk)).await {
                 Err(_) => panic!("the client was left hanging (hyper: {hyper}): {:?}", String::from_utf8_lossy(&buf)),
-                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(0) | Err(_)) => break,
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             }
         }

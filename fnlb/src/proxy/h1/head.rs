@@ -124,7 +124,7 @@ pub(crate) fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<htt
     }
     let body = match (length, chunked) {
         (Some(_), true) => return Request::Fallback,
-        (Some(0), false) | (None, false) => Framing::None,
+        (Some(0) | None, false) => Framing::None,
         (Some(n), false) => Framing::Length(n),
         (None, true) => Framing::Chunked,
     };
