@@ -301,7 +301,7 @@ fn run(policy: &str, variant: &str, tr: &Trace, late: bool) -> Report {
     while let Some(Reverse((t_us, _, ei))) = heap.pop() {
         let now = t_us as f64 / 1000.0;
         let now_ms = now as u64 + 1;
-        fnlb::route::clock::set_virtual_ms(now_ms);
+        fnlb::clock::set_virtual_ms(now_ms);
         if away != (now >= away_ms.0 && now < away_ms.1) {
             away = !away;
             for l in &mut lbs {

@@ -10,6 +10,7 @@
 
 pub mod answer;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod health;

@@ -28,9 +28,9 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tracing::{debug, warn};
 
 use crate::answer::json_msg;
+use crate::clock::real_ms as clock_ms;
 use crate::config::Limits;
 use crate::mgmt::{is_mgmt_only_path, is_mgmt_path, Mgmt};
-use crate::node::clock_ms;
 use crate::proxy::body::{RespBody, SendDeadline};
 use crate::proxy::{h1, Proxy};
 

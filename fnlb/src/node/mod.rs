@@ -23,7 +23,7 @@ pub struct Node {
     suspect: AtomicBool,
     /// Time-decayed mean of the node's reported `XXX-FXLB-WAIT`, in microseconds.
     wait_us: AtomicU64,
-    /// Until when (ms on [`clock_ms`]) the node said it is busy (503); 0 when it did not.
+    /// Until when (ms on [`crate::clock::now_ms`], the policies' clock) the node said it is busy (503); 0 when it did not.
     busy_until_ms: AtomicU64,
     /// The policy's estimate of the containers (busy and idle) this balancer's calls keep on
     /// the node: its slots' footprint (see `route::warmth`).
@@ -53,12 +53,12 @@ impl Node {
     /// Whether the node said "busy" (503) in the last moments.
     pub(crate) fn is_busy(&self) -> bool {
         let until = self.busy_until_ms.load(Ordering::Relaxed);
-        until != 0 && clock_ms() < until
+        until != 0 && crate::clock::now_ms() < until
     }
 
     /// The node answered 503 (Fn's "server busy"): treat it as full for `for_ms`.
     pub(crate) fn mark_busy(&self, for_ms: u64) {
-        self.busy_until_ms.store(clock_ms() + for_ms, Ordering::Relaxed);
+        self.busy_until_ms.store(crate::clock::now_ms() + for_ms, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -139,24 +139,6 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.total_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Milliseconds on a process-wide monotonic clock (for short "until" marks kept in atomics).
-///
-/// Read on every routing decision and answer, so it is the kernel's coarse clock on Linux: the
-/// time of the last tick, read without touching the clock source (callgrind put
-/// `Instant::now` plus `elapsed` at ~130 instructions per proxied request). Its resolution of a
-/// few ms is plenty for marks that last hundreds of ms. Never 0, so 0 can mean "never".
-#[cfg(target_os = "linux")]
-pub(crate) fn clock_ms() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The node set at one moment: every stored node (sorted by address, which is what makes every

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
+use crate::clock;
 use crate::metrics::{Retry, Unserved, UpstreamError};
 use crate::node::manager::NodesHandle;
 use crate::node::{InFlight, Node, Snapshot};
 use crate::route::wait::{Decision, Leave, WaitConfig, WaitQueue, WaitRule, Waiter};
-use crate::route::{clock, Attempt, Balancers, Placement, Policy};
+use crate::route::{Attempt, Balancers, Placement, Policy};
 use crate::telemetry::call::CallObs;
 
 /// Distinct nodes one call may be tried on before the client gets an error.

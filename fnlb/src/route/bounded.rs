@@ -31,7 +31,8 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::warmth::Warmth;
-use super::{clock, Balancers, Placement, Policy};
+use super::{Balancers, Placement, Policy};
+use crate::clock;
 use crate::node::{Node, Snapshot};
 
 /// How long a node that said 503 counts as full.

@@ -19,7 +19,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{clock, Balancers, Policy, Rng};
+use super::{Balancers, Policy, Rng};
+use crate::clock;
 use crate::node::Snapshot;
 use crate::route::sketch::CountMin;
 

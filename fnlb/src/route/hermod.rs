@@ -15,7 +15,8 @@
 //!   with a free slot (packing); else the least loaded of them.
 //! - At or over it: power of two choices over every eligible node.
 use super::warmth::Warmth;
-use super::{clock, Balancers, Policy, Rng};
+use super::{Balancers, Policy, Rng};
+use crate::clock;
 use crate::node::{Node, Snapshot};
 
 /// Nodes of a key's order a function packs onto at low load.

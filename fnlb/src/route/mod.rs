@@ -4,7 +4,6 @@
 pub mod bounded;
 pub mod chrlu;
 pub mod classic;
-pub mod clock;
 pub mod goduration;
 pub mod hermod;
 pub mod openwhisk;
