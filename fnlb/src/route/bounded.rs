@@ -38,7 +38,7 @@ use crate::node::{Node, Snapshot};
 /// How long a node that said 503 counts as full.
 const BUSY_MS: u64 = 250;
 
-/// The policy's knobs. [`Bounded::new`] uses the defaults (chosen with `examples/routesim.rs`
+/// The policy's knobs. `Tuning::default()` holds the defaults (chosen with `examples/routesim.rs`
 /// over seeds 1–3 at ρ 0.3 and 0.45, steady, bursty and multi-lb; see docs/BENCHMARKS.md §1);
 /// the simulator varies them.
 #[derive(Clone, Copy, Debug)]
@@ -63,8 +63,9 @@ pub struct Tuning {
     /// Entries of the warmth table: 0 sizes it to the cluster (nodes × capacity, resized when
     /// the node count changes); another number fixes it (the table before was 4,096).
     pub entries: usize,
-    /// A reported wait that is a cold start caps the function's estimate on the node at what
-    /// runs there ([`Warmth::cold_seen`]): the node had evicted its idle containers.
+    /// A reported wait that is a cold start, on a call sent expecting an idle container, caps
+    /// the function's estimate on the node at what runs there ([`Warmth::cold_seen`]): the node
+    /// had evicted its idle containers. On with `-late-binding` (see `route::policy_by_name`).
     pub forget: bool,
 }
 

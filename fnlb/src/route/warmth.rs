@@ -404,11 +404,14 @@ impl Shared {
                 // A node that went down (or cannot be reached) lost its containers, or will be
                 // found cold when it returns: forget what it held.
                 e.in_flight.store(0, Relaxed);
+                e.bets.store(0, Relaxed);
                 e.peaks.store(0, Relaxed);
                 continue;
             }
             if now_ms.saturating_sub(e.touched_ms.load(Relaxed)) > stale {
+                // The bets go with the calls they were made for.
                 e.in_flight.store(0, Relaxed);
+                e.bets.store(0, Relaxed);
             }
             let in_flight = e.in_flight.load(Relaxed).min(255) as u64;
             // Older lanes move up; the oldest is dropped; the new period starts with the calls
