@@ -30,5 +30,6 @@ reqs=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
 kill -INT $lbpid; wait $lbpid || true
 total=$(sed -n 's/^summary: //p' $work/cg.out)
 echo "requests: $reqs  instructions: $total  per request: $((total / reqs))"
+cp $work/cg.out /tmp/callgrind.out
 callgrind_annotate $work/cg.out 2>/dev/null | head -40 > /tmp/callgrind-top.txt
-echo "top functions: /tmp/callgrind-top.txt"
+echo "top functions: /tmp/callgrind-top.txt; the whole profile: /tmp/callgrind.out"

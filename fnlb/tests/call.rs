@@ -25,6 +25,11 @@ enum Behaviour {
     Early413,
     /// Answers 200 with a 32 MiB body.
     Big,
+    /// Reads only the head, then neither reads, answers nor closes.
+    StopReading,
+    /// Reads the call, sends the head and 10 bytes of a body of this length, then nothing more,
+    /// the connection left open.
+    StallBody(usize),
 }
 
 /// The silent close comes a moment after the answer, so that it may cross the next call.
@@ -65,7 +70,8 @@ async fn raw_node(b: Behaviour) -> RawNode {
                             let _ = sock.write_all(r.as_bytes()).await;
                             return;
                         }
-                        Behaviour::AnswerAndClose | Behaviour::Big => {
+                        Behaviour::StopReading => std::future::pending::<()>().await,
+                        Behaviour::AnswerAndClose | Behaviour::Big | Behaviour::StallBody(_) => {
                             // Read the body, if any.
                             while buf.len() < body_len {
                                 let mut chunk = [0u8; 65536];
@@ -75,6 +81,11 @@ async fn raw_node(b: Behaviour) -> RawNode {
                                 }
                             }
                             buf.drain(..body_len);
+                            if let Behaviour::StallBody(len) = b {
+                                let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n0123456789");
+                                let _ = sock.write_all(r.as_bytes()).await;
+                                std::future::pending::<()>().await;
+                            }
                             if b == Behaviour::AnswerAndClose {
                                 let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
                                 tokio::time::sleep(Duration::from_micros(CLOSE_AFTER_US)).await;
@@ -361,12 +372,11 @@ async fn a_client_that_never_reads_is_cut_after_the_send_timeout() {
     drop(stuck);
 }
 
-/// Sends an 8 MiB upload with `version` ("1.1": the fast path; "1.0": the hyper path) to a node
-/// that answers 413 and closes before reading it; returns what the client got.
-async fn upload_to_early_413(lb: &Fnlb, version: &str) -> String {
+/// Sends an upload of `size` bytes with `version` ("1.1": the fast path; "1.0": the hyper path)
+/// and returns what the client got (the balancer closes, or 10 s pass).
+async fn upload(lb: &Fnlb, version: &str, size: usize) -> String {
     let s = TcpStream::connect(lb.traffic).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
-    let size = 8 << 20;
     let head = format!("POST /r/app/fn HTTP/{version}\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
     let writer = tokio::spawn(async move {
         if wr.write_all(head.as_bytes()).await.is_err() {
@@ -389,7 +399,7 @@ async fn upload_to_early_413(lb: &Fnlb, version: &str) -> String {
 async fn a_nodes_early_answer_reaches_the_client() {
     let node = raw_node(Behaviour::Early413).await;
     let lb = balancer(&[node.addr], &[]).await;
-    let answer = upload_to_early_413(&lb, "1.1").await;
+    let answer = upload(&lb, "1.1", 8 << 20).await;
     assert_eq!(status_of(&answer), 413, "{answer}");
     assert!(answer.ends_with("too large"), "{answer}");
 }
@@ -400,8 +410,57 @@ async fn a_nodes_early_answer_reaches_the_client_on_the_hyper_path() {
     let lb = balancer(&[node.addr], &[]).await;
     // Whether the node's close beats the body write is a draw each round: five rounds.
     for round in 0..5 {
-        let answer = upload_to_early_413(&lb, "1.0").await;
+        let answer = upload(&lb, "1.0", 8 << 20).await;
         assert_eq!(status_of(&answer), 413, "round {round}: {answer}");
         assert!(answer.ends_with("too large"), "{answer}");
+    }
+}
+
+/// The node's timeout errors in the balancer's metrics.
+async fn node_timeouts(lb: &Fnlb, node: SocketAddr) -> f64 {
+    metric(lb, &format!("fnlb_upstream_errors_total{{node=\"{node}\",kind=\"timeout\"}}")).await
+}
+
+/// A node that stops reading an upload without answering or closing: the call ends after
+/// -upstream-timeout with a 504 that says so (not resent: it may have run), on both paths, and
+/// the node's timeout is counted. Before, both waited for as long as the node held on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reading_an_upload_is_given_up_after_the_upstream_timeout() {
+    let node = raw_node(Behaviour::StopReading).await;
+    let lb = balancer(&[node.addr], &["-upstream-timeout", "1"]).await;
+    for (round, version) in ["1.1", "1.0"].into_iter().enumerate() {
+        // More than every socket buffer between the client and the node can hold.
+        let answer = upload(&lb, version, 64 << 20).await;
+        assert_eq!(status_of(&answer), 504, "HTTP/{version}: {answer}");
+        assert!(answer.contains("took no byte of the request body for 1s; the call may have run"), "{answer}");
+        assert_eq!(node_timeouts(&lb, node.addr).await, (round + 1) as f64, "HTTP/{version}");
+        assert_eq!(node.calls.load(Ordering::SeqCst), round + 1, "not sent again");
+    }
+}
+
+/// A node that stops sending its answer's body without closing: the client's connection is cut
+/// after -upstream-timeout (its head is out, so there is no 504 to give), on both paths, and the
+/// node's timeout is counted. A 1,000-byte body goes through the fast path's copy loop, a 1 MiB
+/// one through its splice loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stalls_mid_answer_is_cut_off_after_the_upstream_timeout() {
+    for len in [1000, 1 << 20] {
+        stalls_mid_answer(len).await;
+    }
+}
+
+async fn stalls_mid_answer(len: usize) {
+    let node = raw_node(Behaviour::StallBody(len)).await;
+    let lb = balancer(&[node.addr], &["-upstream-timeout", "1"]).await;
+    for (round, get) in [GET_FAST, GET_HYPER].into_iter().enumerate() {
+        let mut s = TcpStream::connect(lb.traffic).await.unwrap();
+        s.write_all(get).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        let answer = String::from_utf8_lossy(&out).into_owned();
+        assert!(read.is_ok(), "{len} bytes, round {round}: the connection stayed open: {answer}");
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(answer.ends_with("0123456789"), "the part that came is passed on: {answer}");
+        assert_eq!(node_timeouts(&lb, node.addr).await, (round + 1) as f64, "round {round}");
     }
 }

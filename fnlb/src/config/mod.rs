@@ -257,7 +257,8 @@ struct Flags {
     #[arg(long, env = "FNLB_UPSTREAM_CONNECT_TIMEOUT", default_value = "2", value_name = "SECONDS")]
     upstream_connect_timeout: String,
 
-    /// Seconds a node has to start answering a call (504 after); 0 waits as long as it takes
+    /// Seconds a node has to start answering a call (504 after), and may leave an upload untaken
+    /// (504) or its answer's body unsent (cut off); 0 waits as long as it takes
     #[arg(long, env = "FNLB_UPSTREAM_TIMEOUT", default_value = "300", value_name = "SECONDS")]
     upstream_timeout: String,
 

@@ -48,6 +48,15 @@ impl BodyError {
     }
 }
 
+/// Why a node's answer body did not reach the client whole: the node's fault.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NodeBodyError {
+    #[error("response body: {0}")]
+    Node(hyper::Error),
+    #[error("node sent nothing for {}s mid-body", .0.as_secs_f64())]
+    Stalled(Duration),
+}
+
 /// The client's body, with a deadline between two reads (-client-body-timeout), and the moment
 /// it was read to its end (when the node's time to answer starts).
 pub(crate) struct ClientBody {
@@ -59,13 +68,29 @@ pub(crate) struct ClientBody {
     ended: Arc<Ended>,
 }
 
-/// When a request body was read to its end, shared with the call waiting for the answer.
+/// Where the upload stands, for the send's deadlines: when it was read to its end, and, while
+/// it is not, whether hyper has taken a piece and not come back for the next (it asks for more
+/// only as the node reads: it not asking is the node not reading).
 #[derive(Default)]
-pub(crate) struct Ended(std::sync::OnceLock<tokio::time::Instant>);
+pub(crate) struct Ended {
+    at: std::sync::OnceLock<tokio::time::Instant>,
+    /// [`crate::clock::real_ms`] when the last piece was handed to hyper; 0 while hyper waits
+    /// for the client.
+    handed_ms: AtomicU64,
+}
 
 impl Ended {
     pub(crate) fn at(&self) -> Option<tokio::time::Instant> {
-        self.0.get().copied()
+        self.at.get().copied()
+    }
+
+    /// How long hyper has held the last piece of the upload without asking for the next: the
+    /// node not reading. `None` while hyper waits for the client (its deadline governs).
+    pub(crate) fn unread_for(&self) -> Option<Duration> {
+        match self.handed_ms.load(Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis(crate::clock::real_ms().saturating_sub(t))),
+        }
     }
 }
 
@@ -73,13 +98,13 @@ impl ClientBody {
     pub(crate) fn new(inner: Incoming, limit: Duration) -> (ClientBody, Arc<Ended>) {
         let ended = Arc::new(Ended::default());
         if inner.is_end_stream() {
-            let _ = ended.0.set(tokio::time::Instant::now());
+            let _ = ended.at.set(tokio::time::Instant::now());
         }
         (ClientBody { inner, limit, timer: None, waiting: false, ended: ended.clone() }, ended)
     }
 
     fn end(&self) {
-        let _ = self.ended.0.set(tokio::time::Instant::now());
+        let _ = self.ended.at.set(tokio::time::Instant::now());
     }
 }
 
@@ -95,11 +120,13 @@ impl Body for ClientBody {
                 match &r {
                     None => this.end(),
                     Some(Ok(_)) if this.inner.is_end_stream() => this.end(),
+                    Some(Ok(_)) => this.ended.handed_ms.store(crate::clock::real_ms(), Relaxed),
                     _ => {}
                 }
                 Poll::Ready(r.map(|f| f.map_err(BodyError::Client)))
             }
             Poll::Pending => {
+                this.ended.handed_ms.store(0, Relaxed);
                 let deadline = tokio::time::Instant::now() + this.limit;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.waiting {
@@ -162,15 +189,20 @@ impl Body for ReqBody {
 /// connection goes back to the node's pool; when it ends or is dropped, the call stops counting
 /// as in flight. Dropped before its end (the client went away), the connection is mid-message
 /// and is closed with it.
+/// A node that sends nothing of it for `limit` (-upstream-timeout) is cut off, as on the fast path.
 pub(crate) struct UpstreamBody {
     inner: Incoming,
     conn: Option<Conn>,
     call: Option<Held>,
+    limit: Option<Duration>,
+    /// Armed while the body waits for the node; one timer per body, reset per wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, conn: Conn, call: Held) -> UpstreamBody {
-        let mut b = UpstreamBody { inner, conn: Some(conn), call: Some(call) };
+    pub(crate) fn new(inner: Incoming, conn: Conn, call: Held, limit: Option<Duration>) -> UpstreamBody {
+        let mut b = UpstreamBody { inner, conn: Some(conn), call: Some(call), limit, timer: None, waiting: false };
         if b.inner.is_end_stream() {
             b.finish();
         }
@@ -184,15 +216,45 @@ impl UpstreamBody {
             }
         }
     }
+
+    /// The body broke: the connection is mid-message and must not be reused, and the node is
+    /// counted.
+    fn broke(&mut self, kind: crate::metrics::UpstreamError) {
+        if let Some(call) = &self.call {
+            crate::metrics::get().node(&call.node().addr).error(kind);
+        }
+        self.conn = None;
+        self.call = None;
+    }
+
+    /// Whether the node has sent nothing for the limit, waiting for it on this body's timer.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.limit else { return false };
+        let deadline = tokio::time::Instant::now() + limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            self.waiting = true;
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = NodeBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, NodeBodyError>>> {
         let this = &mut *self;
         let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        if r.is_pending() {
+            if this.call.is_some() && this.stalled(cx) {
+                this.broke(crate::metrics::UpstreamError::Timeout);
+                return Poll::Ready(Some(Err(NodeBodyError::Stalled(this.limit.unwrap_or_default()))));
+            }
+            return Poll::Pending;
+        }
+        this.waiting = false;
         // Hook: a node's trailers pass the same rules as on the fast path (no wait report).
         if let Poll::Ready(Some(Ok(frame))) = &mut r {
             if let Some(t) = frame.trailers_mut() {
@@ -203,27 +265,21 @@ impl Body for UpstreamBody {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
             Poll::Ready(Some(Err(e))) => {
-                // The connection broke mid-body: it must not be reused, and the node is counted.
-                if let Some(call) = &this.call {
-                    // hyper reports bad chunked framing as an I/O error of its own making.
-                    let framing = std::error::Error::source(e)
-                        .and_then(|s| s.downcast_ref::<std::io::Error>())
-                        .is_some_and(|io| {
-                            matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
-                        });
-                    let kind = if e.is_parse() || framing {
-                        crate::metrics::UpstreamError::InvalidResponse
-                    } else {
-                        crate::metrics::UpstreamError::Send
-                    };
-                    crate::metrics::get().node(&call.node().addr).error(kind);
-                }
-                this.conn = None;
-                this.call = None;
+                // hyper reports bad chunked framing as an I/O error of its own making.
+                let framing =
+                    std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()).is_some_and(|io| {
+                        matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
+                    });
+                let kind = if e.is_parse() || framing {
+                    crate::metrics::UpstreamError::InvalidResponse
+                } else {
+                    crate::metrics::UpstreamError::Send
+                };
+                this.broke(kind);
             }
             _ => {}
         }
-        r
+        r.map(|o| o.map(|f| f.map_err(NodeBodyError::Node)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -255,12 +311,12 @@ impl From<LocalBody> for RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = NodeBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, NodeBodyError>>> {
         let r = match self.get_mut() {
             RespBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            RespBody::Local(b) => Pin::new(b).poll_frame(cx),
+            RespBody::Local(b) => Pin::new(b).poll_frame(cx).map(|o| o.map(|f| f.map_err(NodeBodyError::Node))),
         };
         // On an HTTP/2 stream (the only place the slot is set), the stream's deadline hears of it.
         let owed = matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_data());

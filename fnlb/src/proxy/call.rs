@@ -58,6 +58,9 @@ pub(crate) enum Failure {
     Broke(String),
     /// The node did not start answering within -upstream-timeout of the request being sent.
     Timeout(Duration),
+    /// The node took no byte of the request body for -upstream-timeout (it stopped reading the
+    /// upload without answering or closing): the call may have run.
+    Stalled(Duration),
     /// The node answered something that is not HTTP (or not HTTP we forward).
     Invalid(String),
     /// The client's body is malformed (bad chunked framing).
@@ -72,7 +75,11 @@ impl Failure {
     /// Whose fault it is.
     pub(crate) fn fault(&self) -> Fault {
         match self {
-            Failure::Connect(_) | Failure::Broke(_) | Failure::Timeout(_) | Failure::Invalid(_) => Fault::Node,
+            Failure::Connect(_)
+            | Failure::Broke(_)
+            | Failure::Timeout(_)
+            | Failure::Stalled(_)
+            | Failure::Invalid(_) => Fault::Node,
             Failure::Stale => Fault::Nobody,
             Failure::ClientBody(_) | Failure::ClientBodyTimeout | Failure::ClientGone => Fault::Client,
         }
@@ -445,6 +452,9 @@ impl<'a> Call<'a> {
             Failure::Stale => String::new(),
             Failure::Broke(e) => format!("node {addr}: {e}"),
             Failure::Timeout(limit) => format!("node {addr} did not answer within {}s", limit.as_secs_f64()),
+            Failure::Stalled(limit) => {
+                format!("node {addr} took no byte of the request body for {}s", limit.as_secs_f64())
+            }
             Failure::Invalid(why) => format!("node {addr}: {why}"),
             Failure::ClientBody(why) => (*why).to_string(),
             Failure::ClientBodyTimeout => "request body timed out".to_string(),
@@ -456,7 +466,7 @@ impl<'a> Call<'a> {
                 Failure::Connect(_) => Some(UpstreamError::Connect),
                 Failure::Broke(_) => Some(UpstreamError::Send),
                 Failure::Invalid(_) => Some(UpstreamError::InvalidResponse),
-                Failure::Timeout(_) => Some(UpstreamError::Timeout),
+                Failure::Timeout(_) | Failure::Stalled(_) => Some(UpstreamError::Timeout),
                 _ => None,
             };
             // A node that cannot be connected to, or dropped a call, looks dead: skip it until a
@@ -499,7 +509,7 @@ impl<'a> Call<'a> {
                 self.last_error = error;
                 None
             }
-            Failure::Timeout(_) => {
+            Failure::Timeout(_) | Failure::Stalled(_) => {
                 // Slow is not dead: not resent (it may be running); dropping the connection
                 // cancels it on the node.
                 let msg = format!("{error}; the call may have run");
@@ -830,13 +840,18 @@ mod tests {
     }
 
     #[test]
-    fn timeout_and_garbage_are_answered_without_a_resend_or_a_suspect() {
+    fn timeout_stall_and_garbage_are_answered_without_a_resend_or_a_suspect() {
         let w = world(2);
         let mut c = call(&w, bodiless(&GET), true);
         send(c.next());
         let (status, msg) = answer(c.failed(Failure::Timeout(Duration::from_secs(2))));
         assert_eq!(status, 504);
         assert!(msg.contains("did not answer within 2s"), "{msg}");
+        let mut c = call(&w, bodiless(&GET), true);
+        send(c.next());
+        let (status, msg) = answer(c.failed(Failure::Stalled(Duration::from_secs(3))));
+        assert_eq!(status, 504);
+        assert!(msg.contains("took no byte of the request body for 3s; the call may have run"), "{msg}");
         let mut c = call(&w, bodiless(&GET), true);
         send(c.next());
         let (status, msg) = answer(c.failed(Failure::Invalid("bad status line".into())));

@@ -204,6 +204,7 @@ impl Proxy {
                     Err(why) => Failure::Invalid(format!("node {}: {why}", node.addr)),
                 },
                 Err(Sent::Timeout(limit)) => Failure::Timeout(limit),
+                Err(Sent::Stalled(limit)) => Failure::Stalled(limit),
                 Err(Sent::Failed(mut e)) => {
                     if let Some(back) = e.take_message() {
                         // Not written: the request is intact, and nothing can have run.
@@ -243,7 +244,9 @@ impl Proxy {
     }
 
     /// Sends the request and waits for the node's answer head; -upstream-timeout counts from the
-    /// moment the request body was read to its end (the upload is under -client-body-timeout).
+    /// moment the request body was read to its end. While it uploads, the client's waits are
+    /// under -client-body-timeout and the node's (it stops taking the body) under
+    /// -upstream-timeout.
     async fn send(
         &self,
         conn: &mut pool::Sender,
@@ -262,8 +265,14 @@ impl Proxy {
                 _ = tokio::time::sleep_until(deadline) => match ended.at() {
                     Some(t) if t + limit <= tokio::time::Instant::now() => return Err(Sent::Timeout(limit)),
                     Some(t) => deadline = t + limit,
-                    // Still uploading: the body's own deadline governs it.
-                    None => deadline = tokio::time::Instant::now() + limit,
+                    // Still uploading: hyper holding a piece is the node not reading it.
+                    None => match ended.unread_for() {
+                        Some(idle) if idle >= limit => return Err(Sent::Stalled(limit)),
+                        Some(idle) => deadline = tokio::time::Instant::now() + (limit - idle),
+                        // Waiting for the client: the body's own deadline governs it. Looked
+                        // at again soon, so that a stall after it is seen within 1.25 limits.
+                        None => deadline = tokio::time::Instant::now() + limit / 4,
+                    },
                 },
             }
         }
@@ -312,9 +321,10 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         let wait = headers::response(&mut parts.headers).and_then(|v| parse_go_duration_bytes(v.as_bytes()));
         match call.answered(parts.status, wait) {
-            Some(in_flight) => {
-                Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, conn, in_flight)))
-            }
+            Some(in_flight) => Response::from_parts(
+                parts,
+                RespBody::Upstream(UpstreamBody::new(body, conn, in_flight, self.upstream_timeout)),
+            ),
             None => Response::from_parts(parts, RespBody::empty()),
         }
     }
@@ -323,6 +333,8 @@ impl Proxy {
 /// Why a send gave no answer head.
 enum Sent {
     Timeout(Duration),
+    /// The node stopped taking the upload for this long.
+    Stalled(Duration),
     /// Boxed: only failures pay for its size.
     Failed(Box<hyper::client::conn::TrySendError<Request<ReqBody>>>),
 }

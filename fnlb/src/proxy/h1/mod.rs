@@ -377,8 +377,10 @@ impl Conn<'_> {
                 IoSlice::new(&self.cbuf[body_at..body_at + pass]),
                 IoSlice::new(chunks.tail()),
             ];
-            if let Err((written, error)) = write_counted(&mut up, &mut head).await {
+            let stall = proxy.upstream_timeout;
+            if let Err((written, error)) = write_counted(&mut up, &mut head, &mut self.client_timer, stall).await {
                 let failure = match (written, reused) {
+                    _ if error.kind() == io::ErrorKind::TimedOut => Failure::Stalled(stall.unwrap_or_default()),
                     // Nothing of the call reached the node: it is intact, and nothing ran.
                     (0, true) => Failure::Stale,
                     (0, false) => Failure::Connect(format!("node {}: {error}", node.addr)),
@@ -412,11 +414,19 @@ impl Conn<'_> {
                     }
                 }
             }
-            let (resp, got) = match self.response_head(&mut up, head_request, close).await {
+            // After a stalled upload, only an answer already sent counts: the node had its time.
+            let deadline = match &early {
+                Some(e) if e.kind() == io::ErrorKind::TimedOut => Some(Instant::now()),
+                _ => proxy.upstream_timeout.map(|t| Instant::now() + t),
+            };
+            let (resp, got) = match self.response_head(&mut up, head_request, close, deadline).await {
                 Ok(x) => x,
                 Err(e) => {
                     let failure = match (e, early) {
                         (UpstreamError::ClientGone, _) => Failure::ClientGone,
+                        (_, Some(error)) if error.kind() == io::ErrorKind::TimedOut => {
+                            Failure::Stalled(proxy.upstream_timeout.unwrap_or_default())
+                        }
                         // No answer after a failed body write: the write's error is the news.
                         (_, Some(error)) => Failure::Broke(error.to_string()),
                         (UpstreamError::Timeout, None) => Failure::Timeout(proxy.upstream_timeout.unwrap_or_default()),
@@ -497,8 +507,8 @@ impl Conn<'_> {
         // nothing in the buffer.
         #[cfg(target_os = "linux")]
         if matches!(body, Framing::Length(_)) && left >= splice::MIN && self.splicer.ready() {
-            let limit = Some(self.body_timeout);
-            return self.splicer.body(self.client, up, left, &mut self.client_timer, limit, None).await.map_err(|b| {
+            let (limit, stall) = (Some(self.body_timeout), self.proxy.upstream_timeout);
+            return self.splicer.body(self.client, up, left, &mut self.client_timer, limit, stall).await.map_err(|b| {
                 match b {
                     splice::Broke::SourceClosed | splice::Broke::Source(_) => StreamError::Client(ClientError::Gone),
                     splice::Broke::SourceTimeout => StreamError::Client(ClientError::Timeout),
@@ -529,7 +539,8 @@ impl Conn<'_> {
                 }
             };
             // `tail`: a chunked body's rewritten trailers, once it is done (else empty).
-            write_counted(up, &mut [IoSlice::new(&self.ubuf[..pass]), IoSlice::new(chunks.tail())])
+            let parts = &mut [IoSlice::new(&self.ubuf[..pass]), IoSlice::new(chunks.tail())];
+            write_counted(up, parts, &mut self.client_timer, self.proxy.upstream_timeout)
                 .await
                 .map_err(|(_, e)| StreamError::Upstream(e))?;
             grow(&mut self.ubuf, n);
@@ -545,18 +556,18 @@ impl Conn<'_> {
         }
     }
 
-    /// Reads the node's response head (skipping interim 1xx answers) within -upstream-timeout,
-    /// and writes the client's copy into `out`. Returns it and how many bytes are in `ubuf`.
+    /// Reads the node's response head (skipping interim 1xx answers) by `deadline`, and writes
+    /// the client's copy into `out`. Returns it and how many bytes are in `ubuf`.
     async fn response_head(
         &mut self,
         up: &mut TcpStream,
         head_request: bool,
         close: bool,
+        deadline: Option<Instant>,
     ) -> Result<(ResponseHead, usize), UpstreamError> {
         if self.ubuf.len() < UPSTREAM_BUF {
             self.ubuf.resize(UPSTREAM_BUF, 0);
         }
-        let deadline = self.proxy.upstream_timeout.map(|t| Instant::now() + t);
         let mut got = 0;
         let mut interim = false;
         loop {
@@ -618,6 +629,9 @@ impl Conn<'_> {
         let client = &mut *self.client;
         let timer = &mut self.client_timer;
         let limit = self.send_timeout;
+        // Each wait for the node's next bytes: -upstream-timeout (on the same timer: one wait at
+        // a time).
+        let stall = self.proxy.upstream_timeout;
         let to_client = |e: io::Error| {
             debug!(error = %e, "client write failed or timed out");
             StreamError::Client(ClientError::Gone)
@@ -636,18 +650,17 @@ impl Conn<'_> {
                 let mut left = n - first as u64;
                 #[cfg(target_os = "linux")]
                 if left >= splice::MIN && self.splicer.ready() {
-                    self.splicer.body(&up, client, left, timer, None, Some(limit)).await.map_err(|b| match b {
+                    self.splicer.body(&up, client, left, timer, stall, Some(limit)).await.map_err(|b| match b {
                         splice::Broke::SourceClosed => node_closed_mid_body(),
                         splice::Broke::Source(e) => StreamError::Upstream(e),
-                        // No limit on the node's side: not reached.
-                        splice::Broke::SourceTimeout => StreamError::Upstream(io::ErrorKind::TimedOut.into()),
+                        splice::Broke::SourceTimeout => StreamError::Upstream(stalled(stall.unwrap_or_default())),
                         splice::Broke::Dest(e) => to_client(e),
                     })?;
                     left = 0;
                 }
                 while left > 0 {
                     let room = self.ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let n = read_upstream(&mut up, &mut self.ubuf[..room]).await?;
+                    let n = read_upstream(&mut up, &mut self.ubuf[..room], timer, stall).await?;
                     write_client(client, &mut [IoSlice::new(&self.ubuf[..n])], timer, limit)
                         .await
                         .map_err(to_client)?;
@@ -673,7 +686,7 @@ impl Conn<'_> {
                 .await
                 .map_err(to_client)?;
                 while !done {
-                    let n = read_upstream(&mut up, &mut self.ubuf).await?;
+                    let n = read_upstream(&mut up, &mut self.ubuf, timer, stall).await?;
                     let s = chunks.scan(&self.ubuf[..n]).map_err(|_| bad_upstream())?;
                     write_client(
                         client,
@@ -703,7 +716,7 @@ impl Conn<'_> {
                 .await
                 .map_err(to_client)?;
                 loop {
-                    let n = match up.read(&mut self.ubuf).await {
+                    let n = match read_node(&mut up, &mut self.ubuf, timer, stall).await {
                         Ok(n) => n,
                         Err(e) => return Err(StreamError::Upstream(e)),
                     };
@@ -743,25 +756,63 @@ fn grow(buf: &mut Vec<u8>, read: usize) {
 }
 
 /// How a node's response body that broke after its head is counted: bad framing is an invalid
-/// response, anything else a broken connection.
+/// response, a stall a timeout, anything else a broken connection.
 fn broken_body_error(e: &io::Error) -> crate::metrics::UpstreamError {
-    if e.kind() == io::ErrorKind::InvalidData {
-        crate::metrics::UpstreamError::InvalidResponse
-    } else {
-        crate::metrics::UpstreamError::Send
+    match e.kind() {
+        io::ErrorKind::InvalidData => crate::metrics::UpstreamError::InvalidResponse,
+        io::ErrorKind::TimedOut => crate::metrics::UpstreamError::Timeout,
+        _ => crate::metrics::UpstreamError::Send,
     }
+}
+
+/// A node that sent nothing of its answer's body for `limit`.
+fn stalled(limit: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("node sent nothing for {}s mid-body", limit.as_secs_f64()))
 }
 
 fn bad_upstream() -> StreamError {
     StreamError::Upstream(io::Error::new(io::ErrorKind::InvalidData, "invalid chunked framing from the node"))
 }
 
-/// Reads part of a body from the node; the end of the stream before the body's end is an error.
-async fn read_upstream(up: &mut TcpStream, buf: &mut [u8]) -> Result<usize, StreamError> {
-    match up.read(buf).await {
+/// Reads part of a body from the node; the end of the stream before the body's end is an error,
+/// and so is a node that sends nothing for `limit`.
+async fn read_upstream(
+    up: &mut TcpStream,
+    buf: &mut [u8],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Option<Duration>,
+) -> Result<usize, StreamError> {
+    match read_node(up, buf, timer, limit).await {
         Ok(0) => Err(node_closed_mid_body()),
         Ok(n) => Ok(n),
         Err(e) => Err(StreamError::Upstream(e)),
+    }
+}
+
+/// One read from the node (0: it closed); one that waits longer than `limit` fails with
+/// `TimedOut`. The wait uses the connection's timer, and only when nothing is there to read.
+async fn read_node(
+    up: &mut TcpStream,
+    buf: &mut [u8],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Option<Duration>,
+) -> io::Result<usize> {
+    loop {
+        match up.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        match limit {
+            Some(limit) => {
+                let deadline = Instant::now() + limit;
+                tokio::select! {
+                    biased;
+                    r = up.readable() => r?,
+                    _ = until(timer, deadline) => return Err(stalled(limit)),
+                }
+            }
+            None => up.readable().await?,
+        }
     }
 }
 
@@ -787,16 +838,37 @@ fn chunk_size(buf: &mut [u8; 20], n: usize) -> &[u8] {
 }
 
 /// Writes every slice to the node; on failure, says how many bytes were written first (none:
-/// nothing of the call reached the node).
-async fn write_counted(w: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> Result<(), (usize, io::Error)> {
+/// nothing of the call reached the node). A write that stays blocked for `limit` (the node
+/// stopped reading) fails with `TimedOut`; the wait uses the connection's timer, and only when
+/// the socket is full.
+async fn write_counted(
+    w: &mut TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Option<Duration>,
+) -> Result<(), (usize, io::Error)> {
     let mut written = 0;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        match w.write_vectored(bufs).await {
+        match w.try_write_vectored(bufs) {
             Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
             Ok(n) => {
                 written += n;
                 IoSlice::advance_slices(&mut bufs, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let ready = match limit {
+                    Some(limit) => {
+                        let deadline = Instant::now() + limit;
+                        tokio::select! {
+                            biased;
+                            r = w.writable() => r,
+                            _ = until(timer, deadline) => Err(io::ErrorKind::TimedOut.into()),
+                        }
+                    }
+                    None => w.writable().await,
+                };
+                ready.map_err(|e| (written, e))?;
             }
             Err(e) => return Err((written, e)),
         }

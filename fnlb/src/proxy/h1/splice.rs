@@ -7,8 +7,9 @@
 //! The loop keeps the copy loop's shape exactly, the pipe standing in for its buffer: one read
 //! from the source (at most what is left of the body), then everything read written out before
 //! the next read. So the deadlines are the copy loop's: a read that would block waits at most its
-//! limit (-client-body-timeout when the source is the client), a write that would block waits at
-//! most its own (-send-timeout when the destination is the client), each armed on the
+//! limit (-client-body-timeout when the source is the client, -upstream-timeout when it is the
+//! node), a write that would block waits at most its own (-send-timeout when the destination is
+//! the client, -upstream-timeout when it is the node), each armed on the
 //! connection's one timer only when a socket would block; and the pipe is empty whenever the
 //! source is read, so bytes that came before a source's failure have all gone on.
 
