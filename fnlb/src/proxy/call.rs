@@ -251,8 +251,6 @@ pub(crate) struct Call<'a> {
     /// Late binding refused it: the next step answers 503 with this `Retry-After`.
     refused: Option<u32>,
     give_up_ms: u64,
-    /// When the current attempt was sent (for the function's execution time).
-    sent_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Next<'_> {
@@ -289,7 +287,6 @@ impl<'a> Call<'a> {
             ready: false,
             refused: None,
             give_up_ms: 0,
-            sent_at: None,
         }
     }
 
@@ -306,7 +303,6 @@ impl<'a> Call<'a> {
             self.ready = false;
             if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
                 self.obs().attempt();
-                self.sent_at = Some(Instant::now());
                 return Next::Send { node, fresh: false };
             }
         }
@@ -336,7 +332,6 @@ impl<'a> Call<'a> {
                 self.in_flight = Some(node.start_call());
                 self.attempt = Some(attempt);
                 self.obs().attempt();
-                self.sent_at = Some(Instant::now());
                 return Next::Send { node, fresh: false };
             }
         }
@@ -378,7 +373,6 @@ impl<'a> Call<'a> {
         self.ready = false;
         let node = self.attempt.as_ref().map(|a| a.node())?;
         self.obs().attempt();
-        self.sent_at = Some(Instant::now());
         Some(Next::Send { node, fresh: false })
     }
 
@@ -529,11 +523,14 @@ impl<'a> Call<'a> {
     /// mark, which the shell holds until the response body has been passed on.
     pub(crate) fn answered(&mut self, status: StatusCode, wait: Option<Duration>) -> Option<Held> {
         let attempt = self.attempt.take()?;
+        // One clock read for everything the answer updates.
+        let now = Instant::now();
+        let sent = self.obs.as_ref().and_then(|o| o.sent_at());
         let release = self.rules.late.map(|late| {
             if let Some(w) = wait {
                 late.rule.observe_wait(self.hash, w);
-                if let Some(sent) = self.sent_at {
-                    late.rule.observe_exec(self.hash, sent.elapsed().saturating_sub(w));
+                if let Some(sent) = sent {
+                    late.rule.observe_exec(self.hash, now.saturating_duration_since(sent).saturating_sub(w));
                 }
             }
             (late.queue.clone(), late.rule.cfg.slots, self.hash)
@@ -548,8 +545,8 @@ impl<'a> Call<'a> {
         }
         attempt.answered(wait, status);
         if let Some(mut obs) = self.obs.take() {
-            obs.answered(node, self.hash, status, wait);
-            obs.finish(status, None);
+            obs.answered(node, self.hash, status, wait, now);
+            obs.finish_at(status, None, now);
         }
         self.in_flight.take().map(|f| Held { in_flight: Some(f), release })
     }

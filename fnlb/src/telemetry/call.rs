@@ -156,9 +156,21 @@ impl CallObs<'_> {
         now
     }
 
-    /// The node answered with `status`, reporting `wait` (if it said one). `hash` is the key's.
-    pub(crate) fn answered(&mut self, node: &Node, hash: u64, status: StatusCode, wait: Option<Duration>) {
-        let now = Instant::now();
+    /// When the current attempt was written to its node.
+    pub(crate) fn sent_at(&self) -> Option<Instant> {
+        self.sent_at
+    }
+
+    /// The node answered with `status`, reporting `wait` (if it said one), `now`. `hash` is the
+    /// key's.
+    pub(crate) fn answered(
+        &mut self,
+        node: &Node,
+        hash: u64,
+        status: StatusCode,
+        wait: Option<Duration>,
+        now: Instant,
+    ) {
         let round_trip = self.sent_at.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         match &self.node {
             Some((a, m)) if *a == node.addr => m.answered(status.as_u16(), round_trip, wait),
@@ -188,7 +200,11 @@ impl CallObs<'_> {
     /// The client's answer is ready (its body may still be streaming). `unserved`: why the
     /// balancer answered itself, when it did.
     pub(crate) fn finish(self, status: StatusCode, unserved: Option<Unserved>) {
-        let now = Instant::now();
+        self.finish_at(status, unserved, Instant::now());
+    }
+
+    /// [`CallObs::finish`] at `now`, read once by a caller that needs it too.
+    pub(crate) fn finish_at(self, status: StatusCode, unserved: Option<Unserved>, now: Instant) {
         let elapsed = now.saturating_duration_since(self.start);
         metrics::get().finished(status.as_u16(), elapsed, unserved);
         let node = self.node.as_ref().map(|(a, _)| a);
@@ -250,7 +266,7 @@ mod tests {
                 call.attempt();
                 let mut headers = http::HeaderMap::new();
                 call.sending(node, &mut headers);
-                call.answered(node, i as u64, StatusCode::OK, Some(Duration::from_micros(1500)));
+                call.answered(node, i as u64, StatusCode::OK, Some(Duration::from_micros(1500)), Instant::now());
                 call.finish(StatusCode::OK, None);
             }
             let per = t.elapsed().as_nanos() as f64 / n as f64;

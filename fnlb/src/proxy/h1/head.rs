@@ -341,11 +341,19 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool, close_client: bool,
     }
     let connection = &connection[..n_connection];
     let named = |t: &[u8]| connection.iter().any(|v| tokens(v).any(|c| c.eq_ignore_ascii_case(t)));
-    let close = if version == 1 { named(b"close") } else { !named(b"keep-alive") };
-    // Whether Connection names headers (anything but its two options); usually not.
-    let names_headers = connection
-        .iter()
-        .any(|v| tokens(v).any(|c| !c.eq_ignore_ascii_case(b"close") && !c.eq_ignore_ascii_case(b"keep-alive")));
+    // One pass over Connection's options: `close`, `keep-alive`, and whether it names headers
+    // (anything else; usually not).
+    let (mut says_close, mut says_keep_alive, mut names_headers) = (false, false, false);
+    for c in connection.iter().flat_map(|v| tokens(v)) {
+        if c.eq_ignore_ascii_case(b"close") {
+            says_close = true;
+        } else if c.eq_ignore_ascii_case(b"keep-alive") {
+            says_keep_alive = true;
+        } else {
+            names_headers = true;
+        }
+    }
+    let close = if version == 1 { says_close } else { !says_keep_alive };
     let body = if head_request || status == 204 || status == 304 {
         Framing::None
     } else {
