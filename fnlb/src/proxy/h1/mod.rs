@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -797,23 +797,36 @@ async fn read_node(
     timer: &mut Pin<Box<Sleep>>,
     limit: Option<Duration>,
 ) -> io::Result<usize> {
-    loop {
-        match up.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
-        match limit {
-            Some(limit) => {
-                let deadline = Instant::now() + limit;
-                tokio::select! {
-                    biased;
-                    r = up.readable() => r?,
-                    _ = until(timer, deadline) => return Err(stalled(limit)),
-                }
-            }
-            None => up.readable().await?,
-        }
+    // One try through the stream's own poll, which takes a short read as "drained" and so spares
+    // the next read a system call that would find nothing; no deadline is made when bytes are
+    // there.
+    let mut first = tokio::io::ReadBuf::new(buf);
+    if let Some(r) = poll_once(|cx| Pin::new(&mut *up).poll_read(cx, &mut first)).await {
+        return r.map(|()| first.filled().len());
     }
+    match limit {
+        Some(limit) => {
+            let deadline = Instant::now() + limit;
+            tokio::select! {
+                biased;
+                r = up.read(buf) => r,
+                _ = until(timer, deadline) => Err(stalled(limit)),
+            }
+        }
+        None => up.read(buf).await,
+    }
+}
+
+/// Polls once: the result, or `None` when it would wait (the task is then woken when it can go
+/// on, as for any poll).
+async fn poll_once<T>(mut poll: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match poll(cx) {
+            std::task::Poll::Ready(t) => Some(t),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 fn node_closed_mid_body() -> StreamError {
@@ -850,25 +863,27 @@ async fn write_counted(
     let mut written = 0;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        match w.try_write_vectored(bufs) {
+        // As in [`read_node`]: one poll first (a short write marks the socket full), the deadline
+        // only when it would wait.
+        let r = match poll_once(|cx| Pin::new(&mut *w).poll_write_vectored(cx, bufs)).await {
+            Some(r) => r,
+            None => match limit {
+                Some(limit) => {
+                    let deadline = Instant::now() + limit;
+                    tokio::select! {
+                        biased;
+                        r = w.write_vectored(bufs) => r,
+                        _ = until(timer, deadline) => Err(io::ErrorKind::TimedOut.into()),
+                    }
+                }
+                None => w.write_vectored(bufs).await,
+            },
+        };
+        match r {
             Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
             Ok(n) => {
                 written += n;
                 IoSlice::advance_slices(&mut bufs, n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let ready = match limit {
-                    Some(limit) => {
-                        let deadline = Instant::now() + limit;
-                        tokio::select! {
-                            biased;
-                            r = w.writable() => r,
-                            _ = until(timer, deadline) => Err(io::ErrorKind::TimedOut.into()),
-                        }
-                    }
-                    None => w.writable().await,
-                };
-                ready.map_err(|e| (written, e))?;
             }
             Err(e) => return Err((written, e)),
         }
