@@ -790,30 +790,43 @@ async fn read_upstream(
 }
 
 /// One read from the node (0: it closed); one that waits longer than `limit` fails with
-/// `TimedOut`. The wait uses the connection's timer, and only when nothing is there to read.
+/// `TimedOut`, saying so.
 async fn read_node(
     up: &mut TcpStream,
     buf: &mut [u8],
     timer: &mut Pin<Box<Sleep>>,
     limit: Option<Duration>,
 ) -> io::Result<usize> {
-    // One try through the stream's own poll, which takes a short read as "drained" and so spares
-    // the next read a system call that would find nothing; no deadline is made when bytes are
-    // there.
+    match read_limited(up, buf, timer, limit).await {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(stalled(limit.unwrap_or_default())),
+        r => r,
+    }
+}
+
+/// One read from either peer (0: it closed); one that waits longer than `limit` fails with
+/// `TimedOut`. The first try goes through the stream's own poll, which takes a short read as
+/// "drained" and so spares the next read a system call that would find nothing; the deadline is
+/// made, on the connection's timer, only when nothing is there to read.
+async fn read_limited(
+    r: &mut TcpStream,
+    buf: &mut [u8],
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Option<Duration>,
+) -> io::Result<usize> {
     let mut first = tokio::io::ReadBuf::new(buf);
-    if let Some(r) = poll_once(|cx| Pin::new(&mut *up).poll_read(cx, &mut first)).await {
-        return r.map(|()| first.filled().len());
+    if let Some(got) = poll_once(|cx| Pin::new(&mut *r).poll_read(cx, &mut first)).await {
+        return got.map(|()| first.filled().len());
     }
     match limit {
         Some(limit) => {
             let deadline = Instant::now() + limit;
             tokio::select! {
                 biased;
-                r = up.read(buf) => r,
-                _ = until(timer, deadline) => Err(stalled(limit)),
+                got = r.read(buf) => got,
+                _ = until(timer, deadline) => Err(io::ErrorKind::TimedOut.into()),
             }
         }
-        None => up.read(buf).await,
+        None => r.read(buf).await,
     }
 }
 
@@ -850,8 +863,8 @@ fn chunk_size(buf: &mut [u8; 20], n: usize) -> &[u8] {
     &buf[i..]
 }
 
-/// Writes every slice to the node; on failure, says how many bytes were written first (none:
-/// nothing of the call reached the node). A write that stays blocked for `limit` (the node
+/// Writes every slice to either peer; on failure, says how many bytes were written first (for a
+/// node, none: nothing of the call reached it). A write that stays blocked for `limit` (the peer
 /// stopped reading) fails with `TimedOut`; the wait uses the connection's timer, and only when
 /// the socket is full.
 async fn write_counted(
@@ -863,8 +876,8 @@ async fn write_counted(
     let mut written = 0;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        // As in [`read_node`]: one poll first (a short write marks the socket full), the deadline
-        // only when it would wait.
+        // As in [`read_limited`]: one poll first (a short write marks the socket full), the
+        // deadline only when it would wait.
         let r = match poll_once(|cx| Pin::new(&mut *w).poll_write_vectored(cx, bufs)).await {
             Some(r) => r,
             None => match limit {
@@ -892,54 +905,29 @@ async fn write_counted(
 }
 
 /// Writes every slice to the client; a write that stays blocked for `limit` (the client does not
-/// read) fails. The wait uses the connection's timer, and only when the socket is full.
+/// read) fails.
 async fn write_client(
     w: &mut TcpStream,
-    mut bufs: &mut [IoSlice<'_>],
+    bufs: &mut [IoSlice<'_>],
     timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
 ) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.try_write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let deadline = Instant::now() + limit;
-                tokio::select! {
-                    biased;
-                    r = w.writable() => r?,
-                    _ = until(timer, deadline) => return Err(io::ErrorKind::TimedOut.into()),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    write_counted(w, bufs, timer, Some(limit)).await.map_err(|(_, e)| e)
 }
 
 /// Reads part of a client's body; a client that sends nothing for `limit` fails, and so does one
-/// that closes before the body's end. The wait uses the connection's timer, and only when
-/// nothing is there to read.
+/// that closes before the body's end.
 async fn read_within(
     r: &mut TcpStream,
     buf: &mut [u8],
     timer: &mut Pin<Box<Sleep>>,
     limit: Duration,
 ) -> Result<usize, ClientError> {
-    loop {
-        match r.try_read(buf) {
-            Ok(0) => return Err(ClientError::Gone),
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(ClientError::Gone),
-        }
-        let deadline = Instant::now() + limit;
-        tokio::select! {
-            biased;
-            r = r.readable() => r.map_err(|_| ClientError::Gone)?,
-            _ = until(timer, deadline) => return Err(ClientError::Timeout),
-        }
+    match read_limited(r, buf, timer, Some(limit)).await {
+        Ok(0) => Err(ClientError::Gone),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ClientError::Timeout),
+        Err(_) => Err(ClientError::Gone),
     }
 }
 
