@@ -108,6 +108,20 @@ async fn with_fnsim_a_hot_function_spills_along_its_order_and_stays_warm_there()
     let want: Vec<(&str, &str)> = names.iter().map(|a| (a.as_str(), "online")).collect();
     lb.wait_nodes(&want).await;
 
+    // A cool function, one call at a time on an idle cluster: always its home, warm after the
+    // first call. (Checked before the hot bursts: after them its home may hold the hot
+    // function's idle containers in every slot, and then going elsewhere instead of evicting one
+    // is the policy's rule, not a fault; whether it does depends on the ports the nodes got.)
+    let cool = "/r/app/cool";
+    let cool_home = &order_of(names.iter().cloned(), cool)[0];
+    let mut colds = Vec::new();
+    for _ in 0..5 {
+        let calls = wave(&lb, &sim, cool, 1, "5").await;
+        assert_eq!(&calls[0].0, cool_home, "the cool function left its idle home");
+        colds.push(calls[0].1);
+    }
+    assert_eq!(colds, [true, false, false, false, false]);
+
     let hot = "/r/app/hot";
     let hot_order = order_of(names.iter().cloned(), hot);
     let first = wave(&lb, &sim, hot, 8, "1500").await;
@@ -135,16 +149,4 @@ async fn with_fnsim_a_hot_function_spills_along_its_order_and_stays_warm_there()
         let rank = hot_order.iter().position(|n| n == node).unwrap();
         assert!(rank < 4, "second burst reached {node} (choice {rank})");
     }
-
-    // A cool function, one call at a time on an idle cluster: always its home, warm after the
-    // first call.
-    let cool = "/r/app/cool";
-    let cool_home = &order_of(names.iter().cloned(), cool)[0];
-    let mut colds = Vec::new();
-    for _ in 0..5 {
-        let calls = wave(&lb, &sim, cool, 1, "5").await;
-        assert_eq!(&calls[0].0, cool_home, "the cool function left its idle home");
-        colds.push(calls[0].1);
-    }
-    assert_eq!(colds, [true, false, false, false, false]);
 }
