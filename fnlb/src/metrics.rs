@@ -201,7 +201,13 @@ pub(crate) fn get() -> &'static Metrics {
 /// Counts a spill: a call served by `node` although its key's home is another node (the home
 /// was loaded or down). For routing policies; cheap (a map read and an atomic add).
 pub(crate) fn spill(node: &Node) {
-    get().node(&node.addr).spill();
+    of(node).spill();
+}
+
+/// The metric handles of `node`, found once per node (attached to it) rather than in the map
+/// at each call: the map's lock and hash were a tenth of a call's instructions.
+pub(crate) fn of(node: &Node) -> &NodeMetrics {
+    node.attached.get_or_init(|| get().node(&node.addr))
 }
 
 impl Metrics {

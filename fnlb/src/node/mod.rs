@@ -110,18 +110,29 @@ impl Node {
     }
 }
 
-/// What another layer keeps per node for the node's lifetime, made at its first use. Its type is
-/// that layer's, so node/ does not depend on it: the proxy keeps its connection pool here, and
-/// finding it costs a call what a field would plus one type check, with no lock.
+/// What other layers keep per node for the node's lifetime, each made at its first use. Their
+/// types are those layers', so node/ depends on none of them: the proxy keeps its connection
+/// pool here, the metrics their handles. Finding one costs a call what a field would plus a type
+/// check or two, with no lock.
 #[derive(Default)]
-pub struct Attachment(OnceLock<Box<dyn Any + Send + Sync>>);
+pub struct Attachment([OnceLock<Box<dyn Any + Send + Sync>>; ATTACHMENTS]);
+
+/// Layers that attach a value to a node: the proxy's pool and the node's metric handles.
+const ATTACHMENTS: usize = 2;
 
 impl Attachment {
-    /// The value, made by `init` at the first call. An attachment holds one type: it has one
-    /// accessor, the layer that owns it, so every call asks for the same `T`.
+    /// The value of type `T`, made by `init` at the first call. Each type has one accessor, the
+    /// layer that owns it; a type takes the first slot free when it is first asked for, so the
+    /// slots fill in the order the layers first ask (racing layers each get a slot of their own).
     pub(crate) fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> &T {
-        let value = self.0.get_or_init(|| Box::new(init()));
-        value.downcast_ref().expect("a node's attachment is asked for one type only")
+        let mut init = Some(init);
+        for slot in &self.0 {
+            let value = slot.get_or_init(|| Box::new(init.take().map(|f| f()).expect("made once")));
+            if let Some(v) = value.downcast_ref() {
+                return v;
+            }
+        }
+        panic!("more layers attach values to a node than ATTACHMENTS");
     }
 }
 
@@ -206,5 +217,23 @@ impl Snapshot {
     /// A node may take traffic: healthy by its checks and not just seen failing by the proxy.
     pub(crate) fn is_eligible(&self, i: usize) -> bool {
         self.healthy[i] && !self.nodes[i].is_suspect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_layer_gets_its_own_attachment_made_once() {
+        let node = Node::new(NodeAddr::parse("127.0.0.1:1").unwrap(), Arc::default());
+        let pool: &String = node.attached.get_or_init(|| "pool".to_string());
+        let handles: &u64 = node.attached.get_or_init(|| 7);
+        assert_eq!((pool.as_str(), *handles), ("pool", 7));
+        // Asked again, each type finds its own value; the init is not run.
+        let again: &u64 = node.attached.get_or_init(|| unreachable!());
+        let pool_again: &String = node.attached.get_or_init(|| unreachable!());
+        assert_eq!((pool_again.as_str(), *again), ("pool", 7));
+        assert!(std::ptr::eq(pool, pool_again));
     }
 }

@@ -221,7 +221,7 @@ impl UpstreamBody {
     /// counted.
     fn broke(&mut self, kind: crate::metrics::UpstreamError) {
         if let Some(call) = &self.call {
-            crate::metrics::get().node(&call.node().addr).error(kind);
+            crate::metrics::of(call.node()).error(kind);
         }
         self.conn = None;
         self.call = None;

@@ -3,7 +3,6 @@
 //! the node answers, the call is answered. Each moment feeds the metrics, the stats, the trace
 //! and the access log. Lean on purpose: without tracing and the access log a call costs two clock
 //! reads, a few atomic adds, one histogram lock and one stats-shard lock, and no allocation.
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, StatusCode};
@@ -11,7 +10,7 @@ use tracing::info;
 
 use super::trace::{self, CallTrace};
 use super::Observers;
-use crate::metrics::{self, NodeMetrics, Retry, Unserved, UpstreamError};
+use crate::metrics::{self, Retry, Unserved, UpstreamError};
 use crate::node::{Node, NodeAddr};
 
 pub(crate) struct CallObs<'a> {
@@ -25,7 +24,7 @@ pub(crate) struct CallObs<'a> {
     /// Why the previous attempt did not get an answer; counted as a retry when another begins.
     failure: Option<Retry>,
     /// The node of the current attempt, once the request is being sent.
-    node: Option<(NodeAddr, Arc<NodeMetrics>)>,
+    node: Option<NodeAddr>,
     sent_at: Option<Instant>,
     wait: Option<Duration>,
 }
@@ -96,10 +95,7 @@ impl CallObs<'_> {
     /// The call engine ([`crate::proxy::call`]) decides both.
     pub(crate) fn failed(&mut self, node: &Node, kind: Option<UpstreamError>, retry: Option<Retry>, error: &str) {
         if let Some(kind) = kind {
-            match &self.node {
-                Some((a, m)) if *a == node.addr => m.error(kind),
-                _ => metrics::get().node(&node.addr).error(kind),
-            }
+            metrics::of(node).error(kind);
         }
         self.failure = retry;
         if let Some(t) = &self.trace {
@@ -143,8 +139,8 @@ impl CallObs<'_> {
 
     fn sending_to(&mut self, node: &Node) -> Instant {
         let now = Instant::now();
-        if self.node.as_ref().is_none_or(|(a, _)| *a != node.addr) {
-            self.node = Some((node.addr.clone(), metrics::get().node(&node.addr)));
+        if self.node.as_ref() != Some(&node.addr) {
+            self.node = Some(node.addr.clone());
         }
         self.sent_at = Some(now);
         if let Some(t) = &self.trace {
@@ -172,10 +168,7 @@ impl CallObs<'_> {
         now: Instant,
     ) {
         let round_trip = self.sent_at.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-        match &self.node {
-            Some((a, m)) if *a == node.addr => m.answered(status.as_u16(), round_trip, wait),
-            _ => metrics::get().node(&node.addr).answered(status.as_u16(), round_trip, wait),
-        }
+        metrics::of(node).answered(status.as_u16(), round_trip, wait);
         self.obs.stats.record(node, hash, self.path, wait, status == StatusCode::SERVICE_UNAVAILABLE);
         self.wait = wait;
         if let Some(t) = &self.trace {
@@ -188,10 +181,7 @@ impl CallObs<'_> {
     pub(crate) fn abandoned(self, node: Option<&Node>, hash: u64) {
         let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
         if let Some(node) = node {
-            match &self.node {
-                Some((a, m)) if *a == node.addr => m.abandoned(status.as_u16()),
-                _ => metrics::get().node(&node.addr).abandoned(status.as_u16()),
-            }
+            metrics::of(node).abandoned(status.as_u16());
             self.obs.stats.record(node, hash, self.path, None, false);
         }
         self.finish(status, None);
@@ -207,7 +197,7 @@ impl CallObs<'_> {
     pub(crate) fn finish_at(self, status: StatusCode, unserved: Option<Unserved>, now: Instant) {
         let elapsed = now.saturating_duration_since(self.start);
         metrics::get().finished(status.as_u16(), elapsed, unserved);
-        let node = self.node.as_ref().map(|(a, _)| a);
+        let node = self.node.as_ref();
         if let Some(t) = &self.trace {
             self.emit(t.serve_span(now, self.method.as_str(), self.path, status.as_u16(), node));
         }

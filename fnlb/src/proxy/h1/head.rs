@@ -66,7 +66,8 @@ fn method(m: &str) -> Option<Method> {
 /// Origin-form targets made of the characters every URI parser accepts; anything else (and
 /// absolute-form, `*`) is left to the general server.
 fn plain_target(t: &str) -> bool {
-    t.starts_with('/') && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
+    const PLAIN: [bool; 256] = rules::alnum_and(b"-._~!$&'()*+,;=:@/?%");
+    t.starts_with('/') && t.bytes().all(|b| PLAIN[usize::from(b)])
 }
 
 /// Parses a request head from the start of `buf`.

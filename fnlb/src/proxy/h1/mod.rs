@@ -458,7 +458,7 @@ impl Conn<'_> {
                 }
                 Err(StreamError::Upstream(e)) => {
                     // Hook: the answer is cut (the client's connection closes); the node's fault.
-                    crate::metrics::get().node(&node.addr).error(broken_body_error(&e));
+                    crate::metrics::of(node).error(broken_body_error(&e));
                     debug!(node = %node.addr, error = %e, "node's response body broke; closing the client");
                     false
                 }
