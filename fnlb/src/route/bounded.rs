@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use super::warmth::Warmth;
+use super::warmth::{Slots, Warmth};
 use super::{Balancers, Placement, Policy};
 use crate::clock;
 use crate::node::{Node, Snapshot};
@@ -162,21 +162,23 @@ impl Bounded {
     /// an idle container and calls to spare, or one with room for a new container under the
     /// load bound; else the least loaded of the probes.
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize], now: u64) -> Option<usize> {
-        let i = match self.scan(snap, hash, tried, now)? {
+        self.warmth.tick(snap, now);
+        // One guard for the walk and the count (each load of the table is a locked write).
+        let slots = self.warmth.view();
+        let i = match self.scan(&slots, snap, hash, tried)? {
             Placement::Go(i) | Placement::Room(i) | Placement::Full(i) => i,
         };
-        self.warmth.start(hash, &snap.nodes()[i], now);
+        slots.start(hash, &snap.nodes()[i], now);
         Some(i)
     }
 
-    /// [`pick_warm`](Self::pick_warm)'s walk, counting nothing: the first node that can take
-    /// the call (warm: [`Placement::Go`]; in a new container: [`Placement::Room`]), or
-    /// [`Placement::Full`] with the least loaded probe.
-    fn scan(&self, snap: &Snapshot, hash: u64, tried: &[usize], now: u64) -> Option<Placement> {
-        self.warmth.tick(snap, now);
+    /// [`pick_warm`](Self::pick_warm)'s walk over `slots` (the warmth table, after its
+    /// [`tick`](Warmth::tick)), counting nothing: the first node that can take the call (warm:
+    /// [`Placement::Go`]; in a new container: [`Placement::Room`]), or [`Placement::Full`] with
+    /// the least loaded probe.
+    fn scan(&self, slots: &Slots, snap: &Snapshot, hash: u64, tried: &[usize]) -> Option<Placement> {
         let shares = self.shares();
         let bound = self.bound(snap, shares.floor);
-        let warmth = self.warmth.view();
         let mut least: Option<(usize, u32)> = None;
         let mut probed = 0;
         let mut chosen = None;
@@ -187,7 +189,7 @@ impl Bounded {
             let node = &snap.nodes()[i];
             let load = node.in_flight();
             if !node.is_busy() && node.wait() <= self.wait_limit {
-                let warm = load < shares.warm_cap && warmth.get(hash, node).has_idle();
+                let warm = load < shares.warm_cap && slots.get(hash, node).has_idle();
                 let room = node.containers() < self.cap && (!self.tuning.cold_bound || load < bound);
                 if warm || room {
                     chosen = Some(if warm { Placement::Go(i) } else { Placement::Room(i) });
@@ -265,9 +267,10 @@ impl Policy for Bounded {
 
     fn observe(&self, node: &Node, hash: u64, wait: Option<Duration>, status: StatusCode) {
         if self.tuning.warm {
-            self.warmth.finish(hash, node, clock::now_ms());
+            let slots = self.warmth.view();
+            slots.finish(hash, node, clock::now_ms());
             if self.tuning.forget && wait.is_some_and(|w| w >= COLD_WAIT) {
-                self.warmth.cold_seen(hash, node);
+                slots.cold_seen(hash, node);
             }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -288,7 +291,8 @@ impl Policy for Bounded {
             return None;
         }
         if self.tuning.warm {
-            self.scan(snap, hash, tried, clock::now_ms())
+            self.warmth.tick(snap, clock::now_ms());
+            self.scan(&self.warmth.view(), snap, hash, tried)
         } else {
             self.pick_by_load(snap, hash, tried).map(Placement::Go)
         }

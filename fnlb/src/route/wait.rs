@@ -190,11 +190,13 @@ impl WaitRule {
     /// will free for it.
     fn busy(&self, snap: &Snapshot, warmth: Option<&Warmth>, hash: u64) -> u32 {
         let Some(w) = warmth else { return 0 };
+        // One guard for every probe's read (each load of the table is a locked write).
+        let slots = w.view();
         snap.table()
             .order(hash)
             .filter(|i| snap.is_eligible(*i))
             .take(self.cfg.probes)
-            .map(|i| w.get(hash, &snap.nodes()[i]).in_flight)
+            .map(|i| slots.get(hash, &snap.nodes()[i]).in_flight)
             .sum()
     }
 
