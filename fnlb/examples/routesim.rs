@@ -333,7 +333,7 @@ fn run(policy: &str, variant: &str, tr: &Trace, late: bool) -> Report {
                         match lbr.rule.decide(&lbr.snap, lbr.policy.warmth(), hash, placement, view, now_ms) {
                             Decision::Cold(i) => {
                                 let room = matches!(placement, Placement::Room(_));
-                                to_send.push((ci, l, i, false, if room { 5 } else { 1 }))
+                                to_send.push((ci, l, i, false, if room { 5 } else { 1 }));
                             }
                             Decision::Refuse { .. } => rep.refused += 1,
                             Decision::Wait { cold_at_ms, give_up_ms } => {
@@ -446,10 +446,10 @@ fn run(policy: &str, variant: &str, tr: &Trace, late: bool) -> Report {
                     rep.points.push((c.at.as_secs_f64(), cold));
                 }
                 rep.by_why[r.why].0 += 1;
-                rep.by_why[r.why].1 += cold as usize;
+                rep.by_why[r.why].1 += usize::from(cold);
                 let d = diag.entry(c.func).or_insert((0, 0, 0.0));
                 d.0 += 1;
-                d.1 += cold as usize;
+                d.1 += usize::from(cold);
                 d.2 += now - c.at.as_secs_f64() * 1000.0 - c.exec_ms;
                 let sched = c.at.as_secs_f64() * 1000.0;
                 rep.late += usize::from(now - sched > TIMEOUT_MS);
@@ -543,7 +543,9 @@ fn main() {
             "--arrivals" => az.arrivals = if v == "uniform" { Arrivals::Uniform } else { Arrivals::Poisson },
             "--windows" => windows = v == "1",
             "--sep" => sep = v.chars().next().unwrap(),
-            "--policies" if v == "all" => policies = fnlb::route::POLICIES.iter().map(|p| p.to_string()).collect(),
+            "--policies" if v == "all" => {
+                policies = fnlb::route::POLICIES.iter().map(std::string::ToString::to_string).collect();
+            }
             "--policies" => policies = v.split(sep).map(String::from).collect(),
             "--variant" => variant = v.clone(),
             "--warmup" => warmup = v.parse().unwrap(),
@@ -603,7 +605,7 @@ fn main() {
                 println!("rejoin: {on_0} of {called} functions called after node 0 returned went to it ({homed} homed there)");
             }
             let mean = r.busy.iter().sum::<f64>() / NODES as f64;
-            let max = r.busy.iter().cloned().fold(0.0, f64::max);
+            let max = r.busy.iter().copied().fold(0.0, f64::max);
             println!(
                 "| {p} | {seed} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {} | {} | {}: {} / {} / {} |",
                 tr.rate,

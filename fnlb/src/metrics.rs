@@ -174,7 +174,7 @@ impl NodeMetrics {
 
     #[cfg(test)]
     pub(crate) fn errors_snapshot(&self) -> [u64; 4] {
-        self.errors.each_ref().map(|c| c.get())
+        self.errors.each_ref().map(prometheus_client::metrics::counter::Counter::get)
     }
 }
 
@@ -274,7 +274,7 @@ impl Metrics {
 
     /// The handles of one node (created at its first call).
     pub(crate) fn node(&self, addr: &NodeAddr) -> Arc<NodeMetrics> {
-        if let Some(m) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(addr.as_str()) {
+        if let Some(m) = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr.as_str()) {
             return m.clone();
         }
         let node = addr.to_string();
@@ -286,7 +286,7 @@ impl Metrics {
             errors: ERROR_KINDS.map(|kind| self.errors.get_or_create(&NodeKindL { node: node.clone(), kind }).clone()),
             spills: self.spills.get_or_create(&NodeL { node }).clone(),
         });
-        self.nodes.write().unwrap_or_else(|p| p.into_inner()).entry(addr.clone()).or_insert(m).clone()
+        self.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).entry(addr.clone()).or_insert(m).clone()
     }
 
     pub(crate) fn retry(&self, why: Retry) {
@@ -303,7 +303,7 @@ impl Metrics {
 
     /// Forgets the series of nodes that are no longer in the node set.
     fn prune(&self, live: &HashSet<&str>) {
-        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = self.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let gone: Vec<NodeAddr> = nodes.keys().filter(|a| !live.contains(a.as_str())).cloned().collect();
         for addr in gone {
             nodes.remove(&addr);

@@ -124,7 +124,7 @@ pub(crate) async fn serve_connection<IO>(io: IO, peer: SocketAddr, role: Role, s
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_http(io, peer, role, shared, Http::Plain, None).await
+    serve_http(io, peer, role, shared, Http::Plain, None).await;
 }
 
 /// Serves a plain-TCP traffic connection on the proxy's HTTP/1.1 fast path
@@ -229,7 +229,7 @@ async fn serve_tls(tls: &TlsAcceptor, stream: TcpStream, peer: SocketAddr, role:
         _ = stop.changed() => return,
     };
     let http = if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) { Http::Tls2 } else { Http::Tls1 };
-    serve_http(stream, peer, role, shared, http, None).await
+    serve_http(stream, peer, role, shared, http, None).await;
 }
 
 /// Accepts the TLS handshake. A plain HTTP client (its first byte a letter where a TLS handshake
@@ -320,7 +320,7 @@ async fn serve_http<IO>(
             // cap the keep-alive timeout; [`Activity`] keeps the two apart.
             .header_read_timeout(None);
         let conn = builder.serve_connection(io, svc);
-        return drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await;
+        return drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, &activity, peer, &shared).await;
     }
     let builder = auto::Builder::new(Streams { send_timeout: limits.send_timeout, peer });
     let mut builder = if http == Http::Tls2 { builder.http2_only() } else { builder.http1_only() };
@@ -338,7 +338,7 @@ async fn serve_http<IO>(
         .initial_connection_window_size(H2_CONN_WINDOW)
         .max_send_buf_size(H2_SEND_BUF);
     let conn = builder.serve_connection(io, svc);
-    drive(conn, |c| c.graceful_shutdown(), &activity, peer, &shared).await
+    drive(conn, hyper_util::server::conn::auto::Connection::graceful_shutdown, &activity, peer, &shared).await;
 }
 
 /// hyper's executor for the tasks of one HTTP/2 connection (one per stream): each runs under

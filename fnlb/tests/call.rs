@@ -135,7 +135,7 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, u
 }
 
 async fn balancer(nodes: &[SocketAddr], extra: &[&str]) -> Fnlb {
-    let list = nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let list = nodes.iter().map(std::string::ToString::to_string).collect::<Vec<_>>().join(",");
     // A management listener of its own: `/metrics` there is the balancer's, wherever a shared
     // listener sends it.
     let mgmt = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();

@@ -1075,7 +1075,7 @@ fn manifests_are_valid_objects_that_fit_together() {
     let rules = role.rules.clone().unwrap();
     let allowed: BTreeSet<&str> = rules
         .iter()
-        .filter(|r| r.api_groups.iter().flatten().any(|g| g.is_empty()))
+        .filter(|r| r.api_groups.iter().flatten().any(std::string::String::is_empty))
         .filter(|r| r.resources.iter().flatten().any(|x| x == "pods"))
         .flat_map(|r| r.verbs.iter().map(String::as_str))
         .collect();

@@ -164,9 +164,9 @@ async fn storm(late_binding: &str) -> usize {
         "--cold-ms",
         "600",
     ]);
-    let list = sim.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let list = sim.addrs.iter().map(std::string::ToString::to_string).collect::<Vec<_>>().join(",");
     let lb = Fnlb::start(&["-nodes", &list, "-node-capacity", "2", "-function-keys=false", late_binding]);
-    let names: Vec<String> = sim.addrs.iter().map(|a| a.to_string()).collect();
+    let names: Vec<String> = sim.addrs.iter().map(std::string::ToString::to_string).collect();
     let want: Vec<(&str, &str)> = names.iter().map(|a| (a.as_str(), "online")).collect();
     lb.wait_nodes(&want).await;
     let call = |i: usize| {

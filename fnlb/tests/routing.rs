@@ -102,9 +102,9 @@ async fn with_fnsim_a_hot_function_spills_along_its_order_and_stays_warm_there()
     // Four simulated nodes with 4 container slots each; fnlb told so (-node-capacity 4: the
     // floor is 2 calls a node). Calls run 1.5 s; a cold start adds 200 ms.
     let sim = Fnsim::start(&["--nodes", "4", "--port", "0", "--slots", "4", "--exec-ms", "1500", "--cold-ms", "200"]);
-    let list = sim.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let list = sim.addrs.iter().map(std::string::ToString::to_string).collect::<Vec<_>>().join(",");
     let lb = Fnlb::start(&["-nodes", &list, "-node-capacity", "4"]);
-    let names: Vec<String> = sim.addrs.iter().map(|a| a.to_string()).collect();
+    let names: Vec<String> = sim.addrs.iter().map(std::string::ToString::to_string).collect();
     let want: Vec<(&str, &str)> = names.iter().map(|a| (a.as_str(), "online")).collect();
     lb.wait_nodes(&want).await;
 

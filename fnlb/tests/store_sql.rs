@@ -286,7 +286,7 @@ async fn listed(lb: &Fnlb) -> BTreeSet<String> {
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    names.iter().map(std::string::ToString::to_string).collect()
 }
 
 /// Waits until the balancer lists exactly these nodes (in any state); returns how long it took.
@@ -683,7 +683,7 @@ async fn reads_the_go_originals_table(kind: Kind, test: &str) {
     assert_eq!(put(&lb, &d).await.status, 200);
     assert_eq!(delete(&lb, &a).await.status, 200);
     let mut want = set(&[&c, &d]);
-    want.extend(junk.iter().map(|s| s.to_string()));
+    want.extend(junk.iter().map(std::string::ToString::to_string));
     assert_eq!(db.sql.rows().await, want, "junk rows are left alone");
     let column_type = match kind {
         Kind::Pg => "SELECT data_type::text FROM information_schema.columns WHERE table_name = 'lb_nodes'",
@@ -986,7 +986,7 @@ impl Drop for DropRole {
                 {
                     eprintln!("warning: could not drop role {role}: {e}");
                 }
-            })
+            });
         })
         .join();
     }

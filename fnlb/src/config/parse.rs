@@ -144,7 +144,7 @@ pub(super) fn resolve_threads(n: usize) -> usize {
     if n > 0 {
         return n;
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// A decimal integer, sign allowed so that callers can say "must not be negative".

@@ -344,7 +344,7 @@ impl SqlStore {
 
     /// Logs an invalid row the first time it is seen.
     fn warn_invalid(&self, row: &str, error: &dyn std::fmt::Display) {
-        let mut warned = self.warned_rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = self.warned_rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if warned.len() < MAX_WARNED_ROWS && warned.insert(row.to_owned()) {
             warn!(row = ?row, %error, "ignoring a stored node that is not a node address");
         }

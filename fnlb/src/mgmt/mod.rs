@@ -181,7 +181,7 @@ impl Mgmt {
             snapshot: &snap,
             cluster: &cluster,
             stats_dropped: self.obs.stats.dropped(),
-            spans: self.obs.tracer.as_ref().map(|t| t.counts()),
+            spans: self.obs.tracer.as_ref().map(super::telemetry::zipkin::Tracer::counts),
             waits: self.waits.as_ref().map(|q| q.stats().counts()),
         });
         let mut r = Response::new(LocalBody::full(Bytes::from(text)));
@@ -282,7 +282,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The body's node address, or what is wrong with the body.
 pub fn parse_node(body: &[u8]) -> Result<NodeAddr, String> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Err(r#"empty body; send {"node":"host:port"}"#.into());
     }
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;

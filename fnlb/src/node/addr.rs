@@ -368,7 +368,7 @@ impl PartialEq<&str> for NodeAddr {
 
 impl Hash for NodeAddr {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        self.as_str().hash(state);
     }
 }
 

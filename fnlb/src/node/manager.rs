@@ -313,7 +313,7 @@ impl Manager {
         }
         match m.health.observe(passed, self.cfg.thresholds) {
             Some(Health::Healthy) => {
-                info!(node = %node.addr, version = %result.as_ref().map(|v| v.to_string()).unwrap_or_default(), "node healthy");
+                info!(node = %node.addr, version = %result.as_ref().map(std::string::ToString::to_string).unwrap_or_default(), "node healthy");
                 self.health_changed = true;
             }
             Some(_) => {

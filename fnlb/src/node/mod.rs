@@ -102,7 +102,7 @@ impl Node {
     /// Folds one reported wait into the decayed mean. A lost update under a race is harmless:
     /// the mean is a hint, not an account.
     pub fn observe_wait(&self, wait: Duration) {
-        let sample = wait.as_micros().min(u64::MAX as u128) as u64;
+        let sample = wait.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.wait_us.load(Ordering::Relaxed);
         // Weight 1/8: one cold start moves the mean by an eighth of its wait, not all of it.
         let new = old - old / 8 + sample / 8;

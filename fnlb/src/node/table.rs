@@ -261,7 +261,7 @@ mod tests {
                     moved += 1;
                 }
             }
-            let share = moved as f64 / ks.len() as f64;
+            let share = f64::from(moved) / ks.len() as f64;
             assert!(share <= 1.0 / 9.0 + 0.02, "joining node took {share}");
         }
     }

@@ -301,7 +301,7 @@ impl<'a> Call<'a> {
     pub(crate) fn next(&mut self) -> Next<'a> {
         if self.ready {
             self.ready = false;
-            if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
+            if let Some(node) = self.attempt.as_ref().map(super::super::route::Attempt::node) {
                 self.obs().attempt();
                 return Next::Send { node, fresh: false };
             }
@@ -311,7 +311,7 @@ impl<'a> Call<'a> {
         }
         if self.same_node {
             self.same_node = false;
-            if let Some(node) = self.attempt.as_ref().map(|a| a.node()) {
+            if let Some(node) = self.attempt.as_ref().map(super::super::route::Attempt::node) {
                 self.obs().attempt();
                 return Next::Send { node, fresh: true };
             }
@@ -371,7 +371,7 @@ impl<'a> Call<'a> {
         };
         self.open(i);
         self.ready = false;
-        let node = self.attempt.as_ref().map(|a| a.node())?;
+        let node = self.attempt.as_ref().map(super::super::route::Attempt::node)?;
         self.obs().attempt();
         Some(Next::Send { node, fresh: false })
     }
@@ -439,7 +439,7 @@ impl<'a> Call<'a> {
     /// node's mark, whether the call goes on, and the client's answer. Returns what to do: `None`,
     /// ask [`Call::next`]; `Some`, answer the client and end the call.
     pub(crate) fn failed(&mut self, failure: Failure) -> Option<Next<'a>> {
-        let node = self.attempt.as_ref().map(|a| a.node());
+        let node = self.attempt.as_ref().map(super::super::route::Attempt::node);
         let addr = node.map_or("-", |n| n.addr.as_str());
         let error = match &failure {
             Failure::Connect(e) => e.clone(),
@@ -525,7 +525,7 @@ impl<'a> Call<'a> {
         let attempt = self.attempt.take()?;
         // One clock read for everything the answer updates.
         let now = Instant::now();
-        let sent = self.obs.as_ref().and_then(|o| o.sent_at());
+        let sent = self.obs.as_ref().and_then(super::super::telemetry::call::CallObs::sent_at);
         let release = self.rules.late.map(|late| {
             if let Some(w) = wait {
                 late.rule.observe_wait(self.hash, w);

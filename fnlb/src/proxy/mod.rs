@@ -136,7 +136,7 @@ impl Proxy {
         }
         // Nodes want origin-form; a client talking to us as a proxy sends absolute-form.
         if parts.uri.authority().is_some() {
-            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let pq = parts.uri.path_and_query().map(http::uri::PathAndQuery::as_str).unwrap_or("/");
             parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
         }
         parts.version = http::Version::HTTP_11;

@@ -69,7 +69,7 @@ impl Pool {
     /// never sent twice once written, so this is the last moment a closed connection is free.
     pub(crate) fn take_raw(&self) -> Option<TcpStream> {
         loop {
-            let s = self.raw.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let s = self.raw.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()?;
             // No system call unless the socket was marked readable since its last read.
             match s.try_read(&mut [0u8; 1]) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -95,7 +95,7 @@ impl Pool {
 
     /// Returns a raw connection whose last response was read to its end.
     pub(crate) fn put_raw(&self, stream: TcpStream) {
-        let mut idle = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.raw.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(stream);
         }
@@ -106,7 +106,7 @@ impl Pool {
     /// for `ready()`.
     pub(crate) fn take_idle(&self) -> Option<Conn> {
         loop {
-            let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let c = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()?;
             if !c.sender.is_closed() && quiet(&c.socket) {
                 return Some(c);
             }
@@ -138,7 +138,7 @@ impl Pool {
         if conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

@@ -134,7 +134,7 @@ impl Bounded {
             balancers: balancers.into(),
             wait_limit: Duration::from_secs(1),
             tuning,
-            cap: ((capacity as f64 * tuning.cap_share).floor() as u32).max(1),
+            cap: ((f64::from(capacity) * tuning.cap_share).floor() as u32).max(1),
             warmth,
         }
     }
@@ -142,7 +142,7 @@ impl Bounded {
     /// One relaxed load and a division: cheap enough for every pick, so a change of the balancer
     /// count applies to the next call.
     fn shares(&self) -> Shares {
-        let per_lb = self.capacity as f64 / self.balancers.get() as f64;
+        let per_lb = f64::from(self.capacity) / f64::from(self.balancers.get());
         Shares {
             floor: ((per_lb * self.tuning.floor_share).floor() as u32).max(1),
             warm_cap: ((per_lb * self.tuning.warm_share).floor() as u32).max(1),
@@ -252,7 +252,7 @@ impl Bounded {
 pub(crate) fn mean_bound(snap: &Snapshot, factor: f64) -> u32 {
     let healthy = snap.healthy_count().max(1) as f64;
     // +1: the call being placed counts, as in the paper.
-    let mean = (snap.total_in_flight() as f64 + 1.0) / healthy;
+    let mean = (f64::from(snap.total_in_flight()) + 1.0) / healthy;
     (factor * mean).ceil() as u32
 }
 

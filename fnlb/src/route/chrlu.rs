@@ -69,13 +69,13 @@ impl ChRlu {
             self.popularity.halve();
         }
         let (count, total) = self.popularity.add(hash);
-        total >= MIN_CALLS && count.saturating_mul(self.capacity.max(1) as u64) >= total
+        total >= MIN_CALLS && count.saturating_mul(u64::from(self.capacity.max(1))) >= total
     }
 
     /// The randomised load check: the load with up to [`NOISE`] of it added.
     fn passes(&self, load: u32, threshold: u32) -> bool {
         let r = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-        (load as f64) * (1.0 + NOISE * r) < threshold as f64
+        f64::from(load) * (1.0 + NOISE * r) < f64::from(threshold)
     }
 }
 

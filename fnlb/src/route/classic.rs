@@ -44,7 +44,7 @@ impl Classic {
 
     fn accepts(&self, node: &Node, hash: u64) -> bool {
         let load = {
-            let map = self.load.lock().unwrap_or_else(|e| e.into_inner());
+            let map = self.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.get(&(node_id(node), hash)).copied().unwrap_or(0)
         };
         let load = Duration::from_nanos(load);
@@ -85,8 +85,8 @@ impl Policy for Classic {
 
     fn observe(&self, node: &Node, hash: u64, wait: Option<Duration>, _status: StatusCode) {
         let Some(wait) = wait else { return };
-        let sample = wait.as_nanos().min(u64::MAX as u128) as u64;
-        let mut map = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        let sample = wait.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let mut map = self.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }

@@ -82,7 +82,7 @@ impl Policy for Hermod {
         let now = clock::now_ms();
         self.warmth.tick(snap, now);
         let share = (self.capacity / self.balancers.get()).max(1);
-        let load = snap.total_in_flight() as f64 / (snap.healthy_count() as f64 * share as f64);
+        let load = f64::from(snap.total_in_flight()) / (snap.healthy_count() as f64 * f64::from(share));
         let i = if load < HIGH_LOAD { self.pack(snap, hash, tried, share) } else { self.least_loaded(snap, tried) }?;
         self.warmth.start(hash, &snap.nodes()[i], now);
         Some(i)

@@ -169,7 +169,7 @@ mod tests {
     fn all_full_goes_to_a_random_healthy_node() {
         let snap = snapshot(4, &[true, false, true, true]);
         let p = OpenWhisk::new(1, 1);
-        let _calls: Vec<_> = snap.nodes().iter().map(|n| n.start_call()).collect();
+        let _calls: Vec<_> = snap.nodes().iter().map(crate::node::Node::start_call).collect();
         let (_, h) = key(5);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..200 {

@@ -35,21 +35,21 @@ impl CountMin {
         let x = self.rows[0][a].fetch_add(1, Relaxed).saturating_add(1);
         let y = self.rows[1][b].fetch_add(1, Relaxed).saturating_add(1);
         let total = self.total.fetch_add(1, Relaxed) + 1;
-        (x.min(y) as u64, total)
+        (u64::from(x.min(y)), total)
     }
 
     /// The function's estimated count.
     #[cfg(test)]
     pub(crate) fn get(&self, hash: u64) -> u64 {
         let [a, b] = cells(hash);
-        self.rows[0][a].load(Relaxed).min(self.rows[1][b].load(Relaxed)) as u64
+        u64::from(self.rows[0][a].load(Relaxed).min(self.rows[1][b].load(Relaxed)))
     }
 
     /// Halves every count: old calls weigh half as much as new ones. (Concurrent adds may be
     /// halved or not; an estimate off by one call does not matter.)
     pub(crate) fn halve(&self) {
         for row in &self.rows {
-            for c in row.iter() {
+            for c in row {
                 let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v / 2));
             }
         }

@@ -154,7 +154,7 @@ impl WaitRule {
     /// A call of the function ran this long on its node (its answer's time less the wait it
     /// reported): how soon its busy containers free.
     pub fn observe_exec(&self, hash: u64, exec: Duration) {
-        self.fold(hash, 0, exec.as_millis().min(FIELD as u128) as u64);
+        self.fold(hash, 0, exec.as_millis().min(u128::from(FIELD)) as u64);
     }
 
     /// A node reported this wait for a call of the function (`XXX-FXLB-WAIT`). A lost update
@@ -163,7 +163,7 @@ impl WaitRule {
         if wait < COLD_SEEN {
             return;
         }
-        let sample = wait.as_micros().min(u64::MAX as u128 / 2) as u64;
+        let sample = wait.as_micros().min(u128::from(u64::MAX) / 2) as u64;
         let old = self.cold_us.load(Relaxed);
         let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.cold_us.store(new, Relaxed);
@@ -213,7 +213,7 @@ impl WaitRule {
             (0, _, _) => Some(u64::MAX),
             (_, Some(gap), _) => Some(ahead.saturating_mul(gap)),
             (_, None, 0) => None,
-            (b, None, exec) => Some(ahead.saturating_mul(exec) / b as u64),
+            (b, None, exec) => Some(ahead.saturating_mul(exec) / u64::from(b)),
         }
     }
 
@@ -529,7 +529,7 @@ impl<N> Inner<N> {
     fn lock(&self) -> MutexGuard<'_, State<N>> {
         // A panic while holding it leaves maps that are still consistent (every update is a
         // single insert or remove): go on with them.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sends the handover; `None` if the waiter's receiver is gone.

@@ -210,7 +210,7 @@ impl Slots {
             // The estimate holds an idle container for this call: a bet that it starts warm.
             entry.bets.fetch_add(1, Relaxed);
         }
-        let lane0 = n.min(255) as u64;
+        let lane0 = u64::from(n.min(255));
         let mut grew = 0;
         let _ = entry.peaks.fetch_update(Relaxed, Relaxed, |p| {
             if p & 0xff >= lane0 {
@@ -256,7 +256,7 @@ impl Slots {
             }
             let now = e.in_flight.load(Relaxed);
             e.bets.fetch_min(now, Relaxed);
-            let k = (now + 1).min(255) as u64;
+            let k = u64::from((now + 1).min(255));
             let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| {
                 Some((0..LANES).map(|l| ((p >> (8 * l)) & 0xff).min(k) << (8 * l)).fold(0, |a, b| a | b))
             });
@@ -374,17 +374,17 @@ impl Warmth {
     }
 
     pub(crate) fn start(&self, hash: u64, node: &Node, now_ms: u64) {
-        self.view().start(hash, node, now_ms)
+        self.view().start(hash, node, now_ms);
     }
 
     pub(crate) fn finish(&self, hash: u64, node: &Node, now_ms: u64) {
-        self.view().finish(hash, node, now_ms)
+        self.view().finish(hash, node, now_ms);
     }
 
     /// See [`Slots::cold_seen`]: a reported cold start caps the pair's estimate.
     #[cfg(test)]
     pub(crate) fn cold_seen(&self, hash: u64, node: &Node) {
-        self.view().cold_seen(hash, node)
+        self.view().cold_seen(hash, node);
     }
 
     /// Moves the lanes on when a period has passed (one caller does it; the others go on),
@@ -449,7 +449,7 @@ impl Shared {
                 e.in_flight.store(0, Relaxed);
                 e.bets.store(0, Relaxed);
             }
-            let in_flight = e.in_flight.load(Relaxed).min(255) as u64;
+            let in_flight = u64::from(e.in_flight.load(Relaxed).min(255));
             // Older lanes move up; the oldest is dropped; the new period starts with the calls
             // still running (they hold their containers).
             let _ = e.peaks.fetch_update(Relaxed, Relaxed, |p| Some((p << 8) | in_flight));

@@ -60,13 +60,13 @@ impl Entry {
             0.0
         } else {
             // Seconds to the tenth of a microsecond: the sum is in microseconds.
-            (self.wait_sum_us as f64 * 10.0 / self.wait_n as f64).round() / 1e7
+            (self.wait_sum_us as f64 * 10.0 / f64::from(self.wait_n)).round() / 1e7
         }
     }
 
     fn add(&mut self, busy: bool, wait_us: Option<u64>) {
         self.calls = self.calls.saturating_add(1);
-        self.busy += busy as u32;
+        self.busy += u32::from(busy);
         if let Some(w) = wait_us {
             self.wait_sum_us = self.wait_sum_us.saturating_add(w);
             self.wait_n += 1;
@@ -143,7 +143,7 @@ impl Default for Stats {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Mixes a node's identity into a key hash. The node's address in memory is stable while it is a
@@ -195,7 +195,7 @@ impl Stats {
     ) {
         let sec = now_us / 1_000_000;
         let func = clip_func(func);
-        let wait_us = wait.map(|w| w.as_micros().min(u64::MAX as u128) as u64);
+        let wait_us = wait.map(|w| w.as_micros().min(u128::from(u64::MAX)) as u64);
         let mix = node_mix(node);
         let key = hash ^ mix;
         let mut s = lock(&self.shards[(key >> 60) as usize % SHARDS]);
@@ -245,7 +245,7 @@ impl Stats {
     fn collect(&self, now_us: u64) -> MutexGuard<'_, Collected> {
         let sec = now_us / 1_000_000;
         let mut fresh = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in &self.shards {
             let mut s = lock(shard);
             if s.second < sec && !s.cur.is_empty() {
                 s.close_window(sec, &self.unread_dropped);

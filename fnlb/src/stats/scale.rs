@@ -246,7 +246,7 @@ pub(crate) fn cluster(history: &History, now: &[NodeNow], capacity: Capacity) ->
     let mut inflight_total = 0.0;
     let mut per_second_util = Vec::with_capacity(secs);
     for (i, s) in window.iter().enumerate() {
-        let load: f64 = s.nodes.iter().map(|n| n.in_flight()).sum();
+        let load: f64 = s.nodes.iter().map(super::history::NodeSec::in_flight).sum();
         inflight_total += load;
         if healthy > 0 {
             per_second_util.push(load / (healthy as f64 * cap));

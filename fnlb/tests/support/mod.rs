@@ -150,7 +150,7 @@ async fn answer(
     }
     calls.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body.collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
     if !opts.delay.is_zero() {
         tokio::time::sleep(opts.delay).await;
     }
@@ -223,12 +223,9 @@ impl Fnlb {
                 l.push('\n');
             }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("fnlb did not become ready; log:\n{}", log.lock().unwrap());
-            }
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("fnlb did not become ready; log:\n{}", log.lock().unwrap());
         };
         let field = |name: &str| -> SocketAddr {
             let start = line.find(&format!("{name}=")).expect("field") + name.len() + 1;

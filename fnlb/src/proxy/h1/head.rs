@@ -328,7 +328,7 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool, close_client: bool,
             },
             // The last coding decides: chunked or not (then the body runs to the close).
             Kind::TransferEncoding => {
-                te_chunked = tokens(h.value).last().map(|t| t.eq_ignore_ascii_case(b"chunked")).or(te_chunked)
+                te_chunked = tokens(h.value).last().map(|t| t.eq_ignore_ascii_case(b"chunked")).or(te_chunked);
             }
             Kind::FxlbWait if !wait_seen => {
                 wait_seen = true;
@@ -373,7 +373,7 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool, close_client: bool,
             // Empty lines a node sent before its status line (httparse skips them) stop here:
             // the client gets a head that starts with the status line.
             let at = buf[..first].iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(0);
-            out.extend_from_slice(&buf[at..first])
+            out.extend_from_slice(&buf[at..first]);
         }
         _ => {
             out.extend_from_slice(b"HTTP/1.1 ");
