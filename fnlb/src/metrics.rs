@@ -199,7 +199,7 @@ pub(crate) fn get() -> &'static Metrics {
 }
 
 /// Counts a spill: a call served by `node` although its key's home is another node (the home
-/// was loaded or down). For routing policies; cheap (a map read and an atomic add).
+/// was loaded or down). For routing policies; cheap (the node's attached handles and an atomic add).
 pub(crate) fn spill(node: &Node) {
     of(node).spill();
 }
