@@ -334,7 +334,8 @@ pub(crate) fn check_response(status: u16, headers: &HeaderMap) -> Result<(), &'s
 
 /// A header field name is a token (RFC 9110 §5.6.2).
 pub(crate) fn is_token(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+    const TOKEN: [bool; 256] = alnum_and(b"!#$%&'*+-.^_`|~");
+    !name.is_empty() && name.iter().all(|&b| TOKEN[usize::from(b)])
 }
 
 /// A field value has no control characters but HTAB (obs-text, bytes >= 0x80, is allowed).

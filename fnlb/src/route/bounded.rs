@@ -162,9 +162,8 @@ impl Bounded {
     /// an idle container and calls to spare, or one with room for a new container under the
     /// load bound; else the least loaded of the probes.
     fn pick_warm(&self, snap: &Snapshot, hash: u64, tried: &[usize], now: u64) -> Option<usize> {
-        self.warmth.tick(snap, now);
         // One guard for the walk and the count (each load of the table is a locked write).
-        let slots = self.warmth.view();
+        let slots = self.warmth.ticked(snap, now);
         let i = match self.scan(&slots, snap, hash, tried)? {
             Placement::Go(i) | Placement::Room(i) | Placement::Full(i) => i,
         };
@@ -291,8 +290,7 @@ impl Policy for Bounded {
             return None;
         }
         if self.tuning.warm {
-            self.warmth.tick(snap, clock::now_ms());
-            self.scan(&self.warmth.view(), snap, hash, tried)
+            self.scan(&self.warmth.ticked(snap, clock::now_ms()), snap, hash, tried)
         } else {
             self.pick_by_load(snap, hash, tried).map(Placement::Go)
         }

@@ -359,6 +359,13 @@ impl Warmth {
         self.shared.slots.load()
     }
 
+    /// The table for a pick at `now_ms`: its periods moved on first ([`Warmth::tick`]), then
+    /// [`Warmth::view`].
+    pub(crate) fn ticked(&self, snap: &Snapshot, now_ms: u64) -> arc_swap::Guard<Arc<Slots>> {
+        self.tick(snap, now_ms);
+        self.view()
+    }
+
     /// Entries in the table now.
     pub fn len(&self) -> usize {
         self.view().len()
