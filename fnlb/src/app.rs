@@ -180,6 +180,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         limits: cfg.limits.clone(),
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         shed: Arc::default(),
+        rings: Arc::default(),
         stop: stop_rx,
         tls: cfg.tls.as_ref().map(crate::tls::ServerTls::acceptor),
     };
@@ -195,11 +196,14 @@ async fn run(cfg: Config) -> Result<(), String> {
         tokio::spawn(accept_loop(t, Role::Traffic, shared.clone()));
         tokio::spawn(accept_loop(m, Role::Mgmt, shared.clone()));
     }
+    let hangup = shared.shed.clone();
     drop(shared);
 
     let signal = shutdown_signal().await;
     info!(signal, "shutting down: no new connections; finishing calls in flight");
     let _ = stop_tx.send(true);
+    // After the send: a connection that hears this finds `stop` already true.
+    hangup.notify_waiters();
     // Leave the count at once: the other balancers take over this one's share while it drains.
     let _ = leave_tx.send(true);
     // Every accept loop and connection holds a receiver: closed() resolves when all are done.

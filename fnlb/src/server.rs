@@ -58,8 +58,12 @@ pub(crate) struct Listeners {
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     /// Rung when `connections` ran out and a client waits: every connection with no request in
-    /// flight closes, so that kept-alive idle clients cannot lock new ones out.
+    /// flight closes, so that kept-alive idle clients cannot lock new ones out. Rung too once
+    /// `stop` turned true: the fast path listens to this one wait for both.
     pub shed: Arc<Notify>,
+    /// How many times `shed` was rung for room: a connection that heard a ring from before it
+    /// went idle (the fast path's one wait lives as long as its connection) tells it by this.
+    pub rings: Arc<AtomicU64>,
     pub stop: watch::Receiver<bool>,
     /// Set by `-tls-cert`/`-tls-key`: every listener speaks TLS.
     pub tls: Option<TlsAcceptor>,
@@ -110,7 +114,10 @@ async fn make_room(shared: &Listeners, stop: &mut watch::Receiver<bool>) -> Opti
     loop {
         tokio::select! {
             p = shared.connections.clone().acquire_owned() => return p.ok(),
-            _ = ring.tick() => shared.shed.notify_waiters(),
+            _ = ring.tick() => {
+                shared.rings.fetch_add(1, Ordering::Relaxed);
+                shared.shed.notify_waiters();
+            }
             _ = stop.changed() => return None,
         }
     }
@@ -131,17 +138,9 @@ where
 /// ([`crate::proxy::h1`]); what that path does not handle goes to [`serve_connection`] along with
 /// the bytes already read, for the rest of the connection.
 async fn serve_fast(mut stream: TcpStream, peer: SocketAddr, role: Role, shared: Listeners) {
-    let mut stop = shared.stop.clone();
-    let outcome = h1::serve(
-        &shared.services.proxy,
-        &mut stream,
-        peer,
-        role == Role::Both,
-        &shared.limits,
-        &mut stop,
-        &shared.shed,
-    )
-    .await;
+    let signals = h1::Signals { stop: &shared.stop, shed: &shared.shed, rings: &shared.rings };
+    let outcome =
+        h1::serve(&shared.services.proxy, &mut stream, peer, role == Role::Both, &shared.limits, signals).await;
     if let h1::Outcome::Fallback(read, head_since) = outcome {
         // The head that started on the fast path keeps its deadline.
         let io = Rewind { read, at: 0, inner: stream };

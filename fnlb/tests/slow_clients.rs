@@ -179,3 +179,37 @@ async fn at_max_connections_idle_kept_alive_connections_make_room() {
     assert!(closed_within(&mut fast, LIMIT).await, "the idle fast-path connection was kept");
     assert!(closed_within(&mut general, LIMIT).await, "the idle hyper connection was kept");
 }
+
+/// The fast path listens for the ring with one wait per connection, which also hears a ring
+/// from while the connection had a call in flight. Such a ring was for a client that has since
+/// been served: the connection, idle afterwards, stays (as it did when the wait was made per
+/// request head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_heard_while_busy_does_not_close_the_connection_once_idle() {
+    let node = FakeNode::start_with(NodeOpts { delay: Duration::from_millis(800), ..NodeOpts::default() }).await;
+    let lb = Fnlb::start(&["-nodes", &node.name(), "-max-connections", "2", "-keepalive-timeout", "60"]);
+    lb.wait_nodes(&[(&node.name(), "online")]).await;
+    let call = b"GET /r/app/k HTTP/1.1\r\nHost: x\r\n\r\n";
+    // One idle kept-alive connection, and one with a call in flight: every permit taken.
+    let mut idle = kept_alive(&lb, call).await;
+    let mut busy = TcpStream::connect(lb.traffic).await.unwrap();
+    busy.write_all(call).await.unwrap();
+    // Its call has reached the node (so its connection's wait exists) before anyone rings.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while node.calls.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the busy call never reached the node");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A third client rings; the idle connection makes room, the busy one hears the ring too.
+    let third = first_bytes(lb.traffic, THIRD, LIMIT).await.expect("a third client was never served");
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(closed_within(&mut idle, LIMIT).await, "the idle connection was kept");
+    // The busy connection gets its answer, goes idle with no client waiting, and serves again.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(LIMIT, busy.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    busy.write_all(call).await.unwrap();
+    let n = tokio::time::timeout(LIMIT, busy.read(&mut buf)).await.unwrap().unwrap();
+    assert!(n > 0, "the connection busy at the ring was closed once idle");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+}

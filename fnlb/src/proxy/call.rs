@@ -525,12 +525,16 @@ impl<'a> Call<'a> {
         let attempt = self.attempt.take()?;
         // One clock read for everything the answer updates.
         let now = Instant::now();
-        let sent = self.obs.as_ref().and_then(super::super::telemetry::call::CallObs::sent_at);
+        let round_trip = self
+            .obs
+            .as_ref()
+            .and_then(super::super::telemetry::call::CallObs::sent_at)
+            .map(|sent| now.saturating_duration_since(sent));
         let release = self.rules.late.map(|late| {
             if let Some(w) = wait {
                 late.rule.observe_wait(self.hash, w);
-                if let Some(sent) = sent {
-                    late.rule.observe_exec(self.hash, now.saturating_duration_since(sent).saturating_sub(w));
+                if let Some(rt) = round_trip {
+                    late.rule.observe_exec(self.hash, rt.saturating_sub(w));
                 }
             }
             (late.queue.clone(), late.rule.cfg.slots, self.hash)
@@ -545,7 +549,7 @@ impl<'a> Call<'a> {
         }
         attempt.answered(wait, status);
         if let Some(mut obs) = self.obs.take() {
-            obs.answered(node, self.hash, status, wait, now);
+            obs.answered(node, self.hash, status, wait, round_trip.unwrap_or_default(), now);
             obs.finish_at(status, None, now);
         }
         self.in_flight.take().map(|f| Held { in_flight: Some(f), release })
@@ -702,7 +706,7 @@ mod tests {
         let rules =
             Rules { policy: &ConsistentHash, suspects: &w.suspects, budget: &w.budget, retry_idempotent, late: None };
         let client = "127.0.0.1:1".parse().unwrap();
-        let obs = w.obs.start(req.method.clone(), "/r/app/fn", |_| None, client);
+        let obs = w.obs.start(req.method.clone(), "/r/app/fn", |_| None, client, Instant::now());
         Call::new(rules, &w.snap, key(1).1, req, obs)
     }
 
@@ -899,7 +903,7 @@ mod tests {
     fn late_call<'a>(w: &'a World, policy: &'a dyn Policy, late: &'a Late) -> Call<'a> {
         let rules =
             Rules { policy, suspects: &w.suspects, budget: &w.budget, retry_idempotent: false, late: Some(late) };
-        let obs = w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap());
+        let obs = w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap(), Instant::now());
         Call::new(rules, &w.snap, key(1).1, bodiless(&POST), obs)
     }
 
@@ -982,7 +986,7 @@ mod tests {
         let policy = crate::route::bounded::Bounded::new(1.25, 1, 1);
         let rules =
             |late| Rules { policy: &policy, suspects: &w.suspects, budget: &w.budget, retry_idempotent: false, late };
-        let obs = || w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap());
+        let obs = || w.obs.start(POST, "/r/app/fn", |_| None, "127.0.0.1:1".parse().unwrap(), Instant::now());
         let mut first = Call::new(rules(None), &w.snap, key(1).1, bodiless(&POST), obs());
         send(first.next());
         let mut second = Call::new(rules(None), &w.snap, key(1).1, bodiless(&POST), obs());

@@ -118,7 +118,7 @@ impl Proxy {
         let uri = req.uri().clone();
         let (mut parts, body) = req.into_parts();
         let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let obs = self.obs.start(parts.method.clone(), uri.path(), lookup, client);
+        let obs = self.obs.start(parts.method.clone(), uri.path(), lookup, client, std::time::Instant::now());
         // The requests no node gets (CONNECT, bad Host, a loop): the fast path hands them here.
         if let Err(r) = rules::check_request(&parts.method, &parts.headers) {
             obs.finish(r.status, None);

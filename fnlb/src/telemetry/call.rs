@@ -40,19 +40,21 @@ impl Observers {
             req.uri().path(),
             |name| headers.get(name).and_then(|v| v.to_str().ok()),
             client,
+            Instant::now(),
         )
     }
 
-    /// Begins observing a call from its parts: method, path, and a lookup of the caller's
-    /// headers (read only when tracing is on).
+    /// Begins observing a call from its parts: method, path, a lookup of the caller's headers
+    /// (read only when tracing is on), and when it arrived (the fast path: when its head's first
+    /// bytes came, as nginx's `$request_time` counts; that is also when its deadline began).
     pub(crate) fn start<'a, 'h>(
         &'a self,
         method: Method,
         path: &'a str,
         header: impl Fn(&str) -> Option<&'h str>,
         client: std::net::SocketAddr,
+        start: Instant,
     ) -> CallObs<'a> {
-        let start = Instant::now();
         let trace = match &self.tracer {
             Some(_) => CallTrace::start(trace::extract_with(header), client, start).map(Box::new),
             None => None,
@@ -125,11 +127,13 @@ impl CallObs<'_> {
 
     /// [`CallObs::sending`] for a head being written as bytes: appends the trace context's
     /// header lines to `out` (nothing when the call is not traced).
-    pub(crate) fn sending_raw(&mut self, node: &Node, out: &mut Vec<u8>) {
+    /// Returns that instant: the shell's deadline for the answer may start there.
+    pub(crate) fn sending_raw(&mut self, node: &Node, out: &mut Vec<u8>) -> Instant {
         let now = self.sending_to(node);
         if let Some(t) = &mut self.trace {
             t.send_raw(now, out);
         }
+        now
     }
 
     /// Whether this call is traced: then the caller's trace context headers are replaced.
@@ -157,17 +161,18 @@ impl CallObs<'_> {
         self.sent_at
     }
 
-    /// The node answered with `status`, reporting `wait` (if it said one), `now`. `hash` is the
-    /// key's.
+    /// The node answered with `status`, reporting `wait` (if it said one), `now`, `round_trip`
+    /// after [`CallObs::sent_at`] (the engine needs it too, and works it out once). `hash` is
+    /// the key's.
     pub(crate) fn answered(
         &mut self,
         node: &Node,
         hash: u64,
         status: StatusCode,
         wait: Option<Duration>,
+        round_trip: Duration,
         now: Instant,
     ) {
-        let round_trip = self.sent_at.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         metrics::of(node).answered(status.as_u16(), round_trip, wait);
         self.obs.stats.record(node, hash, self.path, wait, status == StatusCode::SERVICE_UNAVAILABLE);
         self.wait = wait;
@@ -256,7 +261,8 @@ mod tests {
                 call.attempt();
                 let mut headers = http::HeaderMap::new();
                 call.sending(node, &mut headers);
-                call.answered(node, i as u64, StatusCode::OK, Some(Duration::from_micros(1500)), Instant::now());
+                let (wait, round_trip) = (Some(Duration::from_micros(1500)), Duration::from_millis(2));
+                call.answered(node, i as u64, StatusCode::OK, wait, round_trip, Instant::now());
                 call.finish(StatusCode::OK, None);
             }
             let per = t.elapsed().as_nanos() as f64 / n as f64;
