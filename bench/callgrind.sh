@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by valgrind's callgrind: repeatable on a noisy
 # machine, so it is the number to optimise against.
-#   bench/callgrind.sh [FNLB_BINARY] [REQUESTS]
+#   bench/callgrind.sh [FNLB_BINARY] [SECONDS]
+# Two figures: "per request" divides the whole run (start-up's ~11 M instructions included, so
+# it moves with the number of requests valgrind manages in the time); "steady" counts only the
+# load (counters zeroed after a warm-up, dumped as it ends), the per-call cost itself.
 # Needs valgrind, nginx (backend) and wrk: installed from Debian's packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,15 +24,23 @@ http { access_log off; keepalive_requests 1000000;
     location / { return 200 'hello'; } } }
 CONF
 /usr/sbin/nginx -c $work/backend.conf -p $work
-valgrind --tool=callgrind --callgrind-out-file=$work/cg.out "$bin" -threads 1 -listen 127.0.0.1:18299 \
+valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file=$work/cg.out "$bin" -threads 1 -listen 127.0.0.1:18299 \
   -mgmt-listen 127.0.0.1:18299 -nodes 127.0.0.1:19201 -hc-interval 60 > $work/lb.log 2>&1 &
 lbpid=$!
 for _ in $(seq 1 300); do curl -sf http://127.0.0.1:18299/r/app/hello >/dev/null && break; sleep 0.2; done
+wrk -t1 -c8 -d2s http://127.0.0.1:18299/r/app/hello > $work/warm.txt
+warm=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' $work/warm.txt)
+callgrind_control -d $lbpid >/dev/null   # part 1: start-up and warm-up
 out=$(wrk -t1 -c8 -d${seconds}s http://127.0.0.1:18299/r/app/hello)
+callgrind_control -d $lbpid >/dev/null   # part 2: the load alone
 reqs=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
 kill -INT $lbpid; wait $lbpid || true
-total=$(sed -n 's/^summary: //p' $work/cg.out)
-echo "requests: $reqs  instructions: $total  per request: $((total / reqs))"
-cp $work/cg.out /tmp/callgrind.out
-callgrind_annotate $work/cg.out 2>/dev/null | head -40 > /tmp/callgrind-top.txt
-echo "top functions: /tmp/callgrind-top.txt; the whole profile: /tmp/callgrind.out"
+part() { sed -n 's/^summary: //p' "$1"; }
+first=$(part $work/cg.out.1)
+steady=$(part $work/cg.out.2)
+total=$((first + steady + $(part $work/cg.out)))
+all=$((reqs + warm))
+echo "requests: $all  instructions: $total  per request: $((total / all))  steady: $((steady / reqs)) ($reqs requests)"
+cp $work/cg.out.2 /tmp/callgrind.out
+callgrind_annotate /tmp/callgrind.out 2>/dev/null | head -40 > /tmp/callgrind-top.txt
+echo "top functions: /tmp/callgrind-top.txt; the steady profile: /tmp/callgrind.out"
