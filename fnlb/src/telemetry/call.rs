@@ -111,11 +111,6 @@ impl CallObs<'_> {
         }
     }
 
-    /// When the call arrived.
-    pub(crate) fn started(&self) -> Instant {
-        self.start
-    }
-
     /// The request is about to go to the node: ends the `route` span and writes the trace context
     /// into the request's headers.
     pub(crate) fn sending(&mut self, node: &Node, headers: &mut HeaderMap) {

@@ -200,7 +200,7 @@ impl<'b> RequestHead<'b> {
         }
         out.extend_from_slice(client);
         out.extend_from_slice(b"\r\n");
-        header_line(out, b"via", rules::via().as_bytes());
+        out.extend_from_slice(rules::via_line().as_bytes());
         if self.body == Framing::Chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -222,30 +222,49 @@ fn offset(buf: &[u8], part: &[u8]) -> usize {
 }
 
 /// Copies the header lines of a head that `keep` keeps: runs of whole CRLF-terminated lines in
-/// one copy from `buf`, any other line rewritten as `name: value` CRLF.
+/// one copy from `buf`, any other line rewritten as `name: value` CRLF. The lines are
+/// contiguous in `buf` (each ends where the next one's name begins, the last at its LF), so a
+/// run is two offsets; callgrind put the version with an `Option` per run at ~570 instructions
+/// for a node's six response lines.
 fn copy_headers(out: &mut Vec<u8>, buf: &[u8], headers: &[httparse::Header<'_>], mut keep: impl FnMut(usize) -> bool) {
-    let mut run: Option<(usize, usize)> = None;
+    let Some(first) = headers.first() else { return };
+    // `run..at`: kept lines not copied yet.
+    let mut at = offset(buf, first.name.as_bytes());
+    let mut run = at;
     for (i, h) in headers.iter().enumerate() {
-        let start = offset(buf, h.name.as_bytes());
         let end = match headers.get(i + 1) {
             Some(next) => offset(buf, next.name.as_bytes()),
-            None => buf[start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |p| start + p + 1),
+            None => last_line_end(buf, h),
         };
         let kept = keep(i);
-        if kept && buf[start..end].ends_with(b"\r\n") {
-            run = Some(run.map_or((start, end), |(s, _)| (s, end)));
+        if kept && buf[..end].ends_with(b"\r\n") {
+            at = end;
             continue;
         }
-        if let Some((s, e)) = run.take() {
-            out.extend_from_slice(&buf[s..e]);
+        if run < at {
+            out.extend_from_slice(&buf[run..at]);
         }
         if kept {
             header_line(out, h.name.as_bytes(), h.value);
         }
+        at = end;
+        run = end;
     }
-    if let Some((s, e)) = run {
-        out.extend_from_slice(&buf[s..e]);
+    if run < at {
+        out.extend_from_slice(&buf[run..at]);
     }
+}
+
+/// Where the head's last header line `h` ends: after the LF that follows its value, searched
+/// from the value's end (from the name's end if the value is not a slice of `buf`).
+fn last_line_end(buf: &[u8], h: &httparse::Header<'_>) -> usize {
+    let name_end = offset(buf, h.name.as_bytes()) + h.name.len();
+    let value_at = (h.value.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    let from = match value_at.checked_add(h.value.len()) {
+        Some(end) if value_at >= name_end && end <= buf.len() => end,
+        _ => name_end,
+    };
+    buf[from..].iter().position(|&b| b == b'\n').map_or(buf.len(), |p| from + p + 1)
 }
 
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
