@@ -548,10 +548,12 @@ impl<'a> Call<'a> {
             node.observe_wait(w);
         }
         attempt.answered(wait, status);
-        if let Some(mut obs) = self.obs.take() {
+        if let Some(obs) = &mut self.obs {
             obs.answered(node, self.hash, status, wait, round_trip.unwrap_or_default(), now);
             obs.finish_at(status, None, now);
         }
+        // Finished: dropped where it is (not moved out), so no path observes it again.
+        self.obs = None;
         self.in_flight.take().map(|f| Held { in_flight: Some(f), release })
     }
 

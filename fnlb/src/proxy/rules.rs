@@ -290,15 +290,22 @@ impl RequestCheck {
     pub(crate) fn field(&mut self, k: Kind, value: &[u8]) {
         match k {
             Kind::Host => {
-                self.hosts = self.hosts.saturating_add(1);
-                if self.hosts > 1 {
-                    self.refuse(DUPLICATE_HOST);
-                } else if !valid_host(value) {
+                self.known_host();
+                if self.hosts == 1 && !valid_host(value) {
                     self.refuse(INVALID_HOST);
                 }
             }
             Kind::Via if via_is_ours(value) => self.refuse(LOOP),
             _ => {}
+        }
+    }
+
+    /// [`RequestCheck::field`] for a `Host` whose bytes were found valid before (the previous
+    /// request's on a kept-alive connection): counted, for a duplicate, but not read again.
+    pub(crate) fn known_host(&mut self) {
+        self.hosts = self.hosts.saturating_add(1);
+        if self.hosts > 1 {
+            self.refuse(DUPLICATE_HOST);
         }
     }
 

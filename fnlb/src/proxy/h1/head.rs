@@ -46,6 +46,37 @@ pub(crate) struct RequestHead<'b> {
     kinds: [Kind; MAX_HEADERS],
     /// Length of the target's path (up to `?`).
     path_len: usize,
+    /// The `Host` value, if the client sent one.
+    pub host: Option<&'b [u8]>,
+}
+
+/// The `Host` of an earlier request on the connection, found valid then: a kept-alive client
+/// sends the same bytes with every request, and they are not checked again (the check cost a
+/// call ~185 instructions for `127.0.0.1:18299`; comparing costs ~25). Values over 64 bytes are
+/// not kept, and checked each time.
+pub(crate) struct KnownHost {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for KnownHost {
+    fn default() -> Self {
+        KnownHost { bytes: [0; 64], len: 0 }
+    }
+}
+
+impl KnownHost {
+    fn is(&self, v: &[u8]) -> bool {
+        self.len > 0 && v == &self.bytes[..self.len]
+    }
+
+    /// Keeps `v`, a `Host` value of a request that was accepted.
+    pub(crate) fn remember(&mut self, v: &[u8]) {
+        if v.len() <= self.bytes.len() && !self.is(v) {
+            self.bytes[..v.len()].copy_from_slice(v);
+            self.len = v.len();
+        }
+    }
 }
 
 /// Standard methods only: the fast path never allocates a method.
@@ -70,8 +101,12 @@ fn plain_target(t: &str) -> bool {
     t.starts_with('/') && t.bytes().all(|b| PLAIN[usize::from(b)])
 }
 
-/// Parses a request head from the start of `buf`.
-pub(crate) fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<httparse::Header<'b>>]) -> Request<'b> {
+/// Parses a request head from the start of `buf`; a `Host` equal to `known` is valid.
+pub(crate) fn parse_request<'b>(
+    buf: &'b [u8],
+    headers: &'b mut [MaybeUninit<httparse::Header<'b>>],
+    known: &KnownHost,
+) -> Request<'b> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -89,12 +124,21 @@ pub(crate) fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<htt
     let mut te_trailers = false;
     let mut length = None;
     let mut chunked = false;
+    let mut host = None;
     let mut kinds = [Kind::Other; MAX_HEADERS];
     for (h, k) in headers.iter().zip(kinds.iter_mut()) {
         *k = kind(h.name.as_bytes());
         match *k {
             Kind::Upgrade | Kind::Expect => return Request::Fallback,
-            Kind::Host | Kind::Via => check.field(*k, h.value),
+            Kind::Host => {
+                if known.is(h.value) {
+                    check.known_host();
+                } else {
+                    check.field(Kind::Host, h.value);
+                }
+                host = Some(h.value);
+            }
+            Kind::Via => check.field(Kind::Via, h.value),
             Kind::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
@@ -142,6 +186,7 @@ pub(crate) fn parse_request<'b>(buf: &'b [u8], headers: &'b mut [MaybeUninit<htt
         line_at,
         kinds,
         path_len,
+        host,
     })
 }
 
@@ -460,7 +505,7 @@ mod tests {
 
     fn upstream(raw: &[u8], traced: bool) -> (String, RequestHeadInfo) {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let Request::Ready(h) = parse_request(raw, &mut headers) else { panic!("not ready") };
+        let Request::Ready(h) = parse_request(raw, &mut headers, &KnownHost::default()) else { panic!("not ready") };
         let mut out = Vec::new();
         let has_host = h.write_upstream(&mut out, b"127.0.0.1", traced);
         upstream_host(&mut out, has_host, "10.0.0.1:8080");
@@ -483,11 +528,42 @@ mod tests {
 
     fn outcome(raw: &[u8]) -> &'static str {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        match parse_request(raw, &mut headers) {
+        match parse_request(raw, &mut headers, &KnownHost::default()) {
             Request::Partial => "partial",
             Request::Fallback => "fallback",
             Request::Ready(_) => "ready",
         }
+    }
+
+    fn outcome_knowing(raw: &[u8], known: &KnownHost) -> &'static str {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        match parse_request(raw, &mut headers, known) {
+            Request::Partial => "partial",
+            Request::Fallback => "fallback",
+            Request::Ready(_) => "ready",
+        }
+    }
+
+    #[test]
+    fn a_known_host_skips_only_its_own_check() {
+        let mut known = KnownHost::default();
+        known.remember(b"fn.example:8080");
+        assert_eq!(outcome_knowing(b"GET / HTTP/1.1\r\nHost: fn.example:8080\r\n\r\n", &known), "ready");
+        // A second Host is still a duplicate, the known one first or second.
+        let dup = b"GET / HTTP/1.1\r\nHost: fn.example:8080\r\nHost: fn.example:8080\r\n\r\n";
+        assert_eq!(outcome_knowing(dup, &known), "fallback");
+        let dup = b"GET / HTTP/1.1\r\nHost: other\r\nHost: fn.example:8080\r\n\r\n";
+        assert_eq!(outcome_knowing(dup, &known), "fallback");
+        // Other bytes are checked as ever.
+        assert_eq!(outcome_knowing(b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", &known), "fallback");
+        assert_eq!(outcome_knowing(b"GET / HTTP/1.1\r\nHost: fn.example:8080/x\r\n\r\n", &known), "fallback");
+        // Nothing is known at first, and a value too long to keep is checked each time.
+        let long = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "a".repeat(100));
+        let mut known = KnownHost::default();
+        assert!(!known.is(b""), "an empty memo knows no host");
+        known.remember(&long.as_bytes()[22..122]);
+        assert!(!known.is(&long.as_bytes()[22..122]));
+        assert_eq!(outcome_knowing(long.as_bytes(), &known), "ready");
     }
 
     #[test]

@@ -156,13 +156,14 @@ pub(crate) async fn serve(
     let mut head_since = Some(now);
     let mut idle_since = now;
     let mut idle_rings = rings.load(Relaxed);
+    let mut known_host = head::KnownHost::default();
     loop {
         // A complete head, or the connection ends here.
         let (req, obs) = loop {
             if c.filled > c.start {
                 head_since.get_or_insert_with(Instant::now);
                 let mut headers = [const { std::mem::MaybeUninit::uninit() }; head::MAX_HEADERS];
-                match head::parse_request(&c.cbuf[c.start..c.filled], &mut headers) {
+                match head::parse_request(&c.cbuf[c.start..c.filled], &mut headers, &known_host) {
                     Request::Partial => {}
                     Request::Fallback => {
                         return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec(), head_since.unwrap_or(now))
@@ -171,6 +172,9 @@ pub(crate) async fn serve(
                         return Outcome::Fallback(c.cbuf[c.start..c.filled].to_vec(), head_since.unwrap_or(now));
                     }
                     Request::Ready(h) => {
+                        if let Some(host) = h.host {
+                            known_host.remember(host);
+                        }
                         path.clear();
                         path.push_str(h.path());
                         let arrived = head_since.unwrap_or(now).into_std();

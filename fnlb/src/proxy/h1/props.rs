@@ -34,7 +34,7 @@ fn assert_crlf_lines(head: &[u8], what: &str) {
 /// hyper path would refuse in the original).
 pub fn request_head(data: &[u8]) {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let Request::Ready(h) = head::parse_request(data, &mut headers) else { return };
+    let Request::Ready(h) = head::parse_request(data, &mut headers, &head::KnownHost::default()) else { return };
     assert!(h.len <= data.len());
     let mut out = Vec::new();
     let has_host = h.write_upstream(&mut out, b"127.0.0.1", false);
