@@ -4,7 +4,8 @@
 #   bench/callgrind.sh [FNLB_BINARY] [SECONDS]
 # Two figures: "per request" divides the whole run (start-up's ~11 M instructions included, so
 # it moves with the number of requests valgrind manages in the time); "steady" counts only the
-# load (counters zeroed after a warm-up, dumped as it ends), the per-call cost itself.
+# load (a dump after a 2 s warm-up, another as the load ends: the second part), the per-call
+# cost itself.
 # Needs valgrind, nginx (backend) and wrk: installed from Debian's packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -35,9 +35,9 @@ const PIPE_BYTES: usize = 64 * 1024;
 
 /// What a pipe is enlarged to for the length of one body longer than [`PIPE_BYTES`]: each read
 /// takes what the socket holds, up to this, so a 1 MiB body moves in a few system calls instead
-/// of 32 (bench/proxy.py's 1 MiB answers: about 0.64x of going direct with 64 KiB pipes, 0.8x
-/// with 512 KiB; docs/BENCHMARKS.md). Within `/proc/sys/fs/pipe-max-size`'s default (1 MiB), so
-/// no privilege is needed.
+/// of 32 (`wrk -c16` on 1 MiB answers through `-threads 1`, interleaved: 0.65x of going direct
+/// with 64 KiB pipes, 0.75x with 512 KiB; docs/BENCHMARKS.md, "2026-12-06"). Within
+/// `/proc/sys/fs/pipe-max-size`'s default (1 MiB), so no privilege is needed.
 const BIG_PIPE_BYTES: usize = 512 * 1024;
 
 /// How many pipes may be enlarged at once in the process (16 MiB of pipe capacity in all).
@@ -50,8 +50,9 @@ const BIG_PIPES: usize = 32;
 /// Pipes enlarged now, at most [`BIG_PIPES`].
 static ENLARGED: AtomicUsize = AtomicUsize::new(0);
 
-/// A pipe enlarged for one body: shrunk back, and its share of the budget returned, when the
-/// body is done (or its pipe dropped with it).
+/// A pipe's share of [`BIG_PIPES`] while it is enlarged for one body, returned when dropped (the
+/// body done, or its future dropped with the connection and the pipe). [`Splicer::body`]
+/// shrinks the pipe back.
 struct Enlarged;
 
 impl Enlarged {
